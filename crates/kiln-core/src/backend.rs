@@ -1,0 +1,66 @@
+//! The engine interface: a [`Backend`] loads a model version directory into an immutable
+//! [`LoadedModel`] that runs one batch at a time on a thread the scheduler owns.
+
+use crate::config::{ModelConfig, TensorSpec};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Inputs and outputs a loaded model accepts and produces.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelIo {
+    /// Inputs, in the model's order. Dims leave out the batch dimension when batching.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs, in the model's order. Dims leave out the batch dimension when batching.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// An inference engine that turns model files into runnable models.
+pub trait Backend: Send + Sync {
+    /// The name `config.toml` uses to pick this backend (`tract`, `onnxruntime`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Loads the version directory `dir` (holding `config.default_model_filename`).
+    ///
+    /// The returned model's [`LoadedModel::io`] is the config's inputs and outputs where given,
+    /// otherwise those read from the model file; a mismatch between the two is a load error.
+    fn load(&self, dir: &Path, config: &ModelConfig) -> Result<Arc<dyn LoadedModel>>;
+}
+
+/// A model ready to run. Immutable and shared by every instance of one model version.
+pub trait LoadedModel: Send + Sync {
+    /// Inputs and outputs.
+    fn io(&self) -> &ModelIo;
+
+    /// Runs one batch. Inputs are in [`ModelIo::inputs`] order and already checked against it;
+    /// outputs must be in [`ModelIo::outputs`] order. Blocking; never called on an async runtime.
+    fn execute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+
+    /// Creates the per-instance state of one worker thread, for engines whose sessions need
+    /// `&mut` or thread-local scratch. `None` (the default) means instances share `self` and
+    /// call [`LoadedModel::execute`].
+    fn create_instance(&self) -> Option<Result<Box<dyn ModelInstance>>> {
+        None
+    }
+
+    /// Backend-specific facts shown in the model's metadata (e.g. the execution provider).
+    fn describe(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The state one worker thread runs batches with.
+pub trait ModelInstance: Send {
+    /// Runs one batch; see [`LoadedModel::execute`].
+    fn execute(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+}
+
+/// An instance that calls the shared model directly.
+pub struct SharedInstance(pub Arc<dyn LoadedModel>);
+
+impl ModelInstance for SharedInstance {
+    fn execute(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.0.execute(inputs)
+    }
+}

@@ -1,0 +1,18 @@
+//! Kiln core types shared by every layer: tensors and data types, model configuration,
+//! the [`Backend`] trait that engines implement, and the [`ErrorCode`] that maps one error
+//! kind to both an HTTP status and a gRPC code.
+//!
+//! This crate has no heavy dependencies on purpose: protocol, backends, runtime and server all
+//! build on it, and nothing here imports anything above it.
+
+pub mod backend;
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod tensor;
+
+pub use backend::{Backend, LoadedModel, ModelIo};
+pub use config::{ModelConfig, TensorSpec, VersionPolicy};
+pub use dtype::DataType;
+pub use error::{Error, ErrorCode, Result};
+pub use tensor::Tensor;
