@@ -1,0 +1,17 @@
+//! Kiln's runtime: the model repository (versions, hot reload, load/unload), one
+//! dynamic-batching scheduler per model version, Triton-style statistics and Prometheus metrics.
+//!
+//! It depends on `kiln-core` and the backends, never on the server above it.
+
+pub mod backends;
+pub mod metrics;
+pub mod repository;
+pub mod scheduler;
+pub mod stats;
+pub mod version;
+mod warmup;
+
+pub use backends::Backends;
+pub use metrics::RuntimeMetrics;
+pub use repository::{check_model_name, ControlMode, IndexEntry, ModelRepository, VersionState};
+pub use version::{InferRequest, ServedVersion};

@@ -1,0 +1,263 @@
+//! Prometheus metrics of the runtime, per model and version: request outcomes, latency
+//! histograms (request, queue, compute, server overhead), batch sizes, queue depth and
+//! in-flight requests, plus process metrics. Handles are resolved once per served version so
+//! the hot path only touches atomics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-version series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+}
+
+/// Labels of failure counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Why the request failed (`overloaded`, `timeout`, `invalid_argument`, ...).
+    pub reason: String,
+}
+
+type HistFamily = Family<VersionLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 2 us .. ~16 s, factor 2: fine enough to read a sub-20-us overhead p50.
+    Histogram::new(exponential_buckets(2e-6, 2.0, 24))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
+}
+
+/// Every runtime metric family; register once with [`RuntimeMetrics::register`].
+pub struct RuntimeMetrics {
+    success: Family<VersionLabels, Counter>,
+    failure: Family<FailureLabels, Counter>,
+    rows: Family<VersionLabels, Counter>,
+    executions: Family<VersionLabels, Counter>,
+    request_seconds: HistFamily,
+    queue_seconds: HistFamily,
+    compute_seconds: HistFamily,
+    overhead_seconds: HistFamily,
+    batch_size: HistFamily,
+    queue_depth: Family<VersionLabels, Gauge>,
+    inflight: Family<VersionLabels, Gauge>,
+    loads: Family<FailureLabels, Counter>,
+}
+
+impl Default for RuntimeMetrics {
+    fn default() -> Self {
+        RuntimeMetrics {
+            success: Family::default(),
+            failure: Family::default(),
+            rows: Family::default(),
+            executions: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            queue_seconds: Family::new_with_constructor(latency_histogram),
+            compute_seconds: Family::new_with_constructor(latency_histogram),
+            overhead_seconds: Family::new_with_constructor(latency_histogram),
+            batch_size: Family::new_with_constructor(batch_histogram),
+            queue_depth: Family::default(),
+            inflight: Family::default(),
+            loads: Family::default(),
+        }
+    }
+}
+
+impl RuntimeMetrics {
+    /// Registers every family in `registry`.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "kiln_inference_request_success",
+            "Inference requests answered successfully",
+            self.success.clone(),
+        );
+        r.register(
+            "kiln_inference_request_failure",
+            "Inference requests that failed, by reason",
+            self.failure.clone(),
+        );
+        r.register(
+            "kiln_inference_rows",
+            "Rows (batch elements) computed",
+            self.rows.clone(),
+        );
+        r.register(
+            "kiln_inference_executions",
+            "Batches executed by the backend",
+            self.executions.clone(),
+        );
+        r.register(
+            "kiln_inference_request_duration_seconds",
+            "Time from receiving a request to its answer, in seconds",
+            self.request_seconds.clone(),
+        );
+        r.register(
+            "kiln_inference_queue_duration_seconds",
+            "Time a request waited in the scheduler queue, in seconds",
+            self.queue_seconds.clone(),
+        );
+        r.register(
+            "kiln_inference_compute_duration_seconds",
+            "Backend execution time of the batch a request ran in, in seconds",
+            self.compute_seconds.clone(),
+        );
+        r.register(
+            "kiln_inference_overhead_duration_seconds",
+            "Request time minus compute time: what the server adds, in seconds",
+            self.overhead_seconds.clone(),
+        );
+        r.register(
+            "kiln_inference_batch_size_rows",
+            "Rows per executed batch",
+            self.batch_size.clone(),
+        );
+        r.register(
+            "kiln_inference_queue_depth_requests",
+            "Requests waiting in the scheduler queue",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "kiln_inference_inflight_requests",
+            "Requests received and not yet answered",
+            self.inflight.clone(),
+        );
+        r.register(
+            "kiln_repository_model_loads",
+            "Model version loads, by outcome (reason = ok or the error kind)",
+            self.loads.clone(),
+        );
+    }
+
+    /// Resolves the handles of one model version.
+    pub fn for_version(&self, model: &str, version: u64) -> VersionMetrics {
+        let l = VersionLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+        };
+        VersionMetrics {
+            success: self.success.get_or_create_owned(&l),
+            rows: self.rows.get_or_create_owned(&l),
+            executions: self.executions.get_or_create_owned(&l),
+            request_seconds: self.request_seconds.get_or_create_owned(&l),
+            queue_seconds: self.queue_seconds.get_or_create_owned(&l),
+            compute_seconds: self.compute_seconds.get_or_create_owned(&l),
+            overhead_seconds: self.overhead_seconds.get_or_create_owned(&l),
+            batch_size: self.batch_size.get_or_create_owned(&l),
+            queue_depth: self.queue_depth.get_or_create_owned(&l),
+            inflight: self.inflight.get_or_create_owned(&l),
+            failure: self.failure.clone(),
+            labels: l,
+        }
+    }
+
+    /// Counts one load attempt of a model version.
+    pub fn record_load(&self, model: &str, version: u64, outcome: &str) {
+        self.loads
+            .get_or_create(&FailureLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+                reason: outcome.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Metric handles of one served model version.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    /// Successful requests.
+    pub success: Counter,
+    /// Rows computed.
+    pub rows: Counter,
+    /// Batches executed.
+    pub executions: Counter,
+    /// End-to-end request time.
+    pub request_seconds: Histogram,
+    /// Queue wait time.
+    pub queue_seconds: Histogram,
+    /// Backend compute time of the request's batch.
+    pub compute_seconds: Histogram,
+    /// Request time minus compute time.
+    pub overhead_seconds: Histogram,
+    /// Rows per batch.
+    pub batch_size: Histogram,
+    /// Requests queued.
+    pub queue_depth: Gauge,
+    /// Requests in flight.
+    pub inflight: Gauge,
+    failure: Family<FailureLabels, Counter>,
+    labels: VersionLabels,
+}
+
+impl VersionMetrics {
+    /// Counts one failed request with its reason.
+    pub fn fail(&self, reason: &str) {
+        self.failure
+            .get_or_create(&FailureLabels {
+                model: self.labels.model.clone(),
+                version: self.labels.version.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Process metrics in the conventional `process_*` names, read from `/proc` at scrape time.
+pub fn encode_process_metrics(out: &mut String) {
+    use std::fmt::Write;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the parenthesised command name, which may contain spaces.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // sysconf(_SC_CLK_TCK) is 100 on Linux
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Indices are the stat(5) field numbers minus 3.
+    let cpu = (num(11) + num(12)) / ticks;
+    let threads = num(17);
+    let start_ticks = num(19);
+    let vsize = num(20);
+    let rss_pages = num(21);
+    let page = 4096.0;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+        })
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let _ = write!(
+        out,
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n\
+         # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
+         # HELP process_virtual_memory_bytes Virtual memory size in bytes.\n\
+         # TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {vsize}\n\
+         # HELP process_open_fds Number of open file descriptors.\n\
+         # TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
+         # HELP process_threads Number of OS threads in the process.\n\
+         # TYPE process_threads gauge\nprocess_threads {threads}\n\
+         # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n",
+        rss_pages * page,
+        boot + start_ticks / ticks,
+    );
+}

@@ -1,0 +1,254 @@
+//! One served model version: the loaded model, its scheduler, statistics and metric handles,
+//! and the request validation that runs before anything is queued.
+
+use crate::metrics::VersionMetrics;
+use crate::scheduler::{Answer, BatchPolicy, Pending, Scheduler};
+use crate::stats::VersionStats;
+use kiln_core::backend::{LoadedModel, ModelInstance, ModelIo, SharedInstance};
+use kiln_core::{Error, ErrorCode, ModelConfig, Result, Tensor};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An inference request as the runtime sees it, decoded from either protocol.
+#[derive(Debug, Clone)]
+pub struct InferRequest {
+    /// Input tensors, any order.
+    pub inputs: Vec<Tensor>,
+    /// Priority level (1 = most urgent); `None` or 0 takes the model's default.
+    pub priority: Option<u64>,
+    /// Timeout; `None` or zero takes the model's default.
+    pub timeout: Option<Duration>,
+    /// When the server received the request, so request time includes decoding.
+    pub received: Instant,
+}
+
+impl InferRequest {
+    /// A request with default priority and timeout, received now.
+    pub fn new(inputs: Vec<Tensor>) -> Self {
+        InferRequest {
+            inputs,
+            priority: None,
+            timeout: None,
+            received: Instant::now(),
+        }
+    }
+}
+
+/// A model version that takes traffic.
+pub struct ServedVersion {
+    /// Model name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+    /// The configuration it was loaded with.
+    pub config: Arc<ModelConfig>,
+    /// The loaded model (shared by the scheduler's instances).
+    pub model: Arc<dyn LoadedModel>,
+    /// Cumulative Triton-style statistics.
+    pub stats: Arc<VersionStats>,
+    scheduler: Scheduler,
+    metrics: VersionMetrics,
+}
+
+impl ServedVersion {
+    /// Starts the scheduler of a loaded model.
+    pub fn start(
+        name: &str,
+        version: u64,
+        config: Arc<ModelConfig>,
+        model: Arc<dyn LoadedModel>,
+        metrics: VersionMetrics,
+    ) -> Result<Self> {
+        let count = config.instance_group.count as usize;
+        let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(count);
+        for _ in 0..count {
+            instances.push(match model.create_instance() {
+                Some(i) => i?,
+                None => Box::new(SharedInstance(model.clone())),
+            });
+        }
+        let db = &config.dynamic_batching;
+        let mut preferred: Vec<usize> = db.preferred_batch_sizes.iter().map(|&p| p as usize).collect();
+        preferred.sort_unstable();
+        let policy = BatchPolicy {
+            max_batch: config.max_batch_size as usize,
+            preferred,
+            max_delay: Duration::from_micros(db.max_queue_delay_us),
+            max_queue: db.max_queue_size,
+        };
+        let stats = Arc::new(VersionStats::default());
+        let scheduler = Scheduler::start(
+            &format!("{name}-{version}"),
+            instances,
+            policy,
+            db.priority_levels as usize,
+            stats.clone(),
+            metrics.clone(),
+        )?;
+        Ok(ServedVersion {
+            name: name.to_string(),
+            version,
+            config,
+            model,
+            stats,
+            scheduler,
+            metrics,
+        })
+    }
+
+    /// Inputs and outputs.
+    pub fn io(&self) -> &ModelIo {
+        self.model.io()
+    }
+
+    /// Validates, queues and awaits one request. Failures are counted by reason.
+    pub async fn infer(&self, req: InferRequest) -> Result<Vec<Tensor>> {
+        self.metrics.inflight.inc();
+        let received = req.received;
+        let result = self.run(req).await;
+        self.metrics.inflight.dec();
+        let total = received.elapsed();
+        self.metrics.request_seconds.observe(total.as_secs_f64());
+        self.stats.record_request(result.is_ok(), total);
+        match result {
+            Ok(a) => {
+                self.metrics.success.inc();
+                self.metrics
+                    .overhead_seconds
+                    .observe(total.saturating_sub(a.compute).as_secs_f64());
+                self.metrics.compute_seconds.observe(a.compute.as_secs_f64());
+                Ok(a.outputs)
+            }
+            Err(e) => {
+                self.metrics.fail(e.code.as_label());
+                Err(e)
+            }
+        }
+    }
+
+    async fn run(&self, req: InferRequest) -> Result<Answer> {
+        let (inputs, rows) = self.validate(req.inputs)?;
+        let db = &self.config.dynamic_batching;
+        let level = match req.priority {
+            None | Some(0) => self.config.default_priority(),
+            Some(p) if p <= db.priority_levels as u64 => p as u32,
+            Some(p) => {
+                return Err(Error::invalid(format!(
+                    "parameter 'priority': {p} is outside 1..={} for model '{}'",
+                    db.priority_levels, self.name
+                )))
+            }
+        };
+        let timeout = match req.timeout {
+            Some(t) if !t.is_zero() => Some(t),
+            _ => (db.default_timeout_ms > 0).then(|| Duration::from_millis(db.default_timeout_ms)),
+        };
+        let deadline = timeout.map(|t| req.received + t);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.scheduler.enqueue(Pending {
+            inputs,
+            rows,
+            level: (level - 1) as usize,
+            arrival: Instant::now(),
+            deadline,
+            reply: tx,
+        })?;
+        let answer = match deadline {
+            None => rx.await,
+            Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorCode::Timeout,
+                        format!("request timed out after {:?}", timeout.unwrap_or_default()),
+                    ))
+                }
+            },
+        };
+        answer.map_err(|_| Error::unavailable("model version stopped before answering"))?
+    }
+
+    /// Checks names, types and shapes against the model and puts inputs in model order.
+    /// Returns the inputs and the request's rows (1 when the model does not batch).
+    pub fn validate(&self, mut given: Vec<Tensor>) -> Result<(Vec<Tensor>, usize)> {
+        let io = self.model.io();
+        let max_batch = self.config.max_batch_size as usize;
+        let mut ordered = Vec::with_capacity(io.inputs.len());
+        let mut rows: Option<usize> = None;
+        for spec in &io.inputs {
+            let pos = given.iter().position(|t| t.name == spec.name).ok_or_else(|| {
+                Error::invalid(format!(
+                    "input '{}' is missing (model '{}' expects {:?})",
+                    spec.name,
+                    self.name,
+                    io.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+                ))
+            })?;
+            let t = given.swap_remove(pos);
+            if t.dtype != spec.data_type {
+                return Err(Error::invalid(format!(
+                    "input '{}': datatype {} does not match the model's {}",
+                    t.name, t.dtype, spec.data_type
+                )));
+            }
+            let dims = if max_batch > 0 {
+                let r = match t.shape.first() {
+                    Some(&r) if r >= 1 => r as usize,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "input '{}': shape {:?} needs a batch dimension of at least 1",
+                            t.name, t.shape
+                        )))
+                    }
+                };
+                if r > max_batch {
+                    return Err(Error::invalid(format!(
+                        "input '{}': batch size {r} exceeds max_batch_size {max_batch} of model '{}'",
+                        t.name, self.name
+                    )));
+                }
+                if let Some(prev) = rows {
+                    if prev != r {
+                        return Err(Error::invalid(format!(
+                            "input '{}': batch size {r} differs from the other inputs' {prev}",
+                            t.name
+                        )));
+                    }
+                }
+                rows = Some(r);
+                &t.shape[1..]
+            } else {
+                &t.shape[..]
+            };
+            let ok = dims.len() == spec.dims.len()
+                && dims.iter().zip(&spec.dims).all(|(&g, &want)| want == -1 || g == want);
+            if !ok {
+                let expected: Vec<i64> = if max_batch > 0 {
+                    std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+                } else {
+                    spec.dims.clone()
+                };
+                return Err(Error::invalid(format!(
+                    "input '{}': shape {:?} does not match the model's {:?}",
+                    t.name, t.shape, expected
+                )));
+            }
+            t.validate()?;
+            ordered.push(t);
+        }
+        if let Some(extra) = given.first() {
+            let dup = ordered.iter().any(|t| t.name == extra.name);
+            return Err(Error::invalid(if dup {
+                format!("input '{}' is given more than once", extra.name)
+            } else {
+                format!("input '{}' is not an input of model '{}'", extra.name, self.name)
+            }));
+        }
+        Ok((ordered, rows.unwrap_or(1)))
+    }
+
+    /// Requests waiting in this version's queue.
+    pub fn queue_len(&self) -> usize {
+        self.scheduler.queue_len()
+    }
+}
