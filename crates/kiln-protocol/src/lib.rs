@@ -1,0 +1,24 @@
+//! KServe v2 / Triton wire formats.
+//!
+//! - [`inference`]: the gRPC messages, server and client of `inference.GRPCInferenceService`,
+//!   generated from `proto/` with Triton's field numbers.
+//! - [`http`]: the JSON request and response bodies with Triton's binary tensor extension.
+//! - [`grpc_convert`]: conversions between gRPC inference messages and [`InferRequest`] /
+//!   [`kiln_core::Tensor`].
+//!
+//! Both front ends decode into the same [`InferRequest`], so the layers above see one request
+//! type whatever the transport.
+
+pub mod grpc_convert;
+pub mod http;
+mod request;
+
+/// Messages, server and client of the `inference` protobuf package.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+pub use grpc_convert::{model_config_to_grpc, request_from_grpc, response_to_grpc};
+pub use http::{decode_request, encode_response, error_body};
+pub use request::{InferRequest, RequestedOutput};

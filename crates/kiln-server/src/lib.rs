@@ -1,0 +1,157 @@
+//! Kiln's server: the KServe v2 / Triton protocol over HTTP (axum) and gRPC (tonic), plus a
+//! Prometheus `/metrics` endpoint, over a [`ModelRepository`].
+//!
+//! [`Server::bind`] binds every port first (port 0 picks a free one, which tests use), then
+//! [`Server::serve`] runs until the shutdown future resolves: readiness turns false, listeners
+//! stop accepting, in-flight requests drain, and it returns.
+
+mod error;
+mod grpc;
+mod http;
+mod infer;
+mod metrics_http;
+mod state;
+mod views;
+
+pub use error::to_status;
+pub use state::AppState;
+
+use kiln_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use kiln_runtime::ModelRepository;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Listener addresses and limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP (KServe REST) address.
+    pub http_addr: SocketAddr,
+    /// gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Prometheus metrics address; `None` disables the endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Largest HTTP request body and gRPC message accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A port could not be bound.
+    #[error("cannot bind {what} address {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A listener failed while serving.
+    #[error("{what} server failed: {source}")]
+    Serve {
+        /// Which listener.
+        what: &'static str,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    state: Arc<AppState>,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    http: TcpListener,
+    grpc: TcpListener,
+    metrics: Option<TcpListener>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+impl Server {
+    /// Binds every listener. `registry` holds the metrics `/metrics` serves.
+    pub async fn bind(config: ServerConfig, repo: Arc<ModelRepository>, registry: Registry) -> Result<Self, ServerError> {
+        let http = bind("http", config.http_addr).await?;
+        let grpc = bind("grpc", config.grpc_addr).await?;
+        let metrics = match config.metrics_addr {
+            Some(a) => Some(bind("metrics", a).await?),
+            None => None,
+        };
+        Ok(Server { state: AppState::new(repo), registry: Arc::new(registry), config, http, grpc, metrics })
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener")
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound listener")
+    }
+
+    /// The bound metrics address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|l| l.local_addr().expect("bound listener"))
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        use axum::serve::ListenerExt;
+        let addrs = (self.http_addr(), self.grpc_addr(), self.metrics_addr());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, draining in-flight requests");
+            state.accepting.store(false, Ordering::Relaxed);
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let app = http::router(self.state.clone(), self.config.max_request_bytes);
+        let http_listener = self.http.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<GrpcInferenceServiceServer<grpc::Service>>().await;
+        let svc = GrpcInferenceServiceServer::new(grpc::Service { state: self.state.clone() })
+            .max_decoding_message_size(self.config.max_request_bytes)
+            .max_encoding_message_size(usize::MAX);
+        let incoming = tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+
+        let metrics = self.metrics.map(|l| {
+            let app = metrics_http::router(self.registry.clone());
+            axum::serve(l, app).with_graceful_shutdown(stopped(stop_rx.clone()))
+        });
+
+        tracing::info!(http = %addrs.0, grpc = %addrs.1, metrics = ?addrs.2, "serving");
+        let metrics_fut = async move {
+            match metrics {
+                Some(m) => m.await,
+                None => Ok(()),
+            }
+        };
+        let (h, g, m) = tokio::join!(async move { http.await }, grpc, metrics_fut);
+        h.map_err(|e| ServerError::Serve { what: "http", source: Box::new(e) })?;
+        g.map_err(|e| ServerError::Serve { what: "grpc", source: Box::new(e) })?;
+        m.map_err(|e| ServerError::Serve { what: "metrics", source: Box::new(e) })?;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}

@@ -1,1 +1,45 @@
-fn main() {}
+//! `kiln`: one binary, one subcommand per subsystem. Thin: parsing, logging, wiring.
+
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Kiln: inference serving for recommendation, search and content-understanding models.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about)]
+struct Cli {
+    /// Log output format.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax, e.g. `info` or `kiln_runtime=debug`).
+    #[arg(long, env = "KILN_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve models over the KServe v2 / Triton protocol (HTTP and gRPC).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .map_err(|e| anyhow::anyhow!("--log '{}': {e}", cli.log))?;
+    let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => sub.json().init(),
+        LogFormat::Text => sub.init(),
+    }
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+    }
+}

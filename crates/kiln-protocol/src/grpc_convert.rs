@@ -1,0 +1,370 @@
+//! Conversions between the gRPC messages of [`crate::inference`] and Kiln's types.
+
+use crate::inference::model_infer_request::InferInputTensor;
+use crate::inference::model_infer_response::InferOutputTensor;
+use crate::inference::{self as pb, infer_parameter::ParameterChoice};
+use crate::request::{
+    check_raw_data, count_mismatch, input_elements, parse_dtype, InferRequest, RequestedOutput,
+};
+use bytes::Bytes;
+use kiln_core::tensor::Element;
+use kiln_core::{DataType, Error, ErrorCode, ModelConfig, ModelIo, Result, Tensor};
+use std::collections::HashMap;
+use std::fmt::Display;
+
+#[cfg(test)]
+mod tests;
+
+/// Converts a gRPC `ModelInferRequest` into an [`InferRequest`].
+///
+/// Input data come either from `raw_input_contents` (one entry per input, in input order; the
+/// tensors share those buffers without copying) or from each input's typed `contents`
+/// (`fp32_contents`, `int64_contents`, `bytes_contents`, ...; FP16 only raw). Mixing the two
+/// forms is an error, as in Triton. The `priority` and `timeout` parameters are read from
+/// `int64_param` or `uint64_param`.
+pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
+    let use_raw = !req.raw_input_contents.is_empty();
+    if use_raw && req.raw_input_contents.len() != req.inputs.len() {
+        return Err(Error::invalid(format!(
+            "raw_input_contents has {} entries for {} inputs",
+            req.raw_input_contents.len(),
+            req.inputs.len()
+        )));
+    }
+    let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
+    let mut raw = req.raw_input_contents.into_iter();
+    for input in req.inputs {
+        let t = decode_input(input, if use_raw { raw.next() } else { None })?;
+        if inputs.iter().any(|x| x.name == t.name) {
+            return Err(Error::invalid(format!("input '{}' appears twice", t.name)));
+        }
+        inputs.push(t);
+    }
+
+    let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(req.outputs.len());
+    for o in req.outputs {
+        for unsupported in ["classification", "shared_memory_region"] {
+            if o.parameters.contains_key(unsupported) {
+                return Err(Error::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "output '{}': parameters.{unsupported} is not supported",
+                        o.name
+                    ),
+                ));
+            }
+        }
+        if outputs.iter().any(|r| r.name == o.name) {
+            return Err(Error::invalid(format!(
+                "output '{}' is requested twice",
+                o.name
+            )));
+        }
+        outputs.push(RequestedOutput {
+            name: o.name,
+            binary_data: None,
+        });
+    }
+
+    Ok(InferRequest {
+        id: Some(req.id).filter(|s| !s.is_empty()),
+        inputs,
+        outputs,
+        priority: uint_param(&req.parameters, "priority")?.filter(|&p| p != 0),
+        timeout_us: uint_param(&req.parameters, "timeout")?.filter(|&t| t != 0),
+        binary_data_output: false,
+    })
+}
+
+/// Builds a gRPC `ModelInferResponse` carrying the outputs in `raw_output_contents`, as
+/// Triton answers. The output buffers are shared, not copied.
+pub fn response_to_grpc(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    outputs: &[Tensor],
+) -> pb::ModelInferResponse {
+    pb::ModelInferResponse {
+        model_name: model_name.to_string(),
+        model_version: model_version.to_string(),
+        id: id.unwrap_or_default().to_string(),
+        parameters: HashMap::new(),
+        outputs: outputs
+            .iter()
+            .map(|t| InferOutputTensor {
+                name: t.name.clone(),
+                datatype: t.dtype.as_str().to_string(),
+                shape: t.shape.clone(),
+                parameters: HashMap::new(),
+                contents: None,
+            })
+            .collect(),
+        raw_output_contents: outputs.iter().map(|t| t.data.clone()).collect(),
+    }
+}
+
+/// Builds the Triton `ModelConfig` message of a model from its configuration and the inputs
+/// and outputs it was loaded with. Batching models report `dynamic_batching`, since Kiln
+/// batches every model with `max_batch_size > 0`.
+pub fn model_config_to_grpc(config: &ModelConfig, io: &ModelIo, platform: &str) -> pb::ModelConfig {
+    use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
+    let vp = &config.version_policy;
+    let policy = if vp.all == Some(true) {
+        PolicyChoice::All(All {})
+    } else if let Some(versions) = &vp.specific {
+        PolicyChoice::Specific(Specific {
+            versions: versions.iter().map(|&v| v as i64).collect(),
+        })
+    } else {
+        PolicyChoice::Latest(Latest {
+            num_versions: vp.latest.unwrap_or(1),
+        })
+    };
+    let db = &config.dynamic_batching;
+    let dynamic_batching = (config.max_batch_size > 0).then(|| pb::ModelDynamicBatching {
+        preferred_batch_size: db.preferred_batch_sizes.iter().map(|&b| b as i32).collect(),
+        max_queue_delay_microseconds: db.max_queue_delay_us,
+        priority_levels: u64::from(db.priority_levels),
+        default_priority_level: u64::from(config.default_priority()),
+        default_queue_policy: Some(pb::ModelQueuePolicy {
+            timeout_action: pb::model_queue_policy::TimeoutAction::Reject as i32,
+            default_timeout_microseconds: db.default_timeout_ms.saturating_mul(1000),
+            allow_timeout_override: true,
+            max_queue_size: u32::try_from(db.max_queue_size).unwrap_or(u32::MAX),
+        }),
+        ..Default::default()
+    });
+    pb::ModelConfig {
+        name: config.model_name().to_string(),
+        platform: platform.to_string(),
+        backend: config.backend.clone().unwrap_or_default(),
+        version_policy: Some(pb::ModelVersionPolicy {
+            policy_choice: Some(policy),
+        }),
+        max_batch_size: i32::try_from(config.max_batch_size).unwrap_or(i32::MAX),
+        input: io
+            .inputs
+            .iter()
+            .map(|s| pb::ModelInput {
+                name: s.name.clone(),
+                data_type: s.data_type.triton_config_enum(),
+                dims: s.dims.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        output: io
+            .outputs
+            .iter()
+            .map(|s| pb::ModelOutput {
+                name: s.name.clone(),
+                data_type: s.data_type.triton_config_enum(),
+                dims: s.dims.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        dynamic_batching,
+        instance_group: vec![pb::ModelInstanceGroup {
+            name: format!("{}_0", config.model_name()),
+            kind: pb::model_instance_group::Kind::Cpu as i32,
+            count: i32::try_from(config.instance_group.count).unwrap_or(i32::MAX),
+            ..Default::default()
+        }],
+        default_model_filename: config.default_model_filename.clone(),
+        parameters: config
+            .parameters
+            .iter()
+            .map(|(k, v)| {
+                let string_value = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                (k.clone(), pb::ModelParameter { string_value })
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Decodes one input from its raw bytes (`raw`) or its typed contents.
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
+    let InferInputTensor {
+        name,
+        datatype,
+        shape,
+        parameters,
+        contents,
+    } = input;
+    let dtype = parse_dtype(&datatype, &name)?;
+    if parameters.contains_key("shared_memory_region") {
+        return Err(Error::new(
+            ErrorCode::Unsupported,
+            format!("input '{name}': parameters.shared_memory_region is not supported"),
+        ));
+    }
+    let expected = input_elements(&shape, &name)?;
+    let data = match raw {
+        Some(data) => {
+            if contents.as_ref().is_some_and(has_contents) {
+                return Err(Error::invalid(format!(
+                    "input '{name}': contents are given together with raw_input_contents; \
+                     send every input one way"
+                )));
+            }
+            check_raw_data(&name, dtype, &shape, &data, "raw_input_contents")?;
+            data
+        }
+        None => {
+            let c = contents.unwrap_or_default();
+            let (data, got, field) = typed_data(&c, dtype, &name)?;
+            if got != expected {
+                let e = count_mismatch(&name, &shape, expected, got);
+                return Err(Error::invalid(format!("{} in contents.{field}", e.message)));
+            }
+            Bytes::from(data)
+        }
+    };
+    Ok(Tensor {
+        name,
+        dtype,
+        shape,
+        data,
+    })
+}
+
+/// True if any typed field of `c` holds data.
+fn has_contents(c: &pb::InferTensorContents) -> bool {
+    !(c.bool_contents.is_empty()
+        && c.int_contents.is_empty()
+        && c.int64_contents.is_empty()
+        && c.uint_contents.is_empty()
+        && c.uint64_contents.is_empty()
+        && c.fp32_contents.is_empty()
+        && c.fp64_contents.is_empty()
+        && c.bytes_contents.is_empty())
+}
+
+/// Little-endian bytes, element count and source field name of typed contents for `dtype`.
+fn typed_data(
+    c: &pb::InferTensorContents,
+    dtype: DataType,
+    name: &str,
+) -> Result<(Vec<u8>, usize, &'static str)> {
+    Ok(match dtype {
+        DataType::Bool => {
+            let v: Vec<u8> = c.bool_contents.iter().map(|&b| b as u8).collect();
+            (v, c.bool_contents.len(), "bool_contents")
+        }
+        DataType::Uint8 => (
+            narrow::<u32, u8>(&c.uint_contents, name)?,
+            c.uint_contents.len(),
+            "uint_contents",
+        ),
+        DataType::Uint16 => (
+            narrow::<u32, u16>(&c.uint_contents, name)?,
+            c.uint_contents.len(),
+            "uint_contents",
+        ),
+        DataType::Uint32 => (
+            narrow::<u32, u32>(&c.uint_contents, name)?,
+            c.uint_contents.len(),
+            "uint_contents",
+        ),
+        DataType::Uint64 => (
+            le(&c.uint64_contents),
+            c.uint64_contents.len(),
+            "uint64_contents",
+        ),
+        DataType::Int8 => (
+            narrow::<i32, i8>(&c.int_contents, name)?,
+            c.int_contents.len(),
+            "int_contents",
+        ),
+        DataType::Int16 => (
+            narrow::<i32, i16>(&c.int_contents, name)?,
+            c.int_contents.len(),
+            "int_contents",
+        ),
+        DataType::Int32 => (
+            narrow::<i32, i32>(&c.int_contents, name)?,
+            c.int_contents.len(),
+            "int_contents",
+        ),
+        DataType::Int64 => (
+            le(&c.int64_contents),
+            c.int64_contents.len(),
+            "int64_contents",
+        ),
+        DataType::Fp32 => (le(&c.fp32_contents), c.fp32_contents.len(), "fp32_contents"),
+        DataType::Fp64 => (le(&c.fp64_contents), c.fp64_contents.len(), "fp64_contents"),
+        DataType::Fp16 => {
+            return Err(Error::invalid(format!(
+                "input '{name}': FP16 data must be sent in raw_input_contents"
+            )))
+        }
+        DataType::Bytes => {
+            let total: usize = c.bytes_contents.iter().map(|b| 4 + b.len()).sum();
+            let mut v = Vec::with_capacity(total);
+            for b in &c.bytes_contents {
+                let len = u32::try_from(b.len()).map_err(|_| {
+                    Error::invalid(format!(
+                        "input '{name}': an element of {} bytes is too long",
+                        b.len()
+                    ))
+                })?;
+                v.extend_from_slice(&len.to_le_bytes());
+                v.extend_from_slice(b);
+            }
+            (v, c.bytes_contents.len(), "bytes_contents")
+        }
+    })
+}
+
+/// Little-endian bytes of `values`.
+fn le<T: Element>(values: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(std::mem::size_of_val(values));
+    for &v in values {
+        v.put_le(&mut out);
+    }
+    out
+}
+
+/// Little-endian bytes of `values` narrowed to `T`; a value out of `T`'s range is an error.
+fn narrow<S, T>(values: &[S], name: &str) -> Result<Vec<u8>>
+where
+    S: Copy + Display,
+    T: Element + TryFrom<S>,
+{
+    let mut out = Vec::with_capacity(values.len() * std::mem::size_of::<T>());
+    for &v in values {
+        let x = T::try_from(v).map_err(|_| {
+            Error::invalid(format!(
+                "input '{name}': value {v} is out of range for {}",
+                T::DTYPE
+            ))
+        })?;
+        x.put_le(&mut out);
+    }
+    Ok(out)
+}
+
+/// Reads the unsigned integer parameter `key` from `int64_param` (non-negative) or
+/// `uint64_param`; errors name it.
+fn uint_param(params: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Option<u64>> {
+    let Some(p) = params.get(key) else {
+        return Ok(None);
+    };
+    match &p.parameter_choice {
+        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v)),
+        Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Ok(Some(*v as u64)),
+        None => Ok(None),
+        Some(other) => {
+            let got = match other {
+                ParameterChoice::BoolParam(v) => format!("bool_param {v}"),
+                ParameterChoice::Int64Param(v) => format!("int64_param {v}"),
+                ParameterChoice::StringParam(v) => format!("string_param {v:?}"),
+                ParameterChoice::DoubleParam(v) => format!("double_param {v}"),
+                ParameterChoice::Uint64Param(v) => format!("uint64_param {v}"),
+            };
+            Err(Error::invalid(format!(
+                "parameters.{key}: expected a non-negative int64_param or uint64_param, got {got}"
+            )))
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Decoding of HTTP inference request bodies.
+
+use super::data::parse_data;
+use super::json_error_message;
+use crate::request::{
+    check_raw_data, count_mismatch, input_elements, parse_dtype, InferRequest, RequestedOutput,
+};
+use bytes::Bytes;
+use kiln_core::{Error, ErrorCode, Result, Tensor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// The JSON part of a request. Unknown fields are ignored, as Triton does.
+#[derive(Deserialize)]
+struct RequestJson<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    inputs: Vec<InputJson<'a>>,
+    #[serde(default)]
+    outputs: Vec<OutputJson>,
+}
+
+/// One input; `data` stays unparsed text until the datatype is known.
+#[derive(Deserialize)]
+struct InputJson<'a> {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    shape: Option<Vec<i64>>,
+    #[serde(default)]
+    datatype: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// One requested output.
+#[derive(Deserialize)]
+struct OutputJson {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// Decodes an HTTP inference request body.
+///
+/// `json_header_len` is the value of the `Inference-Header-Content-Length` header: when given,
+/// the first that many bytes are the JSON request and the rest is the concatenation of the
+/// binary inputs, in input order, each sized by its `parameters.binary_data_size`. Binary
+/// inputs are zero-copy slices of `body`. Every error is an
+/// [`ErrorCode::InvalidArgument`] (or [`ErrorCode::Unsupported`] for extensions Kiln does not
+/// serve) whose message names the offending field.
+pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<InferRequest> {
+    let json_len = match json_header_len {
+        Some(n) if n > body.len() => {
+            return Err(Error::invalid(format!(
+                "inference-header-content-length {n} exceeds the body length {}",
+                body.len()
+            )))
+        }
+        Some(n) => n,
+        None => body.len(),
+    };
+    let mut de = serde_json::Deserializer::from_slice(&body[..json_len]);
+    let req: RequestJson<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // Segments the parser had not named yet show as `?`; they add nothing to the message.
+        let path = e.path().to_string();
+        let at = match path.trim_end_matches(".?") {
+            "." | "?" | "" => String::new(),
+            p => format!("{p}: "),
+        };
+        let inner = e.into_inner();
+        Error::invalid(format!(
+            "malformed json at line {} column {}: {at}{}",
+            inner.line(),
+            inner.column(),
+            json_error_message(&inner)
+        ))
+    })?;
+    de.end().map_err(|e| {
+        Error::invalid(format!(
+            "malformed json at line {} column {}: {}",
+            e.line(),
+            e.column(),
+            json_error_message(&e)
+        ))
+    })?;
+
+    let params = req.parameters.unwrap_or_default();
+    let mut out = InferRequest {
+        id: req.id,
+        priority: uint_param(&params, "priority")?.filter(|&p| p != 0),
+        timeout_us: uint_param(&params, "timeout")?.filter(|&t| t != 0),
+        binary_data_output: bool_param(&params, "binary_data_output")?.unwrap_or(false),
+        inputs: Vec::with_capacity(req.inputs.len()),
+        outputs: Vec::with_capacity(req.outputs.len()),
+    };
+
+    let mut offset = json_len;
+    for (i, input) in req.inputs.into_iter().enumerate() {
+        let tensor = decode_input(i, input, &body, &mut offset, json_header_len.is_some())?;
+        if out.inputs.iter().any(|t| t.name == tensor.name) {
+            return Err(Error::invalid(format!(
+                "input '{}' appears twice",
+                tensor.name
+            )));
+        }
+        out.inputs.push(tensor);
+    }
+    if offset != body.len() {
+        return Err(Error::invalid(format!(
+            "binary data: {} bytes follow the last binary input",
+            body.len() - offset
+        )));
+    }
+
+    for (i, o) in req.outputs.into_iter().enumerate() {
+        let name = o
+            .name
+            .ok_or_else(|| Error::invalid(format!("outputs[{i}]: missing 'name'")))?;
+        let params = o.parameters.unwrap_or_default();
+        let what = format!("output '{name}'");
+        for unsupported in ["classification", "shared_memory_region"] {
+            if params.contains_key(unsupported) {
+                return Err(Error::new(
+                    ErrorCode::Unsupported,
+                    format!("{what}: parameters.{unsupported} is not supported"),
+                ));
+            }
+        }
+        let binary_data = bool_param(&params, "binary_data")
+            .map_err(|e| Error::invalid(format!("{what}: {}", e.message)))?;
+        if out.outputs.iter().any(|r| r.name == name) {
+            return Err(Error::invalid(format!("{what} is requested twice")));
+        }
+        out.outputs.push(RequestedOutput { name, binary_data });
+    }
+    Ok(out)
+}
+
+/// Decodes input number `i`, taking its binary data (if any) from `body` at `*offset`.
+fn decode_input(
+    i: usize,
+    input: InputJson<'_>,
+    body: &Bytes,
+    offset: &mut usize,
+    has_binary_part: bool,
+) -> Result<Tensor> {
+    let name = input
+        .name
+        .ok_or_else(|| Error::invalid(format!("inputs[{i}]: missing 'name'")))?;
+    let shape = input
+        .shape
+        .ok_or_else(|| Error::invalid(format!("input '{name}': missing 'shape'")))?;
+    let datatype = input
+        .datatype
+        .ok_or_else(|| Error::invalid(format!("input '{name}': missing 'datatype'")))?;
+    let dtype = parse_dtype(&datatype, &name)?;
+    let expected = input_elements(&shape, &name)?;
+    let params = input.parameters.unwrap_or_default();
+    if params.contains_key("shared_memory_region") {
+        return Err(Error::new(
+            ErrorCode::Unsupported,
+            format!("input '{name}': parameters.shared_memory_region is not supported"),
+        ));
+    }
+    let binary_size = uint_param(&params, "binary_data_size")
+        .map_err(|e| Error::invalid(format!("input '{name}': {}", e.message)))?;
+
+    let data = match (binary_size, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(format!(
+                "input '{name}': has both 'data' and parameters.binary_data_size"
+            )))
+        }
+        (None, None) => {
+            return Err(Error::invalid(format!(
+                "input '{name}': has neither 'data' nor parameters.binary_data_size"
+            )))
+        }
+        (Some(size), None) => {
+            if !has_binary_part {
+                return Err(Error::invalid(format!(
+                    "input '{name}': parameters.binary_data_size is set but the request has no \
+                     inference-header-content-length header"
+                )));
+            }
+            let remain = body.len() - *offset;
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|&s| s <= remain)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "input '{name}': binary_data_size {size} runs past the end of the body \
+                     ({remain} bytes remain)"
+                    ))
+                })?;
+            let data = body.slice(*offset..*offset + size);
+            *offset += size;
+            check_raw_data(&name, dtype, &shape, &data, "binary_data_size")?;
+            data
+        }
+        (None, Some(raw)) => {
+            let (data, got) = parse_data(raw, &name, dtype, expected)?;
+            if got != expected {
+                return Err(count_mismatch(&name, &shape, expected, got));
+            }
+            Bytes::from(data)
+        }
+    };
+    Ok(Tensor {
+        name,
+        dtype,
+        shape,
+        data,
+    })
+}
+
+/// Reads the unsigned integer parameter `key`; errors name it.
+fn uint_param(params: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            Error::invalid(format!(
+                "parameters.{key}: expected an unsigned integer, got {v}"
+            ))
+        }),
+    }
+}
+
+/// Reads the boolean parameter `key`; errors name it.
+fn bool_param(params: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            Error::invalid(format!("parameters.{key}: expected true or false, got {v}"))
+        }),
+    }
+}

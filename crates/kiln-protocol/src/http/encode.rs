@@ -1,0 +1,273 @@
+//! Encoding of HTTP inference responses and error bodies.
+//!
+//! The JSON is written by hand into one buffer (numbers with `itoa` / `ryu`), which avoids a
+//! `serde_json::Value` per element for large outputs.
+
+use crate::request::fmt_shape;
+use bytes::Bytes;
+use half::f16;
+use kiln_core::tensor::element_count;
+use kiln_core::{DataType, Error, Result, Tensor};
+
+/// Encodes an inference response.
+///
+/// Each output is `(tensor, binary)`: binary outputs are announced in the JSON with
+/// `parameters.binary_data_size` and their bytes follow the JSON in output order; the others
+/// carry a flat `data` array (numbers, `true`/`false` for `BOOL`, strings for `BYTES`).
+/// Non-finite floats are written as `NaN`, `Infinity` and `-Infinity`, as Triton writes them.
+///
+/// Returns the body and, when any output is binary, the length of the JSON part: the caller
+/// then sets `Inference-Header-Content-Length` to it and the content type to
+/// `application/octet-stream`. Fails if an output's data do not match its shape, or if a
+/// `BYTES` output to be sent as JSON is not valid UTF-8 (the message tells the client to ask
+/// for it as binary data).
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    outputs: &[(Tensor, bool)],
+) -> Result<(Bytes, Option<usize>)> {
+    let json_estimate: usize = outputs
+        .iter()
+        .map(|(t, binary)| 96 + if *binary { 0 } else { t.len() * 16 })
+        .sum();
+    let binary_len: usize = outputs
+        .iter()
+        .filter(|(_, b)| *b)
+        .map(|(t, _)| t.data.len())
+        .sum();
+    let mut buf = Vec::with_capacity(64 + json_estimate + binary_len);
+
+    buf.extend_from_slice(b"{\"model_name\":");
+    write_str(&mut buf, model_name);
+    buf.extend_from_slice(b",\"model_version\":");
+    write_str(&mut buf, model_version);
+    if let Some(id) = id {
+        buf.extend_from_slice(b",\"id\":");
+        write_str(&mut buf, id);
+    }
+    buf.extend_from_slice(b",\"outputs\":[");
+    for (i, (t, binary)) in outputs.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        let n = check_output(t)?;
+        buf.extend_from_slice(b"{\"name\":");
+        write_str(&mut buf, &t.name);
+        buf.extend_from_slice(b",\"datatype\":\"");
+        buf.extend_from_slice(t.dtype.as_str().as_bytes());
+        buf.extend_from_slice(b"\",\"shape\":[");
+        let mut ints = itoa::Buffer::new();
+        for (j, d) in t.shape.iter().enumerate() {
+            if j > 0 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(ints.format(*d).as_bytes());
+        }
+        buf.push(b']');
+        if *binary {
+            buf.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+            buf.extend_from_slice(ints.format(t.data.len()).as_bytes());
+            buf.extend_from_slice(b"}}");
+        } else {
+            buf.extend_from_slice(b",\"data\":[");
+            write_data(&mut buf, t, n)?;
+            buf.extend_from_slice(b"]}");
+        }
+    }
+    buf.extend_from_slice(b"]}");
+
+    if !outputs.iter().any(|(_, b)| *b) {
+        return Ok((Bytes::from(buf), None));
+    }
+    let header_len = buf.len();
+    for (t, _) in outputs.iter().filter(|(_, b)| *b) {
+        buf.extend_from_slice(&t.data);
+    }
+    Ok((Bytes::from(buf), Some(header_len)))
+}
+
+/// Triton's HTTP error body: `{"error":"<message>"}`.
+pub fn error_body(message: &str) -> Bytes {
+    let mut buf = Vec::with_capacity(message.len() + 16);
+    buf.extend_from_slice(b"{\"error\":");
+    write_str(&mut buf, message);
+    buf.push(b'}');
+    Bytes::from(buf)
+}
+
+/// Checks that an output's data match its shape; returns its element count.
+fn check_output(t: &Tensor) -> Result<usize> {
+    let n = element_count(&t.shape, &format!("output '{}'", t.name))
+        .map_err(|e| Error::internal(e.message))?;
+    if let Some(w) = t.dtype.size() {
+        if Some(t.data.len()) != n.checked_mul(w) {
+            return Err(Error::internal(format!(
+                "output '{}': {} bytes do not fit shape {} of {}",
+                t.name,
+                t.data.len(),
+                fmt_shape(&t.shape),
+                t.dtype
+            )));
+        }
+    }
+    Ok(n)
+}
+
+/// Writes the elements of `t` (`n` of them) as comma-separated JSON values.
+fn write_data(buf: &mut Vec<u8>, t: &Tensor, n: usize) -> Result<()> {
+    macro_rules! ints {
+        ($t:ty) => {{
+            let mut b = itoa::Buffer::new();
+            for (i, c) in t.data.chunks_exact(std::mem::size_of::<$t>()).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                let v = <$t>::from_le_bytes(c.try_into().expect("chunk width"));
+                buf.extend_from_slice(b.format(v).as_bytes());
+            }
+        }};
+    }
+    match t.dtype {
+        DataType::Bool => {
+            for (i, &b) in t.data.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                buf.extend_from_slice(if b != 0 { b"true" } else { b"false" });
+            }
+        }
+        DataType::Uint8 => ints!(u8),
+        DataType::Uint16 => ints!(u16),
+        DataType::Uint32 => ints!(u32),
+        DataType::Uint64 => ints!(u64),
+        DataType::Int8 => ints!(i8),
+        DataType::Int16 => ints!(i16),
+        DataType::Int32 => ints!(i32),
+        DataType::Int64 => ints!(i64),
+        DataType::Fp16 => {
+            let mut b = ryu::Buffer::new();
+            for (i, c) in t.data.chunks_exact(2).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_f32(buf, &mut b, f16::from_le_bytes([c[0], c[1]]).to_f32());
+            }
+        }
+        DataType::Fp32 => {
+            let mut b = ryu::Buffer::new();
+            for (i, c) in t.data.chunks_exact(4).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_f32(
+                    buf,
+                    &mut b,
+                    f32::from_le_bytes(c.try_into().expect("chunk width")),
+                );
+            }
+        }
+        DataType::Fp64 => {
+            let mut b = ryu::Buffer::new();
+            for (i, c) in t.data.chunks_exact(8).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                let v = f64::from_le_bytes(c.try_into().expect("chunk width"));
+                match non_finite(v.is_nan(), v.is_infinite(), v < 0.0) {
+                    Some(s) => buf.extend_from_slice(s),
+                    None => buf.extend_from_slice(b.format_finite(v).as_bytes()),
+                }
+            }
+        }
+        DataType::Bytes => write_strings(buf, t, n)?,
+    }
+    Ok(())
+}
+
+/// Writes length-prefixed `BYTES` elements as JSON strings.
+fn write_strings(buf: &mut Vec<u8>, t: &Tensor, n: usize) -> Result<()> {
+    let data = &t.data[..];
+    let mut pos = 0usize;
+    let mut count = 0usize;
+    while pos < data.len() {
+        let elem = data
+            .get(pos..pos + 4)
+            .map(|l| u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize)
+            .and_then(|len| data.get(pos + 4..pos + 4 + len));
+        let Some(elem) = elem else {
+            return Err(Error::internal(format!(
+                "output '{}': malformed BYTES element at offset {pos}",
+                t.name
+            )));
+        };
+        let Ok(s) = std::str::from_utf8(elem) else {
+            return Err(Error::invalid(format!(
+                "output '{}': element {count} is not valid UTF-8 and cannot be sent as JSON; \
+                 request the output as binary data (parameters.binary_data = true)",
+                t.name
+            )));
+        };
+        if count > 0 {
+            buf.push(b',');
+        }
+        write_str(buf, s);
+        pos += 4 + elem.len();
+        count += 1;
+    }
+    if count != n {
+        return Err(Error::internal(format!(
+            "output '{}': {count} BYTES elements do not fit shape {}",
+            t.name,
+            fmt_shape(&t.shape)
+        )));
+    }
+    Ok(())
+}
+
+fn write_f32(buf: &mut Vec<u8>, b: &mut ryu::Buffer, v: f32) {
+    match non_finite(v.is_nan(), v.is_infinite(), v < 0.0) {
+        Some(s) => buf.extend_from_slice(s),
+        None => buf.extend_from_slice(b.format_finite(v).as_bytes()),
+    }
+}
+
+fn non_finite(nan: bool, inf: bool, negative: bool) -> Option<&'static [u8]> {
+    match (nan, inf, negative) {
+        (true, _, _) => Some(b"NaN"),
+        (false, true, false) => Some(b"Infinity"),
+        (false, true, true) => Some(b"-Infinity"),
+        _ => None,
+    }
+}
+
+/// Writes `s` as a JSON string literal.
+fn write_str(buf: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                buf.extend_from_slice(&bytes[start..i]);
+                buf.extend_from_slice(b"\\u00");
+                buf.push(HEX[(c >> 4) as usize]);
+                buf.push(HEX[(c & 0xf) as usize]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.extend_from_slice(esc);
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}

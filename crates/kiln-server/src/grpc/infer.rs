@@ -1,0 +1,71 @@
+//! ModelInfer and ModelStreamInfer.
+
+use crate::error::to_status;
+use crate::state::AppState;
+use kiln_protocol::inference as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+/// The response stream of ModelStreamInfer.
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+async fn run(state: &AppState, req: pb::ModelInferRequest) -> kiln_core::Result<pb::ModelInferResponse> {
+    let received = Instant::now();
+    let model = req.model_name.clone();
+    let version = req.model_version.clone();
+    let wire = kiln_protocol::request_from_grpc(req)?;
+    let id = wire.id.clone();
+    let done = crate::infer::infer(state, &model, &version, wire, received).await?;
+    let outputs: Vec<kiln_core::Tensor> = done.outputs.into_iter().map(|(t, _)| t).collect();
+    Ok(kiln_protocol::response_to_grpc(
+        &done.version.name,
+        &done.version.version.to_string(),
+        id.as_deref(),
+        &outputs,
+    ))
+}
+
+/// One unary inference.
+pub async fn unary(state: &AppState, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, Status> {
+    run(state, req).await.map_err(to_status)
+}
+
+/// Requests on one stream are computed concurrently (so they batch together); each answer, or
+/// its error in `error_message`, goes out on the response stream as soon as it is ready. At
+/// most `IN_FLIGHT` answers wait for the client to read them.
+pub fn stream(state: Arc<AppState>, mut incoming: tonic::Streaming<pb::ModelInferRequest>) -> ResponseStream {
+    const IN_FLIGHT: usize = 256;
+    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    tokio::spawn(async move {
+        while let Some(msg) = incoming.next().await {
+            let req = match msg {
+                Ok(r) => r,
+                Err(s) => {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+            };
+            let permit = match tx.clone().reserve_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let id = req.id.clone();
+                let answer = match run(&state, req).await {
+                    Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
+                    Err(e) => pb::ModelStreamInferResponse {
+                        error_message: e.message,
+                        infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                    },
+                };
+                permit.send(Ok(answer));
+            });
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}

@@ -1,0 +1,175 @@
+//! The gRPC front end: `inference.GRPCInferenceService` (KServe v2 plus Triton's extensions).
+//! Inference lives in [`infer`]; this file answers health, metadata, configuration,
+//! statistics and repository calls.
+
+mod infer;
+
+use crate::error::to_status;
+use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::views;
+use kiln_protocol::inference as pb;
+use kiln_protocol::inference::grpc_inference_service_server::GrpcInferenceService;
+use kiln_runtime::stats::CountNs;
+use kiln_runtime::ServedVersion;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    /// Shared server state.
+    pub state: Arc<AppState>,
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+fn stat(c: CountNs) -> Option<pb::StatisticDuration> {
+    Some(pb::StatisticDuration { count: c.count, ns: c.ns })
+}
+
+fn stats_message(v: &ServedVersion) -> pb::ModelStatistics {
+    let s = v.stats.snapshot();
+    pb::ModelStatistics {
+        name: v.name.clone(),
+        version: v.version.to_string(),
+        last_inference: s.last_inference_ms,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(pb::InferStatistics {
+            success: stat(s.success),
+            fail: stat(s.fail),
+            queue: stat(s.queue),
+            compute_input: stat(s.compute_input),
+            compute_infer: stat(s.compute_infer),
+            compute_output: stat(s.compute_output),
+            cache_hit: stat(CountNs::default()),
+            cache_miss: stat(CountNs::default()),
+        }),
+        batch_stats: s
+            .batches
+            .iter()
+            .map(|(size, b)| pb::InferBatchStatistics {
+                batch_size: *size,
+                compute_input: stat(b.compute_input),
+                compute_infer: stat(b.compute_infer),
+                compute_output: stat(b.compute_output),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Service {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Rpc<pb::ServerLiveResponse> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Rpc<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.state.ready() }))
+    }
+
+    async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Rpc<pb::ModelReadyResponse> {
+        let r = r.into_inner();
+        let ready = self.state.ready() && self.state.version(&r.name, &r.version).is_ok();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Rpc<pb::ServerMetadataResponse> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: SERVER_VERSION.into(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<pb::ModelMetadataRequest>) -> Rpc<pb::ModelMetadataResponse> {
+        let r = r.into_inner();
+        let v = self.state.version(&r.name, &r.version).map_err(to_status)?;
+        let batched = v.config.max_batch_size > 0;
+        let meta = |s: &kiln_core::TensorSpec| pb::model_metadata_response::TensorMetadata {
+            name: s.name.clone(),
+            datatype: s.data_type.as_str().into(),
+            shape: if batched {
+                std::iter::once(-1).chain(s.dims.iter().copied()).collect()
+            } else {
+                s.dims.clone()
+            },
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: v.name.clone(),
+            versions: self.state.serving_versions(&v.name).iter().map(|x| x.to_string()).collect(),
+            platform: views::platform(&v),
+            inputs: v.io().inputs.iter().map(meta).collect(),
+            outputs: v.io().outputs.iter().map(meta).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Rpc<pb::ModelInferResponse> {
+        infer::unary(&self.state, r.into_inner()).await.map(Response::new)
+    }
+
+    type ModelStreamInferStream = infer::ResponseStream;
+
+    async fn model_stream_infer(
+        &self,
+        r: Request<tonic::Streaming<pb::ModelInferRequest>>,
+    ) -> Rpc<Self::ModelStreamInferStream> {
+        Ok(Response::new(infer::stream(self.state.clone(), r.into_inner())))
+    }
+
+    async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Rpc<pb::ModelConfigResponse> {
+        let r = r.into_inner();
+        let v = self.state.version(&r.name, &r.version).map_err(to_status)?;
+        let mut config = kiln_protocol::model_config_to_grpc(&v.config, v.io(), &views::platform(&v));
+        config.name = v.name.clone();
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(config) }))
+    }
+
+    async fn model_statistics(&self, r: Request<pb::ModelStatisticsRequest>) -> Rpc<pb::ModelStatisticsResponse> {
+        let r = r.into_inner();
+        let model_stats = if r.name.is_empty() {
+            self.state.repo.serving().iter().map(|v| stats_message(v)).collect()
+        } else if r.version.is_empty() {
+            self.state.version(&r.name, "").map_err(to_status)?;
+            self.state.repo.serving().iter().filter(|v| v.name == r.name).map(|v| stats_message(v)).collect()
+        } else {
+            vec![stats_message(self.state.version(&r.name, &r.version).map_err(to_status)?.as_ref())]
+        };
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(&self, r: Request<pb::RepositoryIndexRequest>) -> Rpc<pb::RepositoryIndexResponse> {
+        let ready_only = r.into_inner().ready;
+        let models = self
+            .state
+            .repo
+            .index()
+            .into_iter()
+            .filter(|e| !ready_only || e.state == kiln_runtime::VersionState::Ready)
+            .map(|e| pb::repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: e.state.as_str().into(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        r: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Rpc<pb::RepositoryModelLoadResponse> {
+        self.state.repo.load(&r.into_inner().model_name).await.map_err(to_status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        r: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Rpc<pb::RepositoryModelUnloadResponse> {
+        self.state.repo.unload(&r.into_inner().model_name).await.map_err(to_status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}

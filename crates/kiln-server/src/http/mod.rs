@@ -1,0 +1,35 @@
+//! The HTTP front end (KServe v2 REST plus Triton's extensions), split by API area.
+
+mod admin;
+mod infer;
+
+use crate::state::AppState;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+
+/// The HTTP routes. `max_body` bounds request bodies (413 beyond it).
+pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(admin::live))
+        .route("/v2/health/ready", get(admin::ready))
+        .route("/v2", get(admin::server_metadata))
+        .route("/v2/models/stats", get(admin::all_stats))
+        .route("/v2/models/{model}", get(admin::model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(admin::model_metadata_v))
+        .route("/v2/models/{model}/ready", get(admin::model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(admin::model_ready_v))
+        .route("/v2/models/{model}/config", get(admin::model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(admin::model_config_v))
+        .route("/v2/models/{model}/stats", get(admin::model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(admin::model_stats_v))
+        .route("/v2/models/{model}/infer", post(infer::infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer::infer_v))
+        .route("/v2/repository/index", post(admin::repository_index))
+        .route("/v2/repository/models/{model}/load", post(admin::load))
+        .route("/v2/repository/models/{model}/unload", post(admin::unload))
+        .fallback(admin::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

@@ -1,0 +1,66 @@
+//! What both front ends do for one inference: find the version, run the request, and pick the
+//! outputs the client asked for.
+
+use crate::state::AppState;
+use kiln_core::{Error, Result, Tensor};
+use kiln_protocol::InferRequest as WireRequest;
+use kiln_runtime::{InferRequest, ServedVersion};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The answer of one inference: the version that computed it and the selected outputs, each
+/// with whether the client wants it as binary data (HTTP only).
+pub struct Inferred {
+    /// The version that served the request.
+    pub version: Arc<ServedVersion>,
+    /// Outputs in the order the client asked for them (model order if it asked for none).
+    pub outputs: Vec<(Tensor, bool)>,
+}
+
+/// Runs `req` on `model` / `version` (empty = latest).
+pub async fn infer(
+    state: &AppState,
+    model: &str,
+    version: &str,
+    req: WireRequest,
+    received: Instant,
+) -> Result<Inferred> {
+    let served = state.version(model, version)?;
+    // Check requested outputs before computing anything.
+    let io = served.io();
+    for o in &req.outputs {
+        if !io.outputs.iter().any(|s| s.name == o.name) {
+            return Err(Error::invalid(format!(
+                "output '{}' is not an output of model '{}' (outputs: {:?})",
+                o.name,
+                served.name,
+                io.outputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+            )));
+        }
+    }
+    let WireRequest { inputs, outputs: requested, priority, timeout_us, binary_data_output, .. } = req;
+    let all = served
+        .infer(InferRequest {
+            inputs,
+            priority,
+            timeout: timeout_us.map(Duration::from_micros),
+            received,
+        })
+        .await?;
+    let outputs = if requested.is_empty() {
+        all.into_iter().map(|t| (t, binary_data_output)).collect()
+    } else {
+        let mut all: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
+        requested
+            .iter()
+            .map(|o| {
+                let i = io.outputs.iter().position(|s| s.name == o.name).expect("checked above");
+                let t = all[i].take().ok_or_else(|| {
+                    Error::invalid(format!("output '{}' is requested more than once", o.name))
+                })?;
+                Ok((t, o.binary_data.unwrap_or(binary_data_output)))
+            })
+            .collect::<Result<_>>()?
+    };
+    Ok(Inferred { version: served, outputs })
+}

@@ -1,0 +1,68 @@
+//! State shared by the HTTP and gRPC front ends.
+
+use kiln_core::{Error, Result};
+use kiln_runtime::{check_model_name, ModelRepository, ServedVersion};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The protocol extensions this server implements, as `GET /v2` lists them.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "parameters",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "schedule_policy",
+];
+
+/// What every handler needs.
+pub struct AppState {
+    /// The models.
+    pub repo: Arc<ModelRepository>,
+    /// False once shutdown has begun, so readiness probes fail while requests drain.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    /// State over `repo`, accepting traffic.
+    pub fn new(repo: Arc<ModelRepository>) -> Arc<Self> {
+        Arc::new(AppState { repo, accepting: AtomicBool::new(true) })
+    }
+
+    /// Server readiness: accepting traffic and every known model serving.
+    pub fn ready(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Serving versions of `model`, ascending.
+    pub fn serving_versions(&self, model: &str) -> Vec<u64> {
+        self.repo
+            .index()
+            .into_iter()
+            .filter(|e| e.name == model && e.state == kiln_runtime::VersionState::Ready)
+            .filter_map(|e| e.version)
+            .collect()
+    }
+
+    /// The served version of `model` (`version` empty = latest), with name checks.
+    pub fn version(&self, model: &str, version: &str) -> Result<Arc<ServedVersion>> {
+        check_model_name(model)?;
+        let v = parse_version(version)?;
+        self.repo.get(model, v)
+    }
+}
+
+/// Parses a version string; empty means "latest".
+pub fn parse_version(v: &str) -> Result<Option<u64>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<u64>()
+        .map(Some)
+        .map_err(|_| Error::invalid(format!("invalid model version '{}': must be a number", v.escape_debug())))
+}
+
+/// Server name and version as `GET /v2` reports them.
+pub const SERVER_NAME: &str = "kiln";
+/// Server version.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,238 @@
+//! Compatibility with NVIDIA's own Triton clients: starts the built `kiln serve` on the example
+//! model repository (every port 0), then runs `tests/compat/tritonclient_compat.py`, which drives
+//! it with tritonclient 2.51 over HTTP (JSON and binary tensors) and gRPC (unary, async and
+//! streaming) and compares every answer with onnxruntime.
+//!
+//! Needs the project's Python environment (`scripts/setup-python.sh` creates `.venv`); the
+//! interpreter can be overridden with `KILN_PYTHON`. Without it the test is skipped with a message,
+//! except when `CI` is set, where it fails.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long the server may take to load the models and write its ready file.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound for the whole Python run; its own calls time out after 60 s each.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn repo_root() -> PathBuf {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    fs::canonicalize(&root).unwrap_or(root)
+}
+
+/// A scratch directory removed on drop (std only: no tempfile dependency).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("kiln-{tag}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&dir).expect("create scratch directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The running server: killed and reaped on drop, also when the test panics, and its log
+/// printed when the test failed.
+struct Server {
+    /// The `kiln serve` child process.
+    child: Child,
+    /// Where the server's stdout and stderr go.
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- kiln serve log ({}) ---", self.log.display());
+            eprintln!("{}", tail(&self.log, 200));
+        }
+    }
+}
+
+/// The last `lines` lines of a file, or a note saying why there are none.
+fn tail(path: &Path, lines: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Reads `"key": <number>` out of the ready file's one-level JSON object.
+fn json_port(text: &str, key: &str) -> Option<u16> {
+    let quoted = format!("\"{key}\"");
+    let rest = &text[text.find(&quoted)? + quoted.len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok().filter(|&p| p != 0)
+}
+
+/// The Python interpreter with tritonclient, or `None` (after saying why) to skip the test.
+fn python(root: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_PYTHON") {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "KILN_PYTHON={} does not exist", p.display());
+        return Some(p);
+    }
+    let p = root.join(".venv/bin/python");
+    if p.exists() {
+        return Some(p);
+    }
+    let why = format!(
+        "{} not found; run scripts/setup-python.sh to create the Python environment",
+        p.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("tritonclient compatibility test: {why}");
+    }
+    // straight to the stderr handle, not eprintln!, which the test harness captures and hides
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping tritonclient compatibility test: {why}"
+    );
+    None
+}
+
+fn start_server(root: &Path, models: &Path, scratch: &Path) -> (Server, u16, u16) {
+    let ready = scratch.join("ready.json");
+    let log = scratch.join("kiln-serve.log");
+    let out = fs::File::create(&log).expect("create server log");
+    let err = out.try_clone().expect("clone server log handle");
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .arg("--model-repository")
+        .arg(models)
+        .args(["--http-port", "0"])
+        .args(["--grpc-port", "0"])
+        .args(["--metrics-port", "0"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start kiln serve");
+    let mut server = Server { child, log };
+
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = fs::read_to_string(&ready) {
+            // a half-written file is read again on the next turn
+            if text.trim_end().ends_with('}') {
+                if let (Some(http), Some(grpc)) =
+                    (json_port(&text, "http_port"), json_port(&text, "grpc_port"))
+                {
+                    return (server, http, grpc);
+                }
+            }
+        }
+        if let Some(status) = server.child.try_wait().expect("poll kiln serve") {
+            panic!(
+                "kiln serve exited with {status} before writing {}",
+                ready.display()
+            );
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            panic!(
+                "kiln serve wrote no complete {} within {READY_TIMEOUT:?}",
+                ready.display()
+            );
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tritonclient_http_and_grpc() {
+    let root = repo_root();
+    let Some(python) = python(&root) else {
+        return;
+    };
+    let models = root.join("examples/models");
+    let script = root.join("tests/compat/tritonclient_compat.py");
+    assert!(
+        models.join("mlp/1/model.onnx").exists() && models.join("ranker/1/model.onnx").exists(),
+        "{} lacks the example models; run .venv/bin/python examples/gen_models.py",
+        models.display()
+    );
+
+    let scratch = TempDir::new("tritonclient");
+    let (_server, http, grpc) = start_server(&root, &models, &scratch.0);
+
+    let client_log = scratch.0.join("client.log");
+    let out = fs::File::create(&client_log).expect("create client log");
+    let err = out.try_clone().expect("clone client log handle");
+    let mut client = Command::new(&python)
+        .arg(&script)
+        .arg("--http")
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--grpc")
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("--models")
+        .arg(&models)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", python.display()));
+
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = client.try_wait().expect("poll the compatibility script") {
+            break status;
+        }
+        if start.elapsed() > CLIENT_TIMEOUT {
+            let _ = client.kill();
+            let _ = client.wait();
+            panic!(
+                "the compatibility script ran past {CLIENT_TIMEOUT:?}:\n{}",
+                tail(&client_log, 100)
+            );
+        }
+        sleep(Duration::from_millis(100));
+    };
+    let report = fs::read_to_string(&client_log).unwrap_or_default();
+    println!("{report}");
+    assert!(
+        status.success(),
+        "tritonclient compatibility checks failed ({status}):\n{}",
+        report
+            .lines()
+            .filter(|l| l.starts_with("FAIL") || l.contains(" passed, "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn reads_ports_from_the_ready_file() {
+    let text = r#"{"http_port":8000, "grpc_port" : 8001,"metrics_port":8002}"#;
+    assert_eq!(json_port(text, "http_port"), Some(8000));
+    assert_eq!(json_port(text, "grpc_port"), Some(8001));
+    assert_eq!(json_port(text, "metrics_port"), Some(8002));
+    assert_eq!(json_port(r#"{"http_port":80"#, "grpc_port"), None);
+    assert_eq!(json_port(r#"{"http_port":0}"#, "http_port"), None);
+}
