@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Kiln serving the mlp example, measured with perf_analyzer next to the in-process onnxruntime
+# limit and the peer servers (PyTriton, KServe, MLServer) on the same machine in the same run.
+#
+#   bench/serve/run.sh [kiln] [raw] [peers]      default: all three
+#
+# Env: INSTANCES (kiln worker threads, default 2), DELAY_US (max_queue_delay_us, default 0),
+# BACKEND (kiln backend for the model, default tract), CONC / MI / TRIALS / BATCHES as in
+# ../shared/peers/README.md. Results: bench/out/serve-DATE/results.md plus Kiln's server-side
+# latency quantiles (from its own histograms) per protocol and batch size.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+PEERS_SH=${PEERS_SH:-$ROOT/../shared/peers/peers.sh}
+OUT=${OUT:-$ROOT/bench/out/serve-$(date +%Y%m%d-%H%M%S)}
+export RESULTS=$OUT/results.md
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+HP=${HTTP_PORT:-18000} GP=${GRPC_PORT:-18001} MP=${METRICS_PORT:-18002}
+MODEL_ONNX=$ROOT/examples/models/mlp/1/model.onnx
+what=${*:-kiln raw peers}
+mkdir -p "$OUT"
+
+if [[ " $what " == *" kiln "* ]]; then
+  (cd "$ROOT" && cargo build --release -p kiln)
+  repo=$OUT/models
+  mkdir -p "$repo/mlp/1"
+  cp "$MODEL_ONNX" "$repo/mlp/1/model.onnx"
+  cat >"$repo/mlp/config.toml" <<TOML
+backend = "${BACKEND:-tract}"
+max_batch_size = 256
+[[input]]
+name = "x"
+data_type = "FP32"
+dims = [256]
+[[output]]
+name = "y"
+data_type = "FP32"
+dims = [1]
+[dynamic_batching]
+max_queue_delay_us = ${DELAY_US:-0}
+max_queue_size = 4096
+[instance_group]
+count = ${INSTANCES:-2}
+TOML
+  "$TARGET/release/kiln" serve --model-repository "$repo" --host 127.0.0.1 \
+    --http-port "$HP" --grpc-port "$GP" --metrics-port "$MP" --ready-file "$OUT/ready.json" \
+    --log warn >"$OUT/kiln.log" 2>&1 &
+  kiln_pid=$!
+  trap 'kill $kiln_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 600); do [ -s "$OUT/ready.json" ] && break; sleep 0.1; done
+  [ -s "$OUT/ready.json" ] || { cat "$OUT/kiln.log"; exit 1; }
+  label="kiln-${BACKEND:-tract}"
+  for proto in http grpc; do
+    for b in ${BATCHES:-1 64}; do
+      curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_before.txt"
+      PROTOS=$proto "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" mlp "$label" "$b" >/dev/null || true
+      curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_after.txt"
+      { echo "server-side, $label $proto batch $b (all concurrencies):"
+        python3 "$ROOT/bench/serve/hist.py" "$OUT/m_before.txt" "$OUT/m_after.txt" mlp; } | tee -a "$OUT/server_side.txt"
+    done
+  done
+  kill -TERM "$kiln_pid"; wait "$kiln_pid" || true
+  trap - EXIT
+fi
+
+if [[ " $what " == *" raw "* ]]; then
+  "$PEERS_SH" raw "$MODEL_ONNX" ${BATCHES:-1 64} | tee "$OUT/raw.txt"
+fi
+
+if [[ " $what " == *" peers "* ]]; then
+  RESULTS=$OUT/peers.md "$PEERS_SH" compare "$MODEL_ONNX" | tail -40
+  tail -n +3 "$OUT/peers.md" >>"$RESULTS"
+fi
+
+echo "== $RESULTS"
+cat "$RESULTS"
