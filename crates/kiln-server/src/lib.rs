@@ -61,6 +61,17 @@ pub enum ServerError {
     },
 }
 
+/// Sets whether start-up loading is done (see [`Server::starter`]).
+#[derive(Clone)]
+pub struct Starter(Arc<AppState>);
+
+impl Starter {
+    /// `false` while start-up models load, `true` once they are loaded.
+    pub fn set_started(&self, done: bool) {
+        self.0.started.store(done, Ordering::Relaxed);
+    }
+}
+
 /// A bound, not yet serving, server.
 pub struct Server {
     state: Arc<AppState>,
@@ -85,6 +96,12 @@ impl Server {
             None => None,
         };
         Ok(Server { state: AppState::new(repo), registry: Arc::new(registry), config, http, grpc, metrics })
+    }
+
+    /// Marks start-up loading as in progress (`false`) or done (`true`); the server is ready
+    /// only when done. Lets the binary serve health probes while models load.
+    pub fn starter(&self) -> Starter {
+        Starter(self.state.clone())
     }
 
     /// The bound HTTP address.

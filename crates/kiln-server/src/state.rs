@@ -21,17 +21,19 @@ pub struct AppState {
     pub repo: Arc<ModelRepository>,
     /// False once shutdown has begun, so readiness probes fail while requests drain.
     pub accepting: AtomicBool,
+    /// False while the start-up models load, so readiness probes wait for them.
+    pub started: AtomicBool,
 }
 
 impl AppState {
     /// State over `repo`, accepting traffic.
     pub fn new(repo: Arc<ModelRepository>) -> Arc<Self> {
-        Arc::new(AppState { repo, accepting: AtomicBool::new(true) })
+        Arc::new(AppState { repo, accepting: AtomicBool::new(true), started: AtomicBool::new(true) })
     }
 
-    /// Server readiness: accepting traffic and every known model serving.
+    /// Server readiness: start-up loading done and not shutting down.
     pub fn ready(&self) -> bool {
-        self.accepting.load(Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed) && self.accepting.load(Ordering::Relaxed)
     }
 
     /// Serving versions of `model`, ascending.

@@ -94,22 +94,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
     };
     let server = Server::bind(config, repo.clone(), registry).await?;
+    let ports = (server.http_addr(), server.grpc_addr(), server.metrics_addr());
+    // Serve health probes while the models load; readiness turns true once they are loaded.
+    let starter = server.starter();
+    starter.set_started(false);
+    let serving = tokio::spawn(server.serve(shutdown_signal()));
     repo.start(mode, &args.load_model)
         .await
         .with_context(|| format!("--model-repository {}", args.model_repository.display()))?;
+    starter.set_started(true);
     if let Some(path) = &args.ready_file {
-        let body = serde_json_ports(server.http_addr().port(), server.grpc_addr().port(), server.metrics_addr().map(|a| a.port()));
+        let body = serde_json_ports(ports.0.port(), ports.1.port(), ports.2.map(|a| a.port()));
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path))
+        std::fs::write(&tmp, body)
+            .and_then(|_| std::fs::rename(&tmp, path))
             .with_context(|| format!("--ready-file {}", path.display()))?;
     }
-    tracing::info!(
-        http = %server.http_addr(),
-        grpc = %server.grpc_addr(),
-        metrics = ?server.metrics_addr(),
-        "kiln serve ready"
-    );
-    server.serve(shutdown_signal()).await?;
+    tracing::info!(http = %ports.0, grpc = %ports.1, metrics = ?ports.2, "kiln serve ready");
+    serving.await.context("server task failed")??;
     Ok(())
 }
 
