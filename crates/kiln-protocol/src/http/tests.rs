@@ -527,6 +527,10 @@ fn floats_round_trip_exactly() {
         let (body, _) = encode_response("m", "1", None, &[(t.clone(), false)]).unwrap();
         let (req_body, _) = response_to_request(&body, None);
         let got = decode_request(req_body, None).unwrap();
-        assert!(got.inputs[0] == t, "{} values differ after a json round trip", t.dtype);
+        assert!(
+            got.inputs[0] == t,
+            "{} values differ after a json round trip",
+            t.dtype
+        );
     }
 }
