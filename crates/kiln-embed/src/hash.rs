@@ -1,0 +1,49 @@
+//! Key hashing, deterministic pseudo-random values and prefetch hints.
+
+/// A 64-bit finalizer (the murmur3 / splitmix64 mix): keys are often small
+/// consecutive integers, so they must be mixed before choosing a shard and a bucket.
+#[inline(always)]
+pub fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+/// A uniform f32 in [-1, 1) derived from `(seed, key, index)`; used for hash-seeded default rows.
+#[inline]
+pub(crate) fn unit_value(seed: u64, key: u64, index: usize) -> f32 {
+    let h = mix64(seed ^ mix64(key ^ mix64(index as u64 ^ 0x9e37_79b9_7f4a_7c15)));
+    // 24 high bits -> [0, 1), then to [-1, 1).
+    let u = (h >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
+    2.0 * u - 1.0
+}
+
+/// Hints the CPU to load the cache line holding `p`; a no-op off x86_64.
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: prefetch is only a hint; it never faults, whatever the address.
+        #[allow(unused_unsafe)]
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+    }
+}
+
+/// Prefetches every cache line of `bytes` bytes starting at `p`.
+#[inline(always)]
+pub(crate) fn prefetch_range(p: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        prefetch(p.wrapping_add(off));
+        off += 64;
+    }
+}

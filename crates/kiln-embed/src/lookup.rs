@@ -1,0 +1,373 @@
+//! Batch lookup with pooling over multi-hot inputs.
+//!
+//! A batch is resolved in three passes over caller-owned scratch buffers (no allocation per
+//! key, and none at all once the scratch has grown to the batch size):
+//! 1. collect the non-padding keys with their hash and destination row of the output;
+//! 2. group them by shard (a counting sort);
+//! 3. per shard, under one read lock, run a software pipeline over chunks of 16 keys:
+//!    resolve chunk `c + 1` (its index buckets were prefetched one step earlier) and
+//!    prefetch its rows, prefetch the buckets of chunk `c + 2`, then accumulate chunk `c`,
+//!    whose rows were prefetched one step earlier. Up to ~32 independent cache misses are in
+//!    flight instead of one at a time.
+//!
+//! A sample's rows are summed in (shard, position) order, which depends only on the sample's
+//! own keys: a batched lookup equals the same samples looked up one by one, bit for bit.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::config::DefaultRow;
+use crate::error::{EmbedError, Result};
+use crate::hash::{mix64, unit_value};
+use crate::shard::add_assign;
+use crate::table::Table;
+
+/// How the rows of one sample are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// Element-wise sum (an empty sample gives zeros).
+    Sum,
+    /// Element-wise mean over the non-padding ids (an empty sample gives zeros).
+    Mean,
+    /// The rows of the first `k` non-padding ids side by side (`k * dim` floats); missing
+    /// positions (fewer than `k` ids) are zeros.
+    Concat {
+        /// Number of rows kept.
+        k: usize,
+    },
+}
+
+impl Pooling {
+    /// Floats per sample in the output.
+    pub fn output_width(self, dim: usize) -> usize {
+        match self {
+            Pooling::Sum | Pooling::Mean => dim,
+            Pooling::Concat { k } => k * dim,
+        }
+    }
+}
+
+/// Multi-hot ids of a batch.
+#[derive(Clone, Copy, Debug)]
+pub enum MultiHot<'a> {
+    /// `[rows, width]` row-major ids; entries equal to `padding` are ignored.
+    Padded {
+        /// The ids, `rows * width` of them.
+        ids: &'a [u64],
+        /// Ids per sample.
+        width: usize,
+        /// The padding id, if any (an INT64 tensor's -1 is `u64::MAX`, see [`keys_from_i64`]).
+        padding: Option<u64>,
+    },
+    /// Ragged ids: sample `i` owns the next `lengths[i]` values.
+    Ragged {
+        /// All ids, concatenated.
+        values: &'a [u64],
+        /// Ids per sample.
+        lengths: &'a [u32],
+        /// The padding id, if any.
+        padding: Option<u64>,
+    },
+}
+
+impl MultiHot<'_> {
+    /// Number of samples.
+    pub fn rows(&self) -> Result<usize> {
+        match *self {
+            MultiHot::Padded { ids, width, .. } => {
+                if width == 0 {
+                    return if ids.is_empty() {
+                        Ok(0)
+                    } else {
+                        Err(input("width is 0"))
+                    };
+                }
+                if ids.len() % width != 0 {
+                    return Err(input(&format!(
+                        "{} ids do not divide into rows of {width}",
+                        ids.len()
+                    )));
+                }
+                Ok(ids.len() / width)
+            }
+            MultiHot::Ragged {
+                values, lengths, ..
+            } => {
+                let sum: u64 = lengths.iter().map(|&l| l as u64).sum();
+                if sum != values.len() as u64 {
+                    return Err(input(&format!(
+                        "lengths sum to {sum}, {} values given",
+                        values.len()
+                    )));
+                }
+                Ok(lengths.len())
+            }
+        }
+    }
+}
+
+fn input(m: &str) -> EmbedError {
+    EmbedError::Input(m.to_string())
+}
+
+/// Reinterprets INT64 ids as table keys without copying (-1 becomes `u64::MAX`).
+pub fn keys_from_i64(ids: &[i64]) -> &[u64] {
+    bytemuck::cast_slice(ids)
+}
+
+/// Reusable buffers for [`Table::lookup`]; keep one per thread.
+#[derive(Debug, Default)]
+pub struct LookupScratch {
+    keys: Vec<u64>,
+    hashes: Vec<u64>,
+    dest: Vec<u32>,
+    shard: Vec<u32>,
+    order: Vec<u32>,
+    starts: Vec<usize>,
+    cursor: Vec<usize>,
+    counts: Vec<u32>,
+    tmp: Vec<f32>,
+}
+
+/// Counts from one lookup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LookupStats {
+    /// Keys looked up (padding and ids past `k` for concat excluded).
+    pub keys: usize,
+    /// Keys that were missing and got the default row.
+    pub misses: usize,
+}
+
+const CHUNK: usize = 16;
+const MISS: u32 = u32::MAX;
+
+impl Table {
+    /// Looks up and pools `input` into `out` (`rows * pooling.output_width(dim)` floats,
+    /// overwritten). Missing keys yield the default row; nothing is inserted.
+    pub fn lookup(
+        &self,
+        input: &MultiHot<'_>,
+        pooling: Pooling,
+        out: &mut [f32],
+        scratch: &mut LookupScratch,
+    ) -> Result<LookupStats> {
+        let dim = self.config.dim;
+        let rows = input.rows()?;
+        let width = pooling.output_width(dim);
+        if out.len() != rows * width {
+            return Err(EmbedError::OutputSize {
+                expected: rows * width,
+                got: out.len(),
+            });
+        }
+        if rows
+            .checked_mul(width / dim)
+            .is_none_or(|d| d >= MISS as usize)
+        {
+            return Err(input_err_too_large(rows));
+        }
+        out.fill(0.0);
+        self.collect_entries(input, pooling, scratch);
+        let misses = self.gather_grouped(out, scratch);
+        if pooling == Pooling::Mean {
+            for (row, &c) in out.chunks_exact_mut(dim).zip(&scratch.counts) {
+                if c > 1 {
+                    let inv = 1.0 / c as f32;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            }
+        }
+        let keys = scratch.keys.len();
+        self.metrics.lookup_keys.fetch_add(keys as u64, Relaxed);
+        self.metrics.lookup_batches.fetch_add(1, Relaxed);
+        if misses > 0 {
+            self.metrics.misses.fetch_add(misses as u64, Relaxed);
+        }
+        Ok(LookupStats { keys, misses })
+    }
+
+    /// Copies the row of each key into `out` (`keys.len() * dim` floats), the default row
+    /// for missing keys.
+    pub fn gather(
+        &self,
+        keys: &[u64],
+        out: &mut [f32],
+        scratch: &mut LookupScratch,
+    ) -> Result<LookupStats> {
+        let input = MultiHot::Padded {
+            ids: keys,
+            width: 1,
+            padding: None,
+        };
+        self.lookup(&input, Pooling::Sum, out, scratch)
+    }
+
+    /// Pass 1: non-padding keys, their hashes, destination rows and shards; sample counts.
+    fn collect_entries(&self, input: &MultiHot<'_>, pooling: Pooling, s: &mut LookupScratch) {
+        s.keys.clear();
+        s.hashes.clear();
+        s.dest.clear();
+        s.shard.clear();
+        s.counts.clear();
+        let k_max = match pooling {
+            Pooling::Concat { k } => k,
+            _ => usize::MAX,
+        };
+        let push_sample =
+            |sample: usize, ids: &[u64], padding: Option<u64>, s: &mut LookupScratch| {
+                let mut rank = 0usize;
+                for &id in ids {
+                    if Some(id) == padding {
+                        continue;
+                    }
+                    if rank == k_max {
+                        break;
+                    }
+                    let h = mix64(id);
+                    let dest = match pooling {
+                        Pooling::Concat { k } => sample * k + rank,
+                        _ => sample,
+                    };
+                    s.keys.push(id);
+                    s.hashes.push(h);
+                    s.dest.push(dest as u32);
+                    s.shard.push(self.shard_of(h) as u32);
+                    rank += 1;
+                }
+                s.counts.push(rank as u32);
+            };
+        match *input {
+            MultiHot::Padded {
+                ids,
+                width,
+                padding,
+            } => {
+                for (i, row) in ids.chunks_exact(width.max(1)).enumerate() {
+                    push_sample(i, row, padding, s);
+                }
+            }
+            MultiHot::Ragged {
+                values,
+                lengths,
+                padding,
+            } => {
+                let mut off = 0;
+                for (i, &len) in lengths.iter().enumerate() {
+                    push_sample(i, &values[off..off + len as usize], padding, s);
+                    off += len as usize;
+                }
+            }
+        }
+        // Pass 2: counting sort of entry indices by shard.
+        let n_shards = self.shards.len();
+        s.starts.clear();
+        s.starts.resize(n_shards + 1, 0);
+        for &sh in &s.shard {
+            s.starts[sh as usize + 1] += 1;
+        }
+        for i in 1..=n_shards {
+            s.starts[i] += s.starts[i - 1];
+        }
+        s.order.clear();
+        s.order.resize(s.keys.len(), 0);
+        // Entries are visited in order, so each shard's positions stay ascending.
+        s.cursor.clear();
+        s.cursor.extend_from_slice(&s.starts[..n_shards]);
+        for (e, &sh) in s.shard.iter().enumerate() {
+            let c = &mut s.cursor[sh as usize];
+            s.order[*c] = e as u32;
+            *c += 1;
+        }
+    }
+
+    /// Pass 3: per shard, pipelined resolve + accumulate. Returns the number of misses.
+    fn gather_grouped(&self, out: &mut [f32], s: &mut LookupScratch) -> usize {
+        let dim = self.config.dim;
+        s.tmp.resize(dim, 0.0);
+        let mut misses = 0;
+        for (sh, lock) in self.shards.iter().enumerate() {
+            let group = &s.order[s.starts[sh]..s.starts[sh + 1]];
+            if group.is_empty() {
+                continue;
+            }
+            let shard = lock.0.read();
+            let (keys, hashes, dest) = (&s.keys, &s.hashes, &s.dest);
+            let tmp = &mut s.tmp;
+            let resolve = |chunk: &[u32], slots: &mut [u32; CHUNK]| {
+                for (slot, &e) in slots.iter_mut().zip(chunk) {
+                    let e = e as usize;
+                    *slot = match shard.find(keys[e], hashes[e]) {
+                        Some(x) => {
+                            shard.prefetch_row(x);
+                            x
+                        }
+                        None => MISS,
+                    };
+                }
+            };
+            let prefetch_buckets = |chunk: &[u32]| {
+                for &e in chunk {
+                    shard.index.prefetch(hashes[e as usize]);
+                }
+            };
+            let mut chunks = group.chunks(CHUNK);
+            let mut cur_chunk = chunks.next().unwrap_or(&[]);
+            prefetch_buckets(cur_chunk);
+            let mut cur = [MISS; CHUNK];
+            let mut next = [MISS; CHUNK];
+            resolve(cur_chunk, &mut cur);
+            let mut next_chunk = chunks.next();
+            if let Some(c) = next_chunk {
+                prefetch_buckets(c);
+            }
+            loop {
+                if let Some(c) = next_chunk {
+                    resolve(c, &mut next);
+                }
+                let after = chunks.next();
+                if let Some(c) = after {
+                    prefetch_buckets(c);
+                }
+                for (&slot, &e) in cur.iter().zip(cur_chunk) {
+                    let e = e as usize;
+                    let d = dest[e] as usize * dim;
+                    let o = &mut out[d..d + dim];
+                    if slot != MISS {
+                        shard.add_row(slot, o, tmp);
+                    } else {
+                        misses += 1;
+                        if let DefaultRow::HashInit { seed, scale } = self.config.default_row {
+                            for (j, t) in tmp.iter_mut().enumerate() {
+                                *t = scale * unit_value(seed, keys[e], j);
+                            }
+                            add_assign(o, tmp);
+                        }
+                    }
+                }
+                match next_chunk {
+                    Some(c) => {
+                        cur_chunk = c;
+                        std::mem::swap(&mut cur, &mut next);
+                        next_chunk = after;
+                    }
+                    None => break,
+                }
+            }
+        }
+        misses
+    }
+
+    /// The default row of `key` (what a lookup of a missing key yields).
+    pub fn default_row(&self, key: u64) -> Vec<f32> {
+        let dim = self.config.dim;
+        match self.config.default_row {
+            DefaultRow::Zeros => vec![0.0; dim],
+            DefaultRow::HashInit { seed, scale } => {
+                (0..dim).map(|j| scale * unit_value(seed, key, j)).collect()
+            }
+        }
+    }
+}
+
+fn input_err_too_large(rows: usize) -> EmbedError {
+    input(&format!("batch of {rows} rows is too large"))
+}
