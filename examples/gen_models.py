@@ -115,6 +115,8 @@ def golden_ranker():
 MLP_CONFIG = """\
 # The MLP of the peer benchmarks: x FP32 [N,256] -> 512 -> 256 -> 1 -> sigmoid -> y FP32 [N,1].
 # Written by examples/gen_models.py.
+# No backend is named: the server's default for .onnx files serves it (onnxruntime when its
+# library is found, else tract; see kiln serve --default-onnx-backend).
 max_batch_size = 64
 
 [[input]]
@@ -141,6 +143,8 @@ RANKER_CONFIG = """\
 # A small ranking model: ids INT64 [N,8] (embedding lookup, sum pooling) and dense FP32 [N,13]
 # -> score FP32 [N,1]. Inputs and outputs are read from the ONNX file.
 # Written by examples/gen_models.py.
+# No backend is named: the server's default for .onnx files serves it (onnxruntime when its
+# library is found, else tract; see kiln serve --default-onnx-backend).
 max_batch_size = 64
 
 [dynamic_batching]

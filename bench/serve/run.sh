@@ -4,7 +4,7 @@
 #
 #   bench/serve/run.sh [kiln] [raw] [peers]      default: all three
 #
-# Env: INSTANCES (kiln worker threads, default 2), DELAY_US (max_queue_delay_us, default 0),
+# Env: SKIP_BUILD (use the binary already built), INSTANCES (kiln worker threads, default 2), DELAY_US (max_queue_delay_us, default 0),
 # BACKEND (kiln backend for the model, default tract), CONC / MI / TRIALS / BATCHES as in
 # ../shared/peers/README.md. Results: bench/out/serve-DATE/results.md plus Kiln's server-side
 # latency quantiles (from its own histograms) per protocol and batch size.
@@ -21,7 +21,7 @@ what=${*:-kiln raw peers}
 mkdir -p "$OUT"
 
 if [[ " $what " == *" kiln "* ]]; then
-  (cd "$ROOT" && cargo build --release -p kiln)
+  [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kiln)
   repo=$OUT/models
   mkdir -p "$repo/mlp/1"
   cp "$MODEL_ONNX" "$repo/mlp/1/model.onnx"

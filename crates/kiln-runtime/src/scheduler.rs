@@ -288,7 +288,9 @@ fn run_batch(shared: &Shared, instance: &mut dyn ModelInstance, batch: Vec<Pendi
     let mut live = Vec::with_capacity(batch.len());
     for p in batch {
         if p.reply.is_closed() {
-            shared.metrics.fail("cancelled");
+            // Nobody waits for it any more. Its caller already counted it (as cancelled or
+            // timed out), so it is dropped without a count of its own.
+            drop(p);
         } else if p.deadline.is_some_and(|d| start >= d) {
             let _ = p.reply.send(Err(Error::new(
                 ErrorCode::Timeout,

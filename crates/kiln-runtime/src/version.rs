@@ -34,6 +34,31 @@ impl InferRequest {
     }
 }
 
+/// One request in the in-flight gauge. Dropping it leaves the gauge, also when the request's
+/// future is dropped mid-way, which then counts as a cancelled request.
+struct InFlight<'a> {
+    /// The version's metric handles.
+    metrics: &'a VersionMetrics,
+    /// Set once the request has its answer (success or error), which its caller counts.
+    answered: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(metrics: &'a VersionMetrics) -> Self {
+        metrics.inflight.inc();
+        InFlight { metrics, answered: false }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.inflight.dec();
+        if !self.answered {
+            self.metrics.fail("cancelled");
+        }
+    }
+}
+
 /// A model version that takes traffic.
 pub struct ServedVersion {
     /// Model name.
@@ -101,12 +126,15 @@ impl ServedVersion {
         self.model.io()
     }
 
-    /// Validates, queues and awaits one request. Failures are counted by reason.
+    /// Validates, queues and awaits one request. Failures are counted by reason; a request
+    /// whose future is dropped before it is answered (the client went away) counts as
+    /// `cancelled`.
     pub async fn infer(&self, req: InferRequest) -> Result<Vec<Tensor>> {
-        self.metrics.inflight.inc();
+        let mut in_flight = InFlight::start(&self.metrics);
         let received = req.received;
         let result = self.run(req).await;
-        self.metrics.inflight.dec();
+        in_flight.answered = true;
+        drop(in_flight);
         let total = received.elapsed();
         self.metrics.request_seconds.observe(total.as_secs_f64());
         self.stats.record_request(result.is_ok(), total);

@@ -1,5 +1,6 @@
 //! `kiln`: one binary, one subcommand per subsystem. Thin: parsing, logging, wiring.
 
+mod onnx;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -43,9 +43,14 @@ pub struct ServeArgs {
     /// Largest request body (HTTP) or message (gRPC) accepted, in bytes.
     #[arg(long, env = "KILN_MAX_REQUEST_BYTES", default_value_t = 64 << 20)]
     max_request_bytes: usize,
-    /// Backend for `.onnx` models whose config names none.
-    #[arg(long, env = "KILN_DEFAULT_ONNX_BACKEND", default_value = "tract")]
+    /// Backend for `.onnx` models whose config names none: `onnxruntime`, `tract`, or `auto`
+    /// (onnxruntime when its library is found, else tract).
+    #[arg(long, env = "KILN_DEFAULT_ONNX_BACKEND", default_value = "auto")]
     default_onnx_backend: String,
+    /// ONNX Runtime shared library (`libonnxruntime.so.*`, >= 1.31); when absent `ORT_DYLIB_PATH`,
+    /// then the Python `onnxruntime` package (`pip install onnxruntime`) is used.
+    #[arg(long, env = "KILN_ORT_LIBRARY")]
+    ort_library: Option<PathBuf>,
     /// Worker threads of the async runtime (network and protocol work; compute has its own).
     #[arg(long, env = "KILN_IO_THREADS")]
     io_threads: Option<usize>,
@@ -80,7 +85,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Mode::None, None) => ControlMode::None,
     };
     let mut backends = Backends::default();
-    backends.set_default_onnx(&args.default_onnx_backend).map_err(|e| anyhow::anyhow!("--default-onnx-backend: {e}"))?;
+    crate::onnx::configure(&mut backends, args.ort_library.clone(), &args.default_onnx_backend)?;
     let metrics = Arc::new(RuntimeMetrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);

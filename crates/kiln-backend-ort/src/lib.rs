@@ -1,0 +1,132 @@
+//! The ONNX Runtime backend: ONNX models on ONNX Runtime's CPU, CUDA and TensorRT execution
+//! providers, the engine Triton serves ONNX models with.
+//!
+//! The ONNX Runtime shared library is loaded at run time (ort's `load-dynamic`): nothing is
+//! linked or downloaded at build time, and a binary without the library still serves its tract
+//! models; only loading a model that asks for this backend fails, with a message saying how to
+//! get the library ([`library`] describes where it is looked for).
+//!
+//! Per-model settings live in the `[parameters]` table of `config.toml` ([`settings`]). Inputs
+//! and outputs come from the session's metadata when the config omits them and are checked
+//! against it when given; the batch dimension is the model's symbolic first dimension.
+
+mod convert;
+mod io;
+pub mod library;
+mod model;
+mod providers;
+pub mod settings;
+
+use crate::io::{resolve, FileTensor};
+use crate::library::LibraryError;
+use crate::model::{build_session, OrtModel, Recipe, Shared};
+use crate::settings::{OrtSettings, ProviderSpec};
+use kiln_core::backend::{Backend, LoadedModel};
+use kiln_core::{Error, ModelConfig, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Loads ONNX models with ONNX Runtime. Cheap to create: the library is loaded on first use.
+#[derive(Debug, Clone, Default)]
+pub struct OrtBackend {
+    /// The library given on the command line, tried before `ORT_DYLIB_PATH` and Python.
+    library: Option<PathBuf>,
+}
+
+impl OrtBackend {
+    /// A backend that looks for the library at `library` first (`--ort-library`), then
+    /// `ORT_DYLIB_PATH`, then the Python `onnxruntime` package.
+    pub fn new(library: Option<PathBuf>) -> Self {
+        OrtBackend { library }
+    }
+
+    /// Loads the library now (once per process) and reports where it came from, or why it
+    /// cannot be used (the message says how to provide one).
+    pub fn probe(&self) -> std::result::Result<PathBuf, String> {
+        library::runtime(self.library.as_deref())
+            .map(|rt| rt.path.clone())
+            .map_err(|e| e.with_hint())
+    }
+
+    /// Whether the library can be loaded; see [`OrtBackend::probe`].
+    pub fn is_available(&self) -> bool {
+        self.probe().is_ok()
+    }
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn load(&self, dir: &Path, config: &ModelConfig) -> Result<Arc<dyn LoadedModel>> {
+        let path = dir.join(&config.default_model_filename);
+        let settings = OrtSettings::from_config(config)?;
+        if !path.is_file() {
+            return Err(Error::invalid(format!("model file {} not found", path.display())));
+        }
+        let runtime = library::runtime(self.library.as_deref()).map_err(|e: LibraryError| {
+            Error::unavailable(format!("{}: {}", path.display(), e.with_hint()))
+        })?;
+        let at = |m: String| Error::invalid(format!("{}: {m}", path.display()));
+
+        let mut usable = Vec::new();
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        for spec in &settings.providers {
+            match providers::unavailable_reason(spec) {
+                None => usable.push(spec.clone()),
+                Some(why) if settings.allow_cpu_fallback => {
+                    tracing::warn!(model = config.model_name(), provider = spec.kind(), reason = %why,
+                        "execution provider unavailable, falling back");
+                    skipped.push((spec.kind().to_string(), why));
+                }
+                Some(why) => {
+                    return Err(at(format!(
+                        "parameters.execution_providers: {} is not available: {why}; set \
+                         parameters.allow_cpu_fallback = true to run on the cpu instead",
+                        spec.kind()
+                    )))
+                }
+            }
+        }
+        if usable.is_empty() {
+            usable.push(ProviderSpec::Cpu);
+        }
+        let gpu = usable.iter().any(|p| *p != ProviderSpec::Cpu);
+        let session = match build_session(&runtime, &path, &settings, &usable) {
+            Ok(s) => s,
+            Err(e) if gpu && settings.allow_cpu_fallback => {
+                let kinds: Vec<&str> = usable.iter().filter(|p| **p != ProviderSpec::Cpu).map(|p| p.kind()).collect();
+                tracing::warn!(model = config.model_name(), providers = ?kinds, reason = %e,
+                    "session creation with gpu providers failed, falling back to the cpu");
+                skipped.extend(kinds.iter().map(|k| (k.to_string(), e.clone())));
+                usable = vec![ProviderSpec::Cpu];
+                build_session(&runtime, &path, &settings, &usable)
+                    .map_err(|e| at(format!("onnxruntime cannot load the model: {e}")))?
+            }
+            Err(e) => return Err(at(format!("onnxruntime cannot load the model: {e}"))),
+        };
+
+        let inputs: Vec<FileTensor> = session.inputs().iter().map(FileTensor::from_outlet).collect();
+        let outputs: Vec<FileTensor> = session.outputs().iter().map(FileTensor::from_outlet).collect();
+        let (io, output_index) = resolve(&inputs, &outputs, config).map_err(at)?;
+
+        let provider = providers::describe(&usable, &skipped);
+        let describe = vec![
+            ("engine".to_string(), "onnxruntime".to_string()),
+            ("execution_provider".to_string(), provider.clone()),
+            ("graph_optimization_level".to_string(), format!("{:?}", settings.optimization).to_lowercase()),
+            ("intra_op_threads".to_string(), settings.intra_op_threads.to_string()),
+            ("inter_op_threads".to_string(), settings.inter_op_threads.to_string()),
+            ("onnxruntime_library".to_string(), runtime.path.display().to_string()),
+        ];
+        tracing::debug!(path = %path.display(), execution_provider = %provider, "onnxruntime model loaded");
+        let shared = Shared {
+            io,
+            output_index,
+            recipe: Recipe { runtime, path, settings, providers: usable },
+            describe,
+        };
+        Ok(Arc::new(OrtModel::new(shared, session)))
+    }
+}

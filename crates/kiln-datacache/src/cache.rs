@@ -1,0 +1,469 @@
+//! Data cache: a foyer hybrid (memory + disk) cache of file blocks, filled from the under-storage.
+//!
+//! Files up to `block_size` are one block (cached whole); larger files are split in `block_size`
+//! blocks with read-ahead. Every block records the file's size and ETag hash and a checksum of its
+//! bytes at fetch time; a hit whose record does not match the current metadata, or whose bytes do
+//! not match the checksum, is dropped, logged and fetched again. Concurrent misses of one block are
+//! coalesced by foyer's `get_or_fetch` into one remote request.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use foyer::{
+    BlockEngineConfig, Code, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, Load, RecoverMode, Source,
+};
+use opendal::Operator;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{DatacacheError, Result};
+use crate::metrics::Metrics;
+
+/// Identity of one cached block: the file's path hash and the block index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    /// Path hash of the file ([`crate::meta::path_key`]).
+    pub file: u64,
+    /// Block index inside the file.
+    pub index: u32,
+}
+
+impl Code for BlockKey {
+    fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
+        w.write_all(&self.file.to_le_bytes()).map_err(foyer::Error::io_error)?;
+        w.write_all(&self.index.to_le_bytes()).map_err(foyer::Error::io_error)
+    }
+
+    fn decode(r: &mut impl Read) -> foyer::Result<Self> {
+        let mut b = [0u8; 12];
+        r.read_exact(&mut b).map_err(foyer::Error::io_error)?;
+        let file = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        let index = u32::from_le_bytes(b[8..].try_into().unwrap_or_default());
+        Ok(Self { file, index })
+    }
+
+    fn estimated_size(&self) -> usize {
+        12
+    }
+}
+
+/// One cached block with what was recorded at fetch time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// ETag hash of the file when the block was fetched.
+    pub etag: u64,
+    /// File size when the block was fetched.
+    pub file_size: u64,
+    /// xxh3-64 of `data`.
+    pub checksum: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+const BLOCK_HEADER: usize = 28;
+
+impl Code for Block {
+    fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
+        let mut h = [0u8; BLOCK_HEADER];
+        h[..8].copy_from_slice(&self.etag.to_le_bytes());
+        h[8..16].copy_from_slice(&self.file_size.to_le_bytes());
+        h[16..24].copy_from_slice(&self.checksum.to_le_bytes());
+        h[24..].copy_from_slice(&(self.data.len() as u32).to_le_bytes());
+        w.write_all(&h).map_err(foyer::Error::io_error)?;
+        w.write_all(&self.data).map_err(foyer::Error::io_error)
+    }
+
+    fn decode(r: &mut impl Read) -> foyer::Result<Self> {
+        let mut h = [0u8; BLOCK_HEADER];
+        r.read_exact(&mut h).map_err(foyer::Error::io_error)?;
+        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(h[24..].try_into().unwrap_or_default()) as usize;
+        let mut data = vec![0u8; len];
+        r.read_exact(&mut data).map_err(foyer::Error::io_error)?;
+        Ok(Self { etag: u64_at(0), file_size: u64_at(8), checksum: u64_at(16), data: data.into() })
+    }
+
+    fn estimated_size(&self) -> usize {
+        BLOCK_HEADER + self.data.len()
+    }
+}
+
+/// Where a block came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The memory tier.
+    Memory,
+    /// The disk tier.
+    Disk,
+    /// The remote (a miss).
+    Remote,
+}
+
+/// What the cache needs to know about a file to serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRef {
+    /// Path hash (cache key).
+    pub key: u64,
+    /// Current size from the metadata.
+    pub size: u64,
+    /// Current ETag hash from the metadata.
+    pub etag: u64,
+}
+
+/// Sizes and bounds of the data cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Directory of the disk tier (the foyer device lives in `blocks/`).
+    pub dir: PathBuf,
+    /// Memory tier capacity in bytes.
+    pub memory_bytes: usize,
+    /// Disk tier capacity in bytes.
+    pub disk_bytes: usize,
+    /// Block size: files up to this size are cached whole.
+    pub block_size: u64,
+    /// Blocks fetched ahead of a sequential reader of a large file.
+    pub readahead_blocks: u32,
+    /// Bound on a read that needs the remote; past it the read fails (EIO).
+    pub read_timeout: Duration,
+}
+
+struct EvictionCounter(Arc<Metrics>);
+
+impl EventListener for EvictionCounter {
+    type Key = BlockKey;
+    type Value = Block;
+
+    fn on_leave(&self, reason: Event, _key: &BlockKey, _value: &Block) {
+        if matches!(reason, Event::Evict) {
+            self.0.evictions.inc();
+        }
+    }
+}
+
+struct Inner {
+    hybrid: HybridCache<BlockKey, Block>,
+    op: Operator,
+    cfg: CacheConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// The hybrid block cache in front of one under-storage. Cheap to clone.
+#[derive(Clone)]
+pub struct DataCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DataCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataCache").field("cfg", &self.inner.cfg).finish()
+    }
+}
+
+const ENGINE_BLOCK: usize = 16 << 20;
+
+impl DataCache {
+    /// Opens (and recovers) the cache in `cfg.dir`. The caller holds the directory lock.
+    pub async fn open(cfg: CacheConfig, op: Operator, metrics: Arc<Metrics>) -> Result<Self> {
+        if cfg.block_size == 0 || cfg.block_size as usize > ENGINE_BLOCK - 64 * 1024 {
+            return Err(DatacacheError::Config { field: "block-size", reason: "must be between 1 byte and 15 MiB".into() });
+        }
+        if cfg.disk_bytes < 2 * ENGINE_BLOCK {
+            return Err(DatacacheError::Config { field: "disk-size", reason: "must be at least 32 MiB".into() });
+        }
+        let dev_dir = cfg.dir.join("blocks");
+        std::fs::create_dir_all(&dev_dir).map_err(|e| DatacacheError::io(&dev_dir, e))?;
+        let device = FsDeviceBuilder::new(&dev_dir).with_capacity(cfg.disk_bytes).build().map_err(DatacacheError::Cache)?;
+        let engine = BlockEngineConfig::new(device)
+            .with_block_size(ENGINE_BLOCK)
+            .with_flushers(2)
+            .with_buffer_pool_size(64 << 20)
+            .with_submit_queue_size_threshold(256 << 20);
+        let started = Instant::now();
+        let hybrid = HybridCacheBuilder::new()
+            .with_name("kiln-datacache")
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
+            .with_flush_on_close(false)
+            .with_event_listener(Arc::new(EvictionCounter(metrics.clone())))
+            .memory(cfg.memory_bytes.max(1 << 20))
+            .with_shards(16)
+            .with_weighter(|_k: &BlockKey, v: &Block| v.data.len() + 96)
+            .storage()
+            .with_engine_config(engine)
+            .with_recover_mode(RecoverMode::Quiet)
+            .build()
+            .await
+            .map_err(DatacacheError::Cache)?;
+        tracing::info!(dir = %cfg.dir.display(), memory_bytes = cfg.memory_bytes, disk_bytes = cfg.disk_bytes,
+            recover_ms = started.elapsed().as_millis() as u64, "data cache opened");
+        Ok(Self { inner: Arc::new(Inner { hybrid, op, cfg, metrics }) })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.cfg
+    }
+
+    /// The metrics it updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The under-storage operator.
+    pub fn operator(&self) -> &Operator {
+        &self.inner.op
+    }
+
+    /// Number of blocks of a file of `size` bytes.
+    pub fn block_count(&self, size: u64) -> u32 {
+        size.div_ceil(self.inner.cfg.block_size) as u32
+    }
+
+    fn block_range(&self, size: u64, index: u32) -> (u64, u64) {
+        let bs = self.inner.cfg.block_size;
+        let start = index as u64 * bs;
+        (start, (start + bs).min(size))
+    }
+
+    fn matches(b: &Block, f: &FileRef) -> bool {
+        b.etag == f.etag && b.file_size == f.size
+    }
+
+    /// Serves a read of a single-block file from the memory tier without any await; `None` when
+    /// the block is not in memory (or the file has more than one block).
+    pub fn read_memory(&self, f: &FileRef, offset: u64, len: u32) -> Option<Bytes> {
+        if f.size > self.inner.cfg.block_size || offset >= f.size {
+            return None;
+        }
+        let e = self.inner.hybrid.memory().get(&BlockKey { file: f.key, index: 0 })?;
+        let b = e.value();
+        if !Self::matches(b, f) || b.data.len() as u64 != f.size {
+            return None;
+        }
+        let end = (offset + len as u64).min(f.size);
+        let m = &self.inner.metrics;
+        m.hit_bytes_memory.inc_by(end - offset);
+        if offset == 0 {
+            m.hit_files.inc();
+        }
+        Some(b.data.slice(offset as usize..end as usize))
+    }
+
+    /// Reads `len` bytes at `offset` of the file at `path`, from the cache or the remote.
+    pub async fn read(&self, f: &FileRef, path: &str, offset: u64, len: u32) -> Result<Bytes> {
+        if offset >= f.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len as u64).min(f.size);
+        let bs = self.inner.cfg.block_size;
+        let (first, last) = ((offset / bs) as u32, ((end - 1) / bs) as u32);
+        let out = if first == last {
+            let (b, tier) = self.get_block(f, path, first).await?;
+            self.account(tier, end - offset, offset == 0);
+            let s = (offset - first as u64 * bs) as usize;
+            b.data.slice(s..s + (end - offset) as usize)
+        } else {
+            let mut buf = BytesMut::with_capacity((end - offset) as usize);
+            for i in first..=last {
+                let (b, tier) = self.get_block(f, path, i).await?;
+                let (bstart, _) = self.block_range(f.size, i);
+                let s = offset.max(bstart) - bstart;
+                let e = end.min(bstart + b.data.len() as u64) - bstart;
+                self.account(tier, e - s, offset == 0 && i == first);
+                buf.extend_from_slice(&b.data[s as usize..e as usize]);
+            }
+            buf.freeze()
+        };
+        self.readahead(f, path, last);
+        Ok(out)
+    }
+
+    fn account(&self, tier: Tier, bytes: u64, first_of_file: bool) {
+        let m = &self.inner.metrics;
+        match tier {
+            Tier::Memory => m.hit_bytes_memory.inc_by(bytes),
+            Tier::Disk => m.hit_bytes_disk.inc_by(bytes),
+            Tier::Remote => m.miss_bytes.inc_by(bytes),
+        };
+        if first_of_file {
+            if tier == Tier::Remote { m.miss_files.inc() } else { m.hit_files.inc() };
+        }
+    }
+
+    fn readahead(&self, f: &FileRef, path: &str, last: u32) {
+        let n = self.block_count(f.size);
+        let until = (last + self.inner.cfg.readahead_blocks).min(n.saturating_sub(1));
+        for i in last + 1..=until {
+            let key = BlockKey { file: f.key, index: i };
+            if self.inner.hybrid.memory().contains(&key) {
+                continue;
+            }
+            let (this, f, path) = (self.clone(), *f, path.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = this.get_block(&f, &path, i).await.map(|_| ()) {
+                    tracing::debug!(path, block = i, error = %e, "read-ahead failed");
+                }
+            });
+        }
+    }
+
+    /// One block, verified against the current metadata; fetched (once, however many callers
+    /// wait) when missing, stale or corrupt. Bounded by the read timeout.
+    pub async fn get_block(&self, f: &FileRef, path: &str, index: u32) -> Result<(Block, Tier)> {
+        let key = BlockKey { file: f.key, index };
+        let m = &self.inner.metrics;
+        let timeout = self.inner.cfg.read_timeout;
+        let on_disk = self.inner.hybrid.storage().may_contains(&key);
+        let (start, end) = self.block_range(f.size, index);
+        let (op, metrics, p, etag, size) = (self.inner.op.clone(), m.clone(), path.to_string(), f.etag, f.size);
+        let fut = self.inner.hybrid.get_or_fetch(&key, move || async move {
+            fetch_block(&op, &metrics, &p, start, end, size, etag).await
+        });
+        let entry = match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                m.read_errors.inc();
+                return Err(DatacacheError::Cache(e));
+            }
+            Err(_) => return Err(self.timed_out(path, index)),
+        };
+        let b = entry.value();
+        let src = entry.source();
+        if src == Source::Outer {
+            if on_disk {
+                m.corrupt_blocks.inc();
+                tracing::warn!(path, block = index, "disk cache block unreadable or failed its checksum; refetched");
+            }
+            return Ok((b.clone(), Tier::Remote));
+        }
+        let disk = src == Source::Disk;
+        if !Self::matches(b, f) {
+            m.stale_blocks.inc();
+            tracing::warn!(path, block = index, cached_size = b.file_size, size = f.size,
+                "cached block does not match the current etag or size; refetching");
+        } else if disk && xxh3_64(&b.data) != b.checksum {
+            m.corrupt_blocks.inc();
+            tracing::warn!(path, block = index, "cached block failed its checksum; refetching");
+        } else {
+            return Ok((b.clone(), if disk { Tier::Disk } else { Tier::Memory }));
+        }
+        drop(entry);
+        // replace the bad entry: the new value supersedes it in memory and on disk
+        let fresh = tokio::time::timeout(timeout, fetch_block(&self.inner.op, m, path, start, end, f.size, f.etag))
+            .await
+            .map_err(|_| self.timed_out(path, index))?
+            .inspect_err(|_| {
+                m.read_errors.inc();
+            })?;
+        self.inner.hybrid.insert(key, fresh.clone());
+        Ok((fresh, Tier::Remote))
+    }
+
+    fn timed_out(&self, path: &str, index: u32) -> DatacacheError {
+        let m = &self.inner.metrics;
+        let timeout = self.inner.cfg.read_timeout;
+        m.read_errors.inc();
+        m.read_timeouts.inc();
+        tracing::warn!(path, block = index, timeout_ms = timeout.as_millis() as u64, "uncached read timed out");
+        DatacacheError::Timeout { path: path.to_string(), after: timeout }
+    }
+
+    /// Whether every block of the file is indexed by the disk tier (cheap, no I/O).
+    pub fn indexed_on_disk(&self, f: &FileRef) -> bool {
+        (0..self.block_count(f.size)).all(|i| self.inner.hybrid.storage().may_contains(&BlockKey { file: f.key, index: i }))
+    }
+
+    /// Reads every block of the file back from the disk tier and checks size, ETag and checksum.
+    pub async fn verify_on_disk(&self, f: &FileRef) -> bool {
+        for i in 0..self.block_count(f.size) {
+            let key = BlockKey { file: f.key, index: i };
+            let (start, end) = self.block_range(f.size, i);
+            let ok = match self.inner.hybrid.storage().load(&key).await {
+                Ok(Load::Entry { value, .. }) => {
+                    Self::matches(&value, f) && value.data.len() as u64 == end - start && xxh3_64(&value.data) == value.checksum
+                }
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Fetches every block of the file from the remote straight into the disk tier (warm-up).
+    /// Returns the bytes fetched.
+    pub async fn fetch_to_disk(&self, f: &FileRef, path: &str) -> Result<u64> {
+        let mut total = 0;
+        for i in 0..self.block_count(f.size) {
+            let (start, end) = self.block_range(f.size, i);
+            let fut = fetch_block(&self.inner.op, &self.inner.metrics, path, start, end, f.size, f.etag);
+            let b = tokio::time::timeout(self.inner.cfg.read_timeout, fut)
+                .await
+                .map_err(|_| DatacacheError::Timeout { path: path.to_string(), after: self.inner.cfg.read_timeout })??;
+            total += b.data.len() as u64;
+            self.inner.hybrid.storage_writer(BlockKey { file: f.key, index: i }).force().insert(b);
+        }
+        Ok(total)
+    }
+
+    /// Waits until queued disk writes are flushed.
+    pub async fn flush(&self) {
+        self.inner.hybrid.storage().wait().await;
+    }
+
+    /// Bytes held by the memory tier.
+    pub fn memory_bytes(&self) -> u64 {
+        self.inner.hybrid.memory().usage() as u64
+    }
+
+    /// Bytes allocated by the disk tier's files (its device files are sparse).
+    pub fn disk_bytes(&self) -> u64 {
+        allocated_bytes(&self.inner.cfg.dir.join("blocks"))
+    }
+
+    /// Updates the per-tier gauges.
+    pub fn update_tier_metrics(&self) {
+        self.inner.metrics.set_tier_bytes(self.memory_bytes(), self.disk_bytes());
+    }
+
+    /// Flushes and closes the cache; the disk tier is reused by the next open.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.hybrid.close().await.map_err(DatacacheError::Cache)
+    }
+}
+
+async fn fetch_block(
+    op: &Operator,
+    metrics: &Metrics,
+    path: &str,
+    start: u64,
+    end: u64,
+    file_size: u64,
+    etag: u64,
+) -> Result<Block> {
+    let t = Instant::now();
+    let r = if start == 0 && end == file_size { op.read(path).await } else { op.read_with(path).range(start..end).await };
+    metrics.observe_remote("read", t.elapsed(), r.is_ok());
+    let buf = r.map_err(|source| {
+        tracing::warn!(path, start, end, error = %source, "remote read failed");
+        DatacacheError::Remote { op: "read", path: path.to_string(), source }
+    })?;
+    let data = buf.to_bytes();
+    if data.len() as u64 != end - start {
+        tracing::warn!(path, expected = end - start, got = data.len(), "remote object size differs from the metadata");
+        return Err(DatacacheError::SizeMismatch { path: path.to_string(), expected: end - start, got: data.len() as u64 });
+    }
+    metrics.remote_bytes.inc_by(data.len() as u64);
+    Ok(Block { etag, file_size, checksum: xxh3_64(&data), data })
+}
+
+/// Sum of allocated bytes (st_blocks * 512) of the files in `dir`.
+pub fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum())
+        .unwrap_or(0)
+}

@@ -1,0 +1,23 @@
+//! Kiln dataset cache (`kiln cache`): a read-through cache of S3 / HTTP / WebHDFS / local datasets
+//! for training jobs, optimized for millions of small files.
+//!
+//! Layers, bottom up: [`source`] (OpenDAL under-storage with timeouts and retries), [`meta`] and
+//! [`listing`] (the metadata cache and its on-disk snapshot), [`cache`] (foyer hybrid memory + disk
+//! block cache with integrity checks), [`fs`] (the read-only FUSE file system), [`warmup`],
+//! [`admin`] (Prometheus `/metrics`, stats, refresh), [`mount`] (the daemon), and [`cli`] (clap).
+
+pub mod admin;
+pub mod cache;
+pub mod cli;
+pub mod error;
+pub mod fs;
+pub mod listing;
+pub mod meta;
+pub mod mount;
+pub mod metrics;
+pub mod service;
+pub mod source;
+pub mod warmup;
+
+pub use error::{DatacacheError, Result};
+pub use cli::{run, CacheCommand};
