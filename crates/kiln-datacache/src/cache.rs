@@ -8,8 +8,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use foyer::{
@@ -148,7 +152,15 @@ struct Inner {
     op: Operator,
     cfg: CacheConfig,
     metrics: Arc<Metrics>,
+    /// Blocks whose fetch failed recently: the kernel retries a failed page read at once, and
+    /// answering that retry from here keeps an uncached read within one read timeout.
+    recent_failures: Mutex<HashMap<BlockKey, Instant>>,
+    /// Number of entries in `recent_failures` (lets the hot path skip the lock).
+    failure_count: AtomicUsize,
 }
+
+/// How long a failed block fetch is answered from memory before it is tried again.
+const FAIL_WINDOW: Duration = Duration::from_secs(2);
 
 /// The hybrid block cache in front of one under-storage. Cheap to clone.
 #[derive(Clone)]
@@ -198,7 +210,8 @@ impl DataCache {
             .map_err(DatacacheError::Cache)?;
         tracing::info!(dir = %cfg.dir.display(), memory_bytes = cfg.memory_bytes, disk_bytes = cfg.disk_bytes,
             recover_ms = started.elapsed().as_millis() as u64, "data cache opened");
-        Ok(Self { inner: Arc::new(Inner { hybrid, op, cfg, metrics }) })
+        let (recent_failures, failure_count) = (Mutex::new(HashMap::new()), AtomicUsize::new(0));
+        Ok(Self { inner: Arc::new(Inner { hybrid, op, cfg, metrics, recent_failures, failure_count }) })
     }
 
     /// The configuration it was opened with.
@@ -315,6 +328,10 @@ impl DataCache {
         let key = BlockKey { file: f.key, index };
         let m = &self.inner.metrics;
         let timeout = self.inner.cfg.read_timeout;
+        if let Some(since) = self.failed_recently(&key) {
+            m.read_errors.inc();
+            return Err(DatacacheError::Unavailable { path: path.to_string(), since });
+        }
         let on_disk = self.inner.hybrid.storage().may_contains(&key);
         let (start, end) = self.block_range(f.size, index);
         let (op, metrics, p, etag, size) = (self.inner.op.clone(), m.clone(), path.to_string(), f.etag, f.size);
@@ -325,9 +342,13 @@ impl DataCache {
             Ok(Ok(e)) => e,
             Ok(Err(e)) => {
                 m.read_errors.inc();
+                self.note_failure(key);
                 return Err(DatacacheError::Cache(e));
             }
-            Err(_) => return Err(self.timed_out(path, index)),
+            Err(_) => {
+                self.note_failure(key);
+                return Err(self.timed_out(path, index));
+            }
         };
         let b = entry.value();
         let src = entry.source();
@@ -359,6 +380,29 @@ impl DataCache {
             })?;
         self.inner.hybrid.insert(key, fresh.clone());
         Ok((fresh, Tier::Remote))
+    }
+
+    fn failed_recently(&self, key: &BlockKey) -> Option<Duration> {
+        if self.inner.failure_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut map = self.inner.recent_failures.lock();
+        let since = map.get(key)?.elapsed();
+        if since < FAIL_WINDOW {
+            return Some(since);
+        }
+        map.remove(key);
+        self.inner.failure_count.store(map.len(), Ordering::Relaxed);
+        None
+    }
+
+    fn note_failure(&self, key: BlockKey) {
+        let mut map = self.inner.recent_failures.lock();
+        if map.len() > 100_000 {
+            map.retain(|_, t| t.elapsed() < FAIL_WINDOW);
+        }
+        map.insert(key, Instant::now());
+        self.inner.failure_count.store(map.len(), Ordering::Relaxed);
     }
 
     fn timed_out(&self, path: &str, index: u32) -> DatacacheError {

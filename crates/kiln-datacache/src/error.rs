@@ -53,6 +53,14 @@ pub enum DatacacheError {
         /// The configured bound.
         after: Duration,
     },
+    /// The block's fetch failed moments ago; answered without asking the remote again.
+    #[error("remote unavailable for {path:?} (a fetch failed {since:?} ago)")]
+    Unavailable {
+        /// Path relative to the source root.
+        path: String,
+        /// Time since the failure.
+        since: Duration,
+    },
     /// No such file in the metadata cache.
     #[error("no such file in the dataset: {path:?}")]
     NotFound {

@@ -1,11 +1,33 @@
-//! Graceful shutdown: requests already queued when shutdown begins (over HTTP and gRPC) are
-//! still computed and answered correctly, `serve()` then returns cleanly, and the ports stop
-//! accepting connections.
+//! Start-up and shutdown: while start-up loading is marked in progress the server is live but
+//! not ready (HTTP and gRPC); on graceful shutdown, requests already queued (over HTTP and
+//! gRPC) are still computed and answered correctly, `serve()` then returns cleanly, and the
+//! ports stop accepting connections.
 
 mod common;
 
 use common::*;
+use kiln_protocol::inference as pb;
 use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_but_not_ready_while_starting() {
+    let s = TestServer::examples().await;
+    let mut c = s.grpc().await;
+    let model_ready = || pb::ModelReadyRequest { name: "mlp".into(), version: String::new() };
+    s.starter.set_started(false);
+    assert_eq!(s.get("/v2/health/live").await.0, 200);
+    assert_eq!(s.get("/v2/health/ready").await.0, 503);
+    assert_eq!(s.get("/v2/models/mlp/ready").await.0, 503);
+    assert!(c.server_live(pb::ServerLiveRequest {}).await.unwrap().into_inner().live);
+    assert!(!c.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    assert!(!c.model_ready(model_ready()).await.unwrap().into_inner().ready);
+
+    s.starter.set_started(true);
+    assert_eq!(s.get("/v2/health/ready").await.0, 200);
+    assert_eq!(s.get("/v2/models/mlp/ready").await.0, 200);
+    assert!(c.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    assert!(c.model_ready(model_ready()).await.unwrap().into_inner().ready);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_complete_before_serve_returns() {

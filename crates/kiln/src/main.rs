@@ -29,6 +29,11 @@ enum LogFormat {
 enum Command {
     /// Serve models over the KServe v2 / Triton protocol (HTTP and gRPC).
     Serve(serve::ServeArgs),
+    /// Dataset cache: mount a remote dataset read-only through FUSE, warm it up, inspect it.
+    Cache {
+        #[command(subcommand)]
+        cmd: kiln_datacache::CacheCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +51,10 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Cache { cmd } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("kiln-cache")
+            .build()?
+            .block_on(kiln_datacache::run(cmd)),
     }
 }

@@ -7,7 +7,7 @@
 use kiln_protocol::inference as pb;
 use kiln_protocol::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use kiln_runtime::{Backends, ControlMode, ModelRepository, RuntimeMetrics};
-use kiln_server::{Server, ServerConfig, ServerError};
+use kiln_server::{Server, ServerConfig, ServerError, Starter};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -124,6 +124,8 @@ pub struct TestServer {
     pub root: PathBuf,
     /// HTTP client.
     pub client: reqwest::Client,
+    /// Turns the server's start-up readiness on and off.
+    pub starter: Starter,
     /// Keeps a temporary repository alive as long as the server.
     _dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -160,6 +162,7 @@ impl TestServer {
         let http_addr = server.http_addr();
         let grpc_addr = server.grpc_addr();
         let metrics = format!("http://{}", server.metrics_addr().expect("metrics enabled"));
+        let starter = server.starter();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
@@ -172,6 +175,7 @@ impl TestServer {
             repo,
             root,
             client: reqwest::Client::new(),
+            starter,
             _dir: dir,
             stop: Some(stop),
             task: Some(task),
