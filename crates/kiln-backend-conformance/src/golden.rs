@@ -19,14 +19,26 @@ pub struct Tolerance {
 
 /// Against the golden outputs (computed by onnxruntime's Python package): different engines
 /// may sum in another order. tract was measured within 1.2e-7 of onnxruntime on the MLP.
-pub const GOLDEN_FP32: Tolerance = Tolerance { abs: 1e-5, rel: 1e-5 };
+pub const GOLDEN_FP32: Tolerance = Tolerance {
+    abs: 1e-5,
+    rel: 1e-5,
+};
 /// FP16 has 11 significant bits.
-pub const GOLDEN_FP16: Tolerance = Tolerance { abs: 1e-3, rel: 1e-3 };
+pub const GOLDEN_FP16: Tolerance = Tolerance {
+    abs: 1e-3,
+    rel: 1e-3,
+};
 /// FP64 keeps about 16 digits.
-pub const GOLDEN_FP64: Tolerance = Tolerance { abs: 1e-12, rel: 1e-12 };
+pub const GOLDEN_FP64: Tolerance = Tolerance {
+    abs: 1e-12,
+    rel: 1e-12,
+};
 /// A batch against its rows run one by one on the same engine: kernels may pick another
 /// blocking for another batch size, so allow rounding-level differences only.
-pub const BATCH_FP32: Tolerance = Tolerance { abs: 1e-6, rel: 1e-6 };
+pub const BATCH_FP32: Tolerance = Tolerance {
+    abs: 1e-6,
+    rel: 1e-6,
+};
 
 /// The golden tolerance for a data type (exact for integers, BOOL and BYTES).
 pub fn golden_tolerance(d: DataType) -> Tolerance {
@@ -50,7 +62,8 @@ pub struct Golden {
 /// Reads `path` (an `expected.json`).
 pub fn read(path: &Path) -> Golden {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let list = |key: &str| -> Vec<Tensor> {
         doc[key]
             .as_array()
@@ -59,12 +72,18 @@ pub fn read(path: &Path) -> Golden {
             .map(|t| tensor(t).unwrap_or_else(|e| panic!("{}: {key}: {e}", path.display())))
             .collect()
     };
-    Golden { inputs: list("inputs"), outputs: list("outputs") }
+    Golden {
+        inputs: list("inputs"),
+        outputs: list("outputs"),
+    }
 }
 
 /// A tensor from its JSON form.
 pub fn tensor(t: &Value) -> Result<Tensor, String> {
-    let name = t["name"].as_str().ok_or("tensor without a name")?.to_string();
+    let name = t["name"]
+        .as_str()
+        .ok_or("tensor without a name")?
+        .to_string();
     let dtype: DataType = t["datatype"]
         .as_str()
         .ok_or("tensor without a datatype")?
@@ -74,23 +93,39 @@ pub fn tensor(t: &Value) -> Result<Tensor, String> {
         .as_array()
         .ok_or("tensor without a shape")?
         .iter()
-        .map(|d| d.as_i64().ok_or_else(|| format!("{name}: bad dimension {d}")))
+        .map(|d| {
+            d.as_i64()
+                .ok_or_else(|| format!("{name}: bad dimension {d}"))
+        })
         .collect::<Result<_, _>>()?;
-    let data = t["data"].as_array().ok_or_else(|| format!("{name}: no data"))?;
+    let data = t["data"]
+        .as_array()
+        .ok_or_else(|| format!("{name}: no data"))?;
     let bad = |v: &Value| format!("{name}: value {v} is not {dtype}");
     macro_rules! ints {
         ($t:ty, $get:ident) => {{
             let v: Vec<$t> = data
                 .iter()
-                .map(|v| v.$get().and_then(|x| <$t>::try_from(x).ok()).ok_or_else(|| bad(v)))
+                .map(|v| {
+                    v.$get()
+                        .and_then(|x| <$t>::try_from(x).ok())
+                        .ok_or_else(|| bad(v))
+                })
                 .collect::<Result<_, _>>()?;
             Tensor::from_vec(name, shape, &v)
         }};
     }
-    let floats = || -> Result<Vec<f64>, String> { data.iter().map(|v| v.as_f64().ok_or_else(|| bad(v))).collect() };
+    let floats = || -> Result<Vec<f64>, String> {
+        data.iter()
+            .map(|v| v.as_f64().ok_or_else(|| bad(v)))
+            .collect()
+    };
     Ok(match dtype {
         DataType::Bool => {
-            let v: Vec<bool> = data.iter().map(|v| v.as_bool().ok_or_else(|| bad(v))).collect::<Result<_, _>>()?;
+            let v: Vec<bool> = data
+                .iter()
+                .map(|v| v.as_bool().ok_or_else(|| bad(v)))
+                .collect::<Result<_, _>>()?;
             Tensor::from_vec(name, shape, &v)
         }
         DataType::Uint8 => ints!(u8, as_u64),
@@ -114,7 +149,10 @@ pub fn tensor(t: &Value) -> Result<Tensor, String> {
             Tensor::from_vec(name, shape, &v)
         }
         DataType::Bytes => {
-            let v: Vec<&str> = data.iter().map(|v| v.as_str().ok_or_else(|| bad(v))).collect::<Result<_, _>>()?;
+            let v: Vec<&str> = data
+                .iter()
+                .map(|v| v.as_str().ok_or_else(|| bad(v)))
+                .collect::<Result<_, _>>()?;
             Tensor::from_strings(name, shape, &v)
         }
     })
@@ -123,8 +161,18 @@ pub fn tensor(t: &Value) -> Result<Tensor, String> {
 /// Every element as f64 (floats and integers below 2^53; used for floats only).
 fn as_f64(t: &Tensor) -> Vec<f64> {
     match t.dtype {
-        DataType::Fp16 => t.to_vec::<f16>().unwrap().into_iter().map(f64::from).collect(),
-        DataType::Fp32 => t.to_vec::<f32>().unwrap().into_iter().map(f64::from).collect(),
+        DataType::Fp16 => t
+            .to_vec::<f16>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        DataType::Fp32 => t
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
         DataType::Fp64 => t.to_vec::<f64>().unwrap(),
         _ => unreachable!("as_f64 on {}", t.dtype),
     }
@@ -141,11 +189,20 @@ pub fn assert_close(context: &str, got: &Tensor, want: &Tensor, tol: Tolerance) 
             let (g, w) = (as_f64(got), as_f64(want));
             for (i, (a, b)) in g.iter().zip(&w).enumerate() {
                 let ok = (a - b).abs() <= tol.abs + tol.rel * b.abs() || (a.is_nan() && b.is_nan());
-                assert!(ok, "{context}: '{}'[{i}] = {a}, expected {b} (tolerance {tol:?})", want.name);
+                assert!(
+                    ok,
+                    "{context}: '{}'[{i}] = {a}, expected {b} (tolerance {tol:?})",
+                    want.name
+                );
             }
         }
         DataType::Bytes => {
-            assert_eq!(got.byte_elements().unwrap(), want.byte_elements().unwrap(), "{context}: '{}'", want.name)
+            assert_eq!(
+                got.byte_elements().unwrap(),
+                want.byte_elements().unwrap(),
+                "{context}: '{}'",
+                want.name
+            )
         }
         _ => assert_eq!(got.data, want.data, "{context}: '{}' data", want.name),
     }

@@ -30,7 +30,9 @@ pub fn repo_root() -> PathBuf {
 /// Where the tests find the onnxruntime library: `KILN_ORT_LIBRARY`, else the usual search
 /// (`ORT_DYLIB_PATH`, `KILN_PYTHON`) with the repository's `.venv` asked before `python3`.
 pub fn locate_ort_library() -> Result<PathBuf, String> {
-    let explicit = std::env::var_os("KILN_ORT_LIBRARY").filter(|p| !p.is_empty()).map(PathBuf::from);
+    let explicit = std::env::var_os("KILN_ORT_LIBRARY")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
     let mut pythons: Vec<OsString> = Vec::new();
     if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
         pythons.push(p);
@@ -59,7 +61,10 @@ pub fn ort_backend() -> Option<OrtBackend> {
                 panic!("onnxruntime tests: the library is required when CI is set: {why}");
             }
             // straight to the stderr handle: the harness captures eprintln! of passing tests
-            let _ = writeln!(std::io::stderr(), "SKIPPED onnxruntime test (library absent): {why}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED onnxruntime test (library absent): {why}"
+            );
             None
         }
     }

@@ -64,7 +64,11 @@ pub fn golden(backend: &dyn Backend, name: &str) {
     }
     for (how, outputs) in runs {
         let outputs = outputs.unwrap_or_else(|e| panic!("{}: {name} ({how}): {e}", backend.name()));
-        assert_eq!(outputs.len(), model.io().outputs.len(), "{name}: number of outputs");
+        assert_eq!(
+            outputs.len(),
+            model.io().outputs.len(),
+            "{name}: number of outputs"
+        );
         for (got, spec) in outputs.iter().zip(&model.io().outputs) {
             let want = g.outputs.iter().find(|t| t.name == spec.name).unwrap();
             let ctx = format!("{} {name} ({how})", backend.name());
@@ -79,17 +83,39 @@ pub fn batched_equals_one_by_one(backend: &dyn Backend, name: &str, inputs: Opti
     assert!(config.max_batch_size > 0, "{name} is not batched");
     let inputs = inputs.unwrap_or_else(|| ordered_inputs(model.as_ref(), &g));
     let rows = inputs[0].rows();
-    let batched = model.execute(&inputs).unwrap_or_else(|e| panic!("{name}: batch of {rows}: {e}"));
+    let batched = model
+        .execute(&inputs)
+        .unwrap_or_else(|e| panic!("{name}: batch of {rows}: {e}"));
     let ones = vec![1; rows];
-    let split_in: Vec<Vec<Tensor>> = inputs.iter().map(|t| t.split_rows(&ones).unwrap()).collect();
-    let split_out: Vec<Vec<Tensor>> = batched.iter().map(|t| t.split_rows(&ones).unwrap()).collect();
+    let split_in: Vec<Vec<Tensor>> = inputs
+        .iter()
+        .map(|t| t.split_rows(&ones).unwrap())
+        .collect();
+    let split_out: Vec<Vec<Tensor>> = batched
+        .iter()
+        .map(|t| t.split_rows(&ones).unwrap())
+        .collect();
     for r in 0..rows {
         let one: Vec<Tensor> = split_in.iter().map(|parts| parts[r].clone()).collect();
-        let single = model.execute(&one).unwrap_or_else(|e| panic!("{name}: row {r} alone: {e}"));
+        let single = model
+            .execute(&one)
+            .unwrap_or_else(|e| panic!("{name}: row {r} alone: {e}"));
         for (o, got) in single.iter().enumerate() {
             let want = &split_out[o][r];
-            let tol = if want.dtype == DataType::Fp32 { BATCH_FP32 } else { golden_tolerance(want.dtype) };
-            assert_close(&format!("{} {name} row {r} alone vs in a batch of {rows}", backend.name()), got, want, tol);
+            let tol = if want.dtype == DataType::Fp32 {
+                BATCH_FP32
+            } else {
+                golden_tolerance(want.dtype)
+            };
+            assert_close(
+                &format!(
+                    "{} {name} row {r} alone vs in a batch of {rows}",
+                    backend.name()
+                ),
+                got,
+                want,
+                tol,
+            );
         }
     }
 }
@@ -100,7 +126,9 @@ pub fn mlp_rows(rows: usize) -> Vec<Tensor> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let values: Vec<f32> = (0..rows * 256)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
         })
         .collect();
@@ -111,14 +139,36 @@ pub fn mlp_rows(rows: usize) -> Vec<Tensor> {
 pub fn io_from_file(backend: &dyn Backend) {
     let (model, _, g) = load(backend, "dtypes");
     let io = model.io();
-    assert_eq!(io.inputs.len(), 12, "{}: dtypes inputs {:?}", backend.name(), io.inputs);
+    assert_eq!(
+        io.inputs.len(),
+        12,
+        "{}: dtypes inputs {:?}",
+        backend.name(),
+        io.inputs
+    );
     for (spec, want) in io.inputs.iter().zip(&g.inputs) {
-        assert_eq!((&spec.name, spec.data_type), (&want.name, want.dtype), "{}", backend.name());
-        assert_eq!(spec.dims, vec![3], "{}: '{}' dims without the batch dimension", backend.name(), spec.name);
+        assert_eq!(
+            (&spec.name, spec.data_type),
+            (&want.name, want.dtype),
+            "{}",
+            backend.name()
+        );
+        assert_eq!(
+            spec.dims,
+            vec![3],
+            "{}: '{}' dims without the batch dimension",
+            backend.name(),
+            spec.name
+        );
     }
     let names: Vec<&str> = io.outputs.iter().map(|s| s.name.as_str()).collect();
     let want: Vec<&str> = g.outputs.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, want, "{}: outputs in the file's order", backend.name());
+    assert_eq!(
+        names,
+        want,
+        "{}: outputs in the file's order",
+        backend.name()
+    );
     // multi_io: variable non-batch dimension, served outputs in the config's order
     let (model, _, _) = load(backend, "multi_io");
     let seq = model.io().inputs.iter().find(|s| s.name == "seq").unwrap();
@@ -130,14 +180,22 @@ pub fn io_from_file(backend: &dyn Backend) {
 /// A copy of repository model `name` (version 1) in a scratch directory, with `config` as its
 /// config.toml and `file` (when given) instead of its model.onnx. Returns the directory guard,
 /// the version directory and the parsed config.
-pub fn scratch_model(name: &str, config: &str, file: Option<&[u8]>) -> (tempfile::TempDir, PathBuf, ModelConfig) {
+pub fn scratch_model(
+    name: &str,
+    config: &str,
+    file: Option<&[u8]>,
+) -> (tempfile::TempDir, PathBuf, ModelConfig) {
     let tmp = tempfile::tempdir().unwrap();
     let vdir = tmp.path().join(name).join("1");
     std::fs::create_dir_all(&vdir).unwrap();
     match file {
         Some(bytes) => std::fs::write(vdir.join("model.onnx"), bytes).unwrap(),
         None => {
-            std::fs::copy(model_dir(name).join("1/model.onnx"), vdir.join("model.onnx")).unwrap();
+            std::fs::copy(
+                model_dir(name).join("1/model.onnx"),
+                vdir.join("model.onnx"),
+            )
+            .unwrap();
         }
     }
     let config = ModelConfig::parse(config, name).unwrap_or_else(|e| panic!("{config}: {e}"));
@@ -149,13 +207,23 @@ fn scratch_mlp(config: &str, file: Option<&[u8]>) -> (tempfile::TempDir, PathBuf
 }
 
 /// Loads `vdir` expecting an error that mentions every needle; returns the message.
-pub fn expect_load_error(backend: &dyn Backend, what: &str, vdir: &Path, config: &ModelConfig, needles: &[&str]) -> String {
+pub fn expect_load_error(
+    backend: &dyn Backend,
+    what: &str,
+    vdir: &Path,
+    config: &ModelConfig,
+    needles: &[&str],
+) -> String {
     let err = match backend.load(vdir, config) {
         Ok(_) => panic!("{}: {what}: loaded, expected an error", backend.name()),
         Err(e) => e.to_string(),
     };
     for n in needles {
-        assert!(err.contains(n), "{}: {what}: error does not mention {n:?}: {err}", backend.name());
+        assert!(
+            err.contains(n),
+            "{}: {what}: error does not mention {n:?}: {err}",
+            backend.name()
+        );
     }
     assert_eq!(err, err.trim(), "{what}: message has stray whitespace");
     err
@@ -163,7 +231,8 @@ pub fn expect_load_error(backend: &dyn Backend, what: &str, vdir: &Path, config:
 
 /// A corrupt or missing model file is a load error naming the file.
 pub fn errors_bad_file(backend: &dyn Backend) {
-    let (_tmp, vdir, config) = scratch_mlp("max_batch_size = 8", Some(b"this is not an onnx model"));
+    let (_tmp, vdir, config) =
+        scratch_mlp("max_batch_size = 8", Some(b"this is not an onnx model"));
     let file = vdir.join("model.onnx").display().to_string();
     expect_load_error(backend, "corrupt file", &vdir, &config, &[&file]);
     let (_tmp2, vdir, config) = scratch_mlp("max_batch_size = 8", None);
@@ -180,7 +249,11 @@ pub fn errors_config_mismatch(backend: &dyn Backend) {
         format!("[[output]]\nname = \"{name}\"\ndata_type = \"{dtype}\"\ndims = {dims}\n")
     };
     let cases = [
-        ("unknown input", input("x", "FP32", "[256]") + &input("z", "FP32", "[4]"), "\"z\""),
+        (
+            "unknown input",
+            input("x", "FP32", "[256]") + &input("z", "FP32", "[4]"),
+            "\"z\"",
+        ),
         ("unknown output", output("w", "FP32", "[1]"), "'w'"),
         ("output type", output("y", "INT32", "[1]"), "INT32"),
         ("output dims", output("y", "FP32", "[2]"), "'y'"),
@@ -198,42 +271,92 @@ pub fn errors_config_mismatch(backend: &dyn Backend) {
 macro_rules! conformance_tests {
     ($make:expr) => {
         #[test]
-        fn golden_mlp() { if let Some(b) = $make { $crate::suite::golden(&b, "mlp") } }
+        fn golden_mlp() {
+            if let Some(b) = $make {
+                $crate::suite::golden(&b, "mlp")
+            }
+        }
         #[test]
-        fn golden_ranker() { if let Some(b) = $make { $crate::suite::golden(&b, "ranker") } }
+        fn golden_ranker() {
+            if let Some(b) = $make {
+                $crate::suite::golden(&b, "ranker")
+            }
+        }
         #[test]
-        fn golden_dtypes() { if let Some(b) = $make { $crate::suite::golden(&b, "dtypes") } }
+        fn golden_dtypes() {
+            if let Some(b) = $make {
+                $crate::suite::golden(&b, "dtypes")
+            }
+        }
         #[test]
-        fn golden_strings() { if let Some(b) = $make { $crate::suite::golden(&b, "strings") } }
+        fn golden_strings() {
+            if let Some(b) = $make {
+                $crate::suite::golden(&b, "strings")
+            }
+        }
         #[test]
-        fn golden_multi_io() { if let Some(b) = $make { $crate::suite::golden(&b, "multi_io") } }
+        fn golden_multi_io() {
+            if let Some(b) = $make {
+                $crate::suite::golden(&b, "multi_io")
+            }
+        }
         #[test]
-        fn golden_unbatched_fixed_shapes() { if let Some(b) = $make { $crate::suite::golden(&b, "fixed") } }
+        fn golden_unbatched_fixed_shapes() {
+            if let Some(b) = $make {
+                $crate::suite::golden(&b, "fixed")
+            }
+        }
         #[test]
-        fn io_read_from_file() { if let Some(b) = $make { $crate::suite::io_from_file(&b) } }
+        fn io_read_from_file() {
+            if let Some(b) = $make {
+                $crate::suite::io_from_file(&b)
+            }
+        }
         #[test]
         fn batched_equals_one_by_one_mlp_64() {
-            if let Some(b) = $make { $crate::suite::batched_equals_one_by_one(&b, "mlp", Some($crate::suite::mlp_rows(64))) }
+            if let Some(b) = $make {
+                $crate::suite::batched_equals_one_by_one(
+                    &b,
+                    "mlp",
+                    Some($crate::suite::mlp_rows(64)),
+                )
+            }
         }
         #[test]
         fn batched_equals_one_by_one_ranker() {
-            if let Some(b) = $make { $crate::suite::batched_equals_one_by_one(&b, "ranker", None) }
+            if let Some(b) = $make {
+                $crate::suite::batched_equals_one_by_one(&b, "ranker", None)
+            }
         }
         #[test]
         fn batched_equals_one_by_one_dtypes() {
-            if let Some(b) = $make { $crate::suite::batched_equals_one_by_one(&b, "dtypes", None) }
+            if let Some(b) = $make {
+                $crate::suite::batched_equals_one_by_one(&b, "dtypes", None)
+            }
         }
         #[test]
         fn batched_equals_one_by_one_strings() {
-            if let Some(b) = $make { $crate::suite::batched_equals_one_by_one(&b, "strings", None) }
+            if let Some(b) = $make {
+                $crate::suite::batched_equals_one_by_one(&b, "strings", None)
+            }
         }
         #[test]
         fn batched_equals_one_by_one_multi_io() {
-            if let Some(b) = $make { $crate::suite::batched_equals_one_by_one(&b, "multi_io", None) }
+            if let Some(b) = $make {
+                $crate::suite::batched_equals_one_by_one(&b, "multi_io", None)
+            }
         }
         #[test]
-        fn errors_bad_file() { if let Some(b) = $make { $crate::suite::errors_bad_file(&b) } }
+        fn errors_bad_file() {
+            if let Some(b) = $make {
+                $crate::suite::errors_bad_file(&b)
+            }
+        }
         #[test]
-        fn errors_config_mismatch() { if let Some(b) = $make { $crate::suite::errors_config_mismatch(&b) } }
+        fn errors_config_mismatch() {
+            if let Some(b) = $make {
+                $crate::suite::errors_config_mismatch(&b)
+            }
+        }
     };
 }

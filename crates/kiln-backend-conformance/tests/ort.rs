@@ -21,8 +21,15 @@ fn describe(model: &dyn LoadedModel) -> BTreeMap<String, String> {
 /// Runs the mlp golden rows through `model` and checks them.
 fn check_mlp(model: &Arc<dyn LoadedModel>, context: &str) {
     let g = golden::read(&model_dir("mlp").join("expected.json"));
-    let out = model.execute(&g.inputs).unwrap_or_else(|e| panic!("{context}: {e}"));
-    assert_close(context, &out[0], &g.outputs[0], golden_tolerance(g.outputs[0].dtype));
+    let out = model
+        .execute(&g.inputs)
+        .unwrap_or_else(|e| panic!("{context}: {e}"));
+    assert_close(
+        context,
+        &out[0],
+        &g.outputs[0],
+        golden_tolerance(g.outputs[0].dtype),
+    );
 }
 
 #[test]
@@ -61,7 +68,10 @@ fn unavailable_gpu_provider_falls_back_to_cpu_when_allowed() {
     let model = b.load(&vdir, &config).unwrap();
     let provider = describe(model.as_ref())["execution_provider"].clone();
     if provider.starts_with("cpu (") {
-        assert!(provider.contains("tensorrt unavailable") && provider.contains("cuda unavailable"), "{provider}");
+        assert!(
+            provider.contains("tensorrt unavailable") && provider.contains("cuda unavailable"),
+            "{provider}"
+        );
     } else {
         // a GPU machine with a GPU build: the providers are in use
         assert!(provider.starts_with("tensorrt"), "{provider}");
@@ -79,13 +89,26 @@ fn settings_are_applied_and_do_not_change_results() {
         let (_tmp, vdir, config) = scratch_model("mlp", &config, None);
         let model = b.load(&vdir, &config).unwrap();
         let d = describe(model.as_ref());
-        assert_eq!((d["graph_optimization_level"].as_str(), d["intra_op_threads"].as_str()), (level, "2"));
+        assert_eq!(
+            (
+                d["graph_optimization_level"].as_str(),
+                d["intra_op_threads"].as_str()
+            ),
+            (level, "2")
+        );
         assert_eq!(d["inter_op_threads"], "2");
         check_mlp(&model, level);
     }
     // intra_op_threads defaults to instance_group.threads
-    let (_tmp, vdir, config) = scratch_model("mlp", &format!("{MLP_IO}[instance_group]\nthreads = 2\n"), None);
-    assert_eq!(describe(b.load(&vdir, &config).unwrap().as_ref())["intra_op_threads"], "2");
+    let (_tmp, vdir, config) = scratch_model(
+        "mlp",
+        &format!("{MLP_IO}[instance_group]\nthreads = 2\n"),
+        None,
+    );
+    assert_eq!(
+        describe(b.load(&vdir, &config).unwrap().as_ref())["intra_op_threads"],
+        "2"
+    );
 }
 
 #[test]
@@ -93,13 +116,20 @@ fn unknown_or_bad_parameters_name_the_field() {
     let Some(b) = ort_backend() else { return };
     let cases = [
         ("intra_op_thread = 2", "intra_op_thread"),
-        ("graph_optimization_level = \"max\"", "graph_optimization_level"),
-        ("execution_providers = [{ kind = \"cuda\", gpu = 0 }]", "gpu"),
+        (
+            "graph_optimization_level = \"max\"",
+            "graph_optimization_level",
+        ),
+        (
+            "execution_providers = [{ kind = \"cuda\", gpu = 0 }]",
+            "gpu",
+        ),
         ("execution_providers = [{ kind = \"npu\" }]", "npu"),
         ("intra_op_threads = 0", "intra_op_threads"),
     ];
     for (param, needle) in cases {
-        let (_tmp, vdir, config) = scratch_model("mlp", &format!("{MLP_IO}[parameters]\n{param}\n"), None);
+        let (_tmp, vdir, config) =
+            scratch_model("mlp", &format!("{MLP_IO}[parameters]\n{param}\n"), None);
         let err = expect_load_error(&b, param, &vdir, &config, &[needle]);
         assert!(err.starts_with("parameters"), "{param}: {err}");
     }
@@ -111,17 +141,29 @@ fn every_instance_owns_a_working_session() {
     let (_tmp, vdir, config) = scratch_model("mlp", MLP_IO, None);
     let model = b.load(&vdir, &config).unwrap();
     let g = golden::read(&model_dir("mlp").join("expected.json"));
-    let mut instances: Vec<_> = (0..3).map(|_| model.create_instance().unwrap().unwrap()).collect();
+    let mut instances: Vec<_> = (0..3)
+        .map(|_| model.create_instance().unwrap().unwrap())
+        .collect();
     let handles: Vec<_> = instances
         .drain(..)
         .map(|mut inst| {
             let inputs: Vec<Tensor> = g.inputs.clone();
-            std::thread::spawn(move || (0..20).map(|_| inst.execute(&inputs).unwrap()).last().unwrap())
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|_| inst.execute(&inputs).unwrap())
+                    .last()
+                    .unwrap()
+            })
         })
         .collect();
     for h in handles {
         let out = h.join().unwrap();
-        assert_close("instance", &out[0], &g.outputs[0], golden_tolerance(g.outputs[0].dtype));
+        assert_close(
+            "instance",
+            &out[0],
+            &g.outputs[0],
+            golden_tolerance(g.outputs[0].dtype),
+        );
     }
     // execute after every load-time session was handed out builds another
     check_mlp(&model, "execute after instances");
@@ -137,7 +179,15 @@ fn unaligned_input_buffers_are_copied() {
     let mut raw = vec![0u8];
     raw.extend_from_slice(&x.data);
     let shifted = bytes::Bytes::from(raw).slice(1..);
-    let odd = Tensor { data: shifted, ..x.clone() };
+    let odd = Tensor {
+        data: shifted,
+        ..x.clone()
+    };
     let out = model.execute(&[odd]).unwrap();
-    assert_close("unaligned", &out[0], &g.outputs[0], golden_tolerance(g.outputs[0].dtype));
+    assert_close(
+        "unaligned",
+        &out[0],
+        &g.outputs[0],
+        golden_tolerance(g.outputs[0].dtype),
+    );
 }

@@ -17,9 +17,16 @@ fn missing_library_fails_the_load_with_a_hint_and_tract_still_serves() {
         Err(e) => e,
     };
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
-    for needle in ["/nonexistent/libonnxruntime.so.1.32.0", "pip install onnxruntime==1.32.0", "--ort-library", "model.onnx"] {
+    for needle in [
+        "/nonexistent/libonnxruntime.so.1.32.0",
+        "pip install onnxruntime==1.32.0",
+        "--ort-library",
+        "model.onnx",
+    ] {
         assert!(err.message.contains(needle), "missing {needle:?} in: {err}");
     }
     let tract = kiln_backend_tract::TractBackend;
-    tract.load(&model_dir("mlp").join("1"), &config).expect("tract loads without onnxruntime");
+    tract
+        .load(&model_dir("mlp").join("1"), &config)
+        .expect("tract loads without onnxruntime");
 }

@@ -6,7 +6,9 @@
 
 use kiln_core::{DataType, Error, Result, Tensor};
 use ort::session::SessionInputValue;
-use ort::value::{DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, TensorRef};
+use ort::value::{
+    DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, TensorRef,
+};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the onnxruntime backend assumes a little-endian target");
@@ -103,7 +105,9 @@ pub fn from_ort(name: &str, v: &DynValue) -> Result<Tensor> {
     let ty = match v.dtype() {
         ort::value::ValueType::Tensor { ty, .. } => *ty,
         other => {
-            return Err(Error::internal(format!("output '{name}' is not a tensor but {other}")))
+            return Err(Error::internal(format!(
+                "output '{name}' is not a tensor but {other}"
+            )))
         }
     };
     let dtype = kiln_dtype(ty)

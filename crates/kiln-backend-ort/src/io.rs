@@ -27,7 +27,11 @@ impl FileTensor {
             ),
             other => (Err(format!("{other}")), Vec::new()),
         };
-        FileTensor { name: o.name().to_string(), dtype, dims }
+        FileTensor {
+            name: o.name().to_string(),
+            dtype,
+            dims,
+        }
     }
 }
 
@@ -66,27 +70,36 @@ fn file_spec(kind: &str, t: &FileTensor, max_batch: i64) -> Result<TensorSpec, S
                     "{kind} '{name}' is a scalar but max_batch_size > 0 needs a batch dimension"
                 ))
             }
-            Some(&d) if d >= 0 && !(d == 1 && max_batch == 1) => {
-                return Err(format!(
-                    "{kind} '{name}': the model file fixes the first dimension to {d}, so it cannot \
+            Some(&d) if d >= 0 && !(d == 1 && max_batch == 1) => return Err(format!(
+                "{kind} '{name}': the model file fixes the first dimension to {d}, so it cannot \
                      be batched up to max_batch_size {max_batch}; export it with a symbolic batch \
                      dimension or set max_batch_size = 0"
-                ))
-            }
+            )),
             Some(_) => {
                 dims.remove(0);
             }
         }
     }
-    Ok(TensorSpec { name: name.clone(), data_type: dtype, dims })
+    Ok(TensorSpec {
+        name: name.clone(),
+        data_type: dtype,
+        dims,
+    })
 }
 
 fn dims_match(file: &[i64], config: &[i64]) -> bool {
-    file.len() == config.len() && file.iter().zip(config).all(|(&a, &b)| a == -1 || b == -1 || a == b)
+    file.len() == config.len()
+        && file
+            .iter()
+            .zip(config)
+            .all(|(&a, &b)| a == -1 || b == -1 || a == b)
 }
 
 /// The inputs in the file's order: the config's specs (checked against the file) or the file's.
-fn select_inputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<Vec<TensorSpec>, String> {
+fn select_inputs(
+    model: &[TensorSpec],
+    configured: &[TensorSpec],
+) -> Result<Vec<TensorSpec>, String> {
     if configured.is_empty() {
         return Ok(model.to_vec());
     }
@@ -102,9 +115,15 @@ fn select_inputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<Vec<
     }
     let mut specs = Vec::with_capacity(model.len());
     for m in model {
-        let c = configured.iter().find(|c| c.name == m.name).ok_or_else(|| {
-            format!("input '{}' of the model file is missing from config.toml [[input]]", m.name)
-        })?;
+        let c = configured
+            .iter()
+            .find(|c| c.name == m.name)
+            .ok_or_else(|| {
+                format!(
+                    "input '{}' of the model file is missing from config.toml [[input]]",
+                    m.name
+                )
+            })?;
         if m.data_type != c.data_type {
             return Err(format!(
                 "input '{}': config.toml says {} but the model file expects {}",
@@ -124,7 +143,10 @@ fn select_inputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<Vec<
 
 /// The served outputs: the config's list (checked against the file) or every output; with, for
 /// each, its index among the model's outputs.
-fn select_outputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<(Vec<TensorSpec>, Vec<usize>), String> {
+fn select_outputs(
+    model: &[TensorSpec],
+    configured: &[TensorSpec],
+) -> Result<(Vec<TensorSpec>, Vec<usize>), String> {
     if configured.is_empty() {
         return Ok((model.to_vec(), (0..model.len()).collect()));
     }
@@ -135,7 +157,12 @@ fn select_outputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<(Ve
             .iter()
             .enumerate()
             .find(|(_, m)| m.name == c.name)
-            .ok_or_else(|| format!("config.toml [[output]] '{}' is not an output of the model file", c.name))?;
+            .ok_or_else(|| {
+                format!(
+                    "config.toml [[output]] '{}' is not an output of the model file",
+                    c.name
+                )
+            })?;
         if m.data_type != c.data_type {
             return Err(format!(
                 "output '{}': config.toml says {} but the model file produces {}",
@@ -160,7 +187,11 @@ mod tests {
     use kiln_core::DataType;
 
     fn t(name: &str, dtype: DataType, dims: &[i64]) -> FileTensor {
-        FileTensor { name: name.into(), dtype: Ok(dtype), dims: dims.to_vec() }
+        FileTensor {
+            name: name.into(),
+            dtype: Ok(dtype),
+            dims: dims.to_vec(),
+        }
     }
 
     fn config(text: &str) -> ModelConfig {
@@ -170,8 +201,14 @@ mod tests {
     #[test]
     fn reads_the_file_and_strips_the_batch_dimension() {
         let (io, idx) = resolve(
-            &[t("a", DataType::Fp32, &[-1, 4]), t("b", DataType::Int64, &[-1, -1])],
-            &[t("y", DataType::Fp32, &[-1, 1]), t("z", DataType::Bool, &[-1])],
+            &[
+                t("a", DataType::Fp32, &[-1, 4]),
+                t("b", DataType::Int64, &[-1, -1]),
+            ],
+            &[
+                t("y", DataType::Fp32, &[-1, 1]),
+                t("z", DataType::Bool, &[-1]),
+            ],
             &config("max_batch_size = 8"),
         )
         .unwrap();
@@ -183,17 +220,37 @@ mod tests {
     #[test]
     fn config_is_checked_against_the_file() {
         let inputs = [t("x", DataType::Fp32, &[-1, 4])];
-        let outputs = [t("y", DataType::Fp32, &[-1, 1]), t("z", DataType::Int64, &[-1, 2])];
+        let outputs = [
+            t("y", DataType::Fp32, &[-1, 1]),
+            t("z", DataType::Int64, &[-1, 2]),
+        ];
         let base = "max_batch_size = 8\n";
-        let ok = config(&format!("{base}[[output]]\nname = \"z\"\ndata_type = \"INT64\"\ndims = [2]"));
+        let ok = config(&format!(
+            "{base}[[output]]\nname = \"z\"\ndata_type = \"INT64\"\ndims = [2]"
+        ));
         let (io, idx) = resolve(&inputs, &outputs, &ok).unwrap();
         assert_eq!((io.outputs.len(), idx), (1, vec![1]));
         let cases = [
-            ("[[input]]\nname = \"x\"\ndata_type = \"FP64\"\ndims = [4]", "FP64"),
-            ("[[input]]\nname = \"x\"\ndata_type = \"FP32\"\ndims = [5]", "dims"),
-            ("[[input]]\nname = \"q\"\ndata_type = \"FP32\"\ndims = [4]", "\"q\""),
-            ("[[output]]\nname = \"w\"\ndata_type = \"FP32\"\ndims = [1]", "'w'"),
-            ("[[output]]\nname = \"y\"\ndata_type = \"INT32\"\ndims = [1]", "INT32"),
+            (
+                "[[input]]\nname = \"x\"\ndata_type = \"FP64\"\ndims = [4]",
+                "FP64",
+            ),
+            (
+                "[[input]]\nname = \"x\"\ndata_type = \"FP32\"\ndims = [5]",
+                "dims",
+            ),
+            (
+                "[[input]]\nname = \"q\"\ndata_type = \"FP32\"\ndims = [4]",
+                "\"q\"",
+            ),
+            (
+                "[[output]]\nname = \"w\"\ndata_type = \"FP32\"\ndims = [1]",
+                "'w'",
+            ),
+            (
+                "[[output]]\nname = \"y\"\ndata_type = \"INT32\"\ndims = [1]",
+                "INT32",
+            ),
         ];
         for (extra, needle) in cases {
             let e = resolve(&inputs, &outputs, &config(&format!("{base}{extra}"))).unwrap_err();
@@ -203,13 +260,32 @@ mod tests {
 
     #[test]
     fn fixed_batch_and_scalars_are_refused_when_batching() {
-        let e = resolve(&[t("x", DataType::Fp32, &[2, 4])], &[], &config("max_batch_size = 8")).unwrap_err();
+        let e = resolve(
+            &[t("x", DataType::Fp32, &[2, 4])],
+            &[],
+            &config("max_batch_size = 8"),
+        )
+        .unwrap_err();
         assert!(e.contains("first dimension"), "{e}");
-        let e = resolve(&[t("x", DataType::Fp32, &[])], &[], &config("max_batch_size = 8")).unwrap_err();
+        let e = resolve(
+            &[t("x", DataType::Fp32, &[])],
+            &[],
+            &config("max_batch_size = 8"),
+        )
+        .unwrap_err();
         assert!(e.contains("scalar"), "{e}");
-        assert!(resolve(&[t("x", DataType::Fp32, &[1, 4])], &[], &config("max_batch_size = 1")).is_ok());
+        assert!(resolve(
+            &[t("x", DataType::Fp32, &[1, 4])],
+            &[],
+            &config("max_batch_size = 1")
+        )
+        .is_ok());
         assert!(resolve(&[t("x", DataType::Fp32, &[2, 4])], &[], &config("")).is_ok());
-        let bad = FileTensor { name: "s".into(), dtype: Err("tensor of bf16".into()), dims: vec![-1] };
+        let bad = FileTensor {
+            name: "s".into(),
+            dtype: Err("tensor of bf16".into()),
+            dims: vec![-1],
+        };
         let e = resolve(&[bad], &[], &config("")).unwrap_err();
         assert!(e.contains("unsupported type"), "{e}");
     }

@@ -63,7 +63,10 @@ impl Backend for OrtBackend {
         let path = dir.join(&config.default_model_filename);
         let settings = OrtSettings::from_config(config)?;
         if !path.is_file() {
-            return Err(Error::invalid(format!("model file {} not found", path.display())));
+            return Err(Error::invalid(format!(
+                "model file {} not found",
+                path.display()
+            )));
         }
         let runtime = library::runtime(self.library.as_deref()).map_err(|e: LibraryError| {
             Error::unavailable(format!("{}: {}", path.display(), e.with_hint()))
@@ -96,7 +99,11 @@ impl Backend for OrtBackend {
         let session = match build_session(&runtime, &path, &settings, &usable) {
             Ok(s) => s,
             Err(e) if gpu && settings.allow_cpu_fallback => {
-                let kinds: Vec<&str> = usable.iter().filter(|p| **p != ProviderSpec::Cpu).map(|p| p.kind()).collect();
+                let kinds: Vec<&str> = usable
+                    .iter()
+                    .filter(|p| **p != ProviderSpec::Cpu)
+                    .map(|p| p.kind())
+                    .collect();
                 tracing::warn!(model = config.model_name(), providers = ?kinds, reason = %e,
                     "session creation with gpu providers failed, falling back to the cpu");
                 skipped.extend(kinds.iter().map(|k| (k.to_string(), e.clone())));
@@ -107,24 +114,49 @@ impl Backend for OrtBackend {
             Err(e) => return Err(at(format!("onnxruntime cannot load the model: {e}"))),
         };
 
-        let inputs: Vec<FileTensor> = session.inputs().iter().map(FileTensor::from_outlet).collect();
-        let outputs: Vec<FileTensor> = session.outputs().iter().map(FileTensor::from_outlet).collect();
+        let inputs: Vec<FileTensor> = session
+            .inputs()
+            .iter()
+            .map(FileTensor::from_outlet)
+            .collect();
+        let outputs: Vec<FileTensor> = session
+            .outputs()
+            .iter()
+            .map(FileTensor::from_outlet)
+            .collect();
         let (io, output_index) = resolve(&inputs, &outputs, config).map_err(at)?;
 
         let provider = providers::describe(&usable, &skipped);
         let describe = vec![
             ("engine".to_string(), "onnxruntime".to_string()),
             ("execution_provider".to_string(), provider.clone()),
-            ("graph_optimization_level".to_string(), format!("{:?}", settings.optimization).to_lowercase()),
-            ("intra_op_threads".to_string(), settings.intra_op_threads.to_string()),
-            ("inter_op_threads".to_string(), settings.inter_op_threads.to_string()),
-            ("onnxruntime_library".to_string(), runtime.path.display().to_string()),
+            (
+                "graph_optimization_level".to_string(),
+                format!("{:?}", settings.optimization).to_lowercase(),
+            ),
+            (
+                "intra_op_threads".to_string(),
+                settings.intra_op_threads.to_string(),
+            ),
+            (
+                "inter_op_threads".to_string(),
+                settings.inter_op_threads.to_string(),
+            ),
+            (
+                "onnxruntime_library".to_string(),
+                runtime.path.display().to_string(),
+            ),
         ];
         tracing::debug!(path = %path.display(), execution_provider = %provider, "onnxruntime model loaded");
         let shared = Shared {
             io,
             output_index,
-            recipe: Recipe { runtime, path, settings, providers: usable },
+            recipe: Recipe {
+                runtime,
+                path,
+                settings,
+                providers: usable,
+            },
             describe,
         };
         Ok(Arc::new(OrtModel::new(shared, session)))

@@ -101,7 +101,10 @@ pub fn locate(explicit: Option<&Path>) -> Result<Located, LibraryError> {
 pub fn locate_with(explicit: Option<&Path>, pythons: &[OsString]) -> Result<Located, LibraryError> {
     let given = |path: &Path, source: Source| {
         std::fs::canonicalize(path)
-            .map(|real| Located { path: real, source: source.clone() })
+            .map(|real| Located {
+                path: real,
+                source: source.clone(),
+            })
             .map_err(|_| LibraryError::Missing {
                 path: path.to_path_buf(),
                 source_name: source.to_string(),
@@ -179,8 +182,12 @@ pub fn library_in(dir: &Path) -> Option<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            let Some(name) = p.file_name().and_then(|n| n.to_str()) else { return false };
-            let Some(rest) = name.strip_prefix(&stem) else { return false };
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                return false;
+            };
+            let Some(rest) = name.strip_prefix(&stem) else {
+                return false;
+            };
             // libonnxruntime.so, libonnxruntime.so.1.32.0, libonnxruntime.1.32.0.dylib; not
             // libonnxruntime_providers_shared.so
             (rest.starts_with('.') || rest.is_empty()) && name.contains(suffix)
@@ -267,7 +274,12 @@ mod tests {
     fn picks_the_versioned_library_and_skips_providers() {
         let dir = std::env::temp_dir().join(format!("kiln-ort-lib-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["libonnxruntime_providers_shared.so", "libonnxruntime.so.1.32.0", "libonnxruntime.so", "other.so"] {
+        for name in [
+            "libonnxruntime_providers_shared.so",
+            "libonnxruntime.so.1.32.0",
+            "libonnxruntime.so",
+            "other.so",
+        ] {
             std::fs::write(dir.join(name), b"").unwrap();
         }
         let got = library_in(&dir).unwrap();
@@ -280,6 +292,9 @@ mod tests {
         let e = locate(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
         assert!(matches!(e, LibraryError::Missing { .. }), "{e}");
         let msg = e.with_hint();
-        assert!(msg.contains("pip install onnxruntime==1.32.0") && msg.contains("--ort-library"), "{msg}");
+        assert!(
+            msg.contains("pip install onnxruntime==1.32.0") && msg.contains("--ort-library"),
+            "{msg}"
+        );
     }
 }

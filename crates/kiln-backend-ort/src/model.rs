@@ -52,8 +52,14 @@ pub fn build_session(
     let dispatch: Vec<_> = providers.iter().map(providers::dispatch).collect();
     let mut builder = Session::builder(&runtime.env)
         .and_then(|b| b.with_optimization_level(level).map_err(Into::into))
-        .and_then(|b| b.with_intra_threads(settings.intra_op_threads).map_err(Into::into))
-        .and_then(|b| b.with_inter_threads(settings.inter_op_threads).map_err(Into::into))
+        .and_then(|b| {
+            b.with_intra_threads(settings.intra_op_threads)
+                .map_err(Into::into)
+        })
+        .and_then(|b| {
+            b.with_inter_threads(settings.inter_op_threads)
+                .map_err(Into::into)
+        })
         .and_then(|b| {
             b.with_parallel_execution(settings.inter_op_threads > 1)
                 .map_err(Into::into)
@@ -77,7 +83,10 @@ pub struct Shared {
 
 impl Shared {
     fn run(&self, session: &mut Session, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let values = inputs.iter().map(to_ort).collect::<Result<Vec<SessionInputValue<'_>>>>()?;
+        let values = inputs
+            .iter()
+            .map(to_ort)
+            .collect::<Result<Vec<SessionInputValue<'_>>>>()?;
         let outputs = session
             .run(values.as_slice())
             .map_err(|e| Error::internal(format!("onnxruntime execution failed: {e}")))?;
@@ -109,7 +118,10 @@ pub struct OrtModel {
 impl OrtModel {
     /// Wraps the load-time session.
     pub fn new(shared: Shared, session: Session) -> Self {
-        OrtModel { shared: Arc::new(shared), spare: Mutex::new(Some(session)) }
+        OrtModel {
+            shared: Arc::new(shared),
+            spare: Mutex::new(Some(session)),
+        }
     }
 }
 
@@ -133,7 +145,10 @@ impl LoadedModel for OrtModel {
             None => self.shared.new_session(),
         };
         Some(session.map(|session| {
-            Box::new(OrtInstance { shared: self.shared.clone(), session }) as Box<dyn ModelInstance>
+            Box::new(OrtInstance {
+                shared: self.shared.clone(),
+                session,
+            }) as Box<dyn ModelInstance>
         }))
     }
 

@@ -25,16 +25,29 @@ pub fn unavailable_reason(spec: &ProviderSpec) -> Option<String> {
 pub fn dispatch(spec: &ProviderSpec) -> ExecutionProviderDispatch {
     match spec {
         // ORT's own default keeps the CPU arena on; ort's CPU::default() would turn it off
-        ProviderSpec::Cpu => ep::CPU::default().with_arena_allocator(true).build().error_on_failure(),
-        ProviderSpec::Cuda { device_id, memory_limit_bytes } => {
+        ProviderSpec::Cpu => ep::CPU::default()
+            .with_arena_allocator(true)
+            .build()
+            .error_on_failure(),
+        ProviderSpec::Cuda {
+            device_id,
+            memory_limit_bytes,
+        } => {
             let mut cuda = ep::CUDA::default().with_device_id(*device_id);
             if let Some(limit) = memory_limit_bytes {
                 cuda = cuda.with_memory_limit(*limit);
             }
             cuda.build().error_on_failure()
         }
-        ProviderSpec::Tensorrt { device_id, fp16, cache_dir, max_workspace_bytes } => {
-            let mut trt = ep::TensorRT::default().with_device_id(*device_id).with_fp16(*fp16);
+        ProviderSpec::Tensorrt {
+            device_id,
+            fp16,
+            cache_dir,
+            max_workspace_bytes,
+        } => {
+            let mut trt = ep::TensorRT::default()
+                .with_device_id(*device_id)
+                .with_fp16(*fp16);
             if let Some(dir) = cache_dir {
                 let dir = dir.display().to_string();
                 trt = trt
@@ -59,7 +72,10 @@ pub fn describe(used: &[ProviderSpec], skipped: &[(String, String)]) -> String {
         s.push_str("cpu");
     }
     if !skipped.is_empty() {
-        let notes: Vec<String> = skipped.iter().map(|(k, why)| format!("{k} unavailable: {why}")).collect();
+        let notes: Vec<String> = skipped
+            .iter()
+            .map(|(k, why)| format!("{k} unavailable: {why}"))
+            .collect();
         s.push_str(&format!(" ({})", notes.join("; ")));
     }
     s

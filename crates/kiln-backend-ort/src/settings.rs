@@ -211,7 +211,10 @@ mod tests {
         assert!(e.message.contains("graph_optimization_level"), "{e}");
         let e = parse("[parameters]\nexecution_providers = [{ kind = \"cuda\", device = 0 }]")
             .unwrap_err();
-        assert!(e.message.contains("execution_providers") && e.message.contains("device"), "{e}");
+        assert!(
+            e.message.contains("execution_providers") && e.message.contains("device"),
+            "{e}"
+        );
         let e = parse("[parameters]\nexecution_providers = [{ kind = \"tpu\" }]").unwrap_err();
         assert!(e.message.contains("tpu"), "{e}");
         let e = parse("[parameters]\nexecution_providers = []").unwrap_err();

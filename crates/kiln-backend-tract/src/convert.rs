@@ -65,7 +65,10 @@ pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor> {
 /// Copies a tract output into a Kiln tensor named `name`.
 pub fn from_tract(name: &str, t: &tract_onnx::prelude::Tensor) -> Result<Tensor> {
     let dtype = kiln_dtype(t.datum_type()).ok_or_else(|| {
-        Error::internal(format!("output '{name}' has unsupported type {:?}", t.datum_type()))
+        Error::internal(format!(
+            "output '{name}' has unsupported type {:?}",
+            t.datum_type()
+        ))
     })?;
     let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
     let data = if dtype == DataType::Bytes {

@@ -113,7 +113,11 @@ enum Pin {
 
 /// Sets every input's type and shape from the config (or the file), with the batch dimension as
 /// one symbol shared by all inputs, and returns the resolved input specs.
-fn pin_inputs(model: &mut InferenceModel, config: &ModelConfig, batched: bool) -> Result<Vec<TensorSpec>, Pin> {
+fn pin_inputs(
+    model: &mut InferenceModel,
+    config: &ModelConfig,
+    batched: bool,
+) -> Result<Vec<TensorSpec>, Pin> {
     let n_inputs = model.input_outlets().map_err(Pin::Tract)?.len();
     let batch = model.symbols.sym("N");
     let mut specs = Vec::with_capacity(n_inputs);
@@ -134,7 +138,9 @@ fn pin_inputs(model: &mut InferenceModel, config: &ModelConfig, batched: bool) -
             Some(s) => s.data_type,
             None => {
                 let dt = fact.datum_type.concretize().ok_or_else(|| {
-                    Pin::Config(format!("input '{name}': the model file gives no type; set it in config.toml"))
+                    Pin::Config(format!(
+                        "input '{name}': the model file gives no type; set it in config.toml"
+                    ))
                 })?;
                 kiln_dtype(dt).ok_or_else(|| {
                     Pin::Config(format!("input '{name}': unsupported type {dt:?}"))
@@ -145,18 +151,26 @@ fn pin_inputs(model: &mut InferenceModel, config: &ModelConfig, batched: bool) -
             Some(d) => d.into_iter().map(Some).collect(),
             None => {
                 let dims: Vec<Option<TDim>> = fact.shape.dims().map(|d| d.concretize()).collect();
-                if !fact.shape.is_open() { dims } else {
+                if !fact.shape.is_open() {
+                    dims
+                } else {
                     match configured {
                         Some(_) => Vec::new(),
-                        None => return Err(Pin::Config(format!(
+                        None => {
+                            return Err(Pin::Config(format!(
                             "input '{name}': the model file gives no rank; set dims in config.toml"
-                        ))),
+                        )))
+                        }
                     }
                 }
             }
         };
         let own: Vec<Option<TDim>> = match configured {
-            Some(s) => s.dims.iter().map(|&d| (d >= 0).then(|| TDim::from(d))).collect(),
+            Some(s) => s
+                .dims
+                .iter()
+                .map(|&d| (d >= 0).then(|| TDim::from(d)))
+                .collect(),
             None => {
                 let skip = usize::from(batched).min(file_dims.len());
                 file_dims[skip..].to_vec()
@@ -192,7 +206,11 @@ fn pin_inputs(model: &mut InferenceModel, config: &ModelConfig, batched: bool) -
         model
             .set_input_fact(i, InferenceFact::dt_shape(dt, tract_dims))
             .map_err(Pin::Tract)?;
-        specs.push(TensorSpec { name, data_type: dtype, dims: spec_dims });
+        specs.push(TensorSpec {
+            name,
+            data_type: dtype,
+            dims: spec_dims,
+        });
     }
     if seen != config.input.len() {
         let unknown: Vec<&str> = config
@@ -210,7 +228,10 @@ fn pin_inputs(model: &mut InferenceModel, config: &ModelConfig, batched: bool) -
 
 /// Chooses the served outputs: the config's list (checked against the file) or every output.
 /// Returns the specs and, for each, its index among the model's outputs.
-fn select_outputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<(Vec<TensorSpec>, Vec<usize>), String> {
+fn select_outputs(
+    model: &[TensorSpec],
+    configured: &[TensorSpec],
+) -> Result<(Vec<TensorSpec>, Vec<usize>), String> {
     if configured.is_empty() {
         return Ok((model.to_vec(), (0..model.len()).collect()));
     }
@@ -221,7 +242,12 @@ fn select_outputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<(Ve
             .iter()
             .enumerate()
             .find(|(_, m)| m.name == c.name)
-            .ok_or_else(|| format!("config.toml [[output]] '{}' is not an output of the model file", c.name))?;
+            .ok_or_else(|| {
+                format!(
+                    "config.toml [[output]] '{}' is not an output of the model file",
+                    c.name
+                )
+            })?;
         if m.data_type != c.data_type {
             return Err(format!(
                 "output '{}': config.toml says {} but the model file produces {}",
@@ -230,7 +256,10 @@ fn select_outputs(model: &[TensorSpec], configured: &[TensorSpec]) -> Result<(Ve
         }
         let rank_ok = m.dims.len() == c.dims.len();
         let dims_ok = rank_ok
-            && m.dims.iter().zip(&c.dims).all(|(&a, &b)| a == -1 || b == -1 || a == b);
+            && m.dims
+                .iter()
+                .zip(&c.dims)
+                .all(|(&a, &b)| a == -1 || b == -1 || a == b);
         if !dims_ok {
             return Err(format!(
                 "output '{}': config.toml dims {:?} do not match the model file's {:?}",
@@ -289,7 +318,10 @@ impl LoadedModel for TractModel {
                 .plan
                 .spawn()
                 .map(|state| {
-                    Box::new(TractInstance { inner: self.0.clone(), state }) as Box<dyn ModelInstance>
+                    Box::new(TractInstance {
+                        inner: self.0.clone(),
+                        state,
+                    }) as Box<dyn ModelInstance>
                 })
                 .map_err(|e| Error::internal(format!("tract state: {e:#}"))),
         )

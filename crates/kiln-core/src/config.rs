@@ -110,9 +110,8 @@ impl VersionPolicy {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        let set = self.latest.is_some() as u8
-            + self.all.is_some() as u8
-            + self.specific.is_some() as u8;
+        let set =
+            self.latest.is_some() as u8 + self.all.is_some() as u8 + self.specific.is_some() as u8;
         if set != 1 {
             return Err("version_policy: set exactly one of latest, all, specific".into());
         }
@@ -204,16 +203,14 @@ impl ModelConfig {
     pub fn from_file(path: &Path, model_name: &str) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-        Self::parse(&text, model_name).map_err(|e| {
-            Error::invalid(format!("{}: {}", path.display(), e.message))
-        })
+        Self::parse(&text, model_name)
+            .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message)))
     }
 
     /// Parses and validates TOML text for the model `model_name`.
     pub fn parse(text: &str, model_name: &str) -> Result<Self> {
-        let mut c: ModelConfig = toml::from_str(text).map_err(|e| {
-            Error::invalid(e.to_string().trim().replace('\n', " "))
-        })?;
+        let mut c: ModelConfig = toml::from_str(text)
+            .map_err(|e| Error::invalid(e.to_string().trim().replace('\n', " ")))?;
         match &c.name {
             Some(n) if n != model_name => {
                 return Err(Error::invalid(format!(
@@ -275,7 +272,10 @@ impl ModelConfig {
                     return Err(format!("{kind}[{i}].name: must not be empty"));
                 }
                 if s.dims.iter().any(|&d| d < -1) {
-                    return Err(format!("{kind}[{i}].dims: {:?} has a dimension below -1", s.dims));
+                    return Err(format!(
+                        "{kind}[{i}].dims: {:?} has a dimension below -1",
+                        s.dims
+                    ));
                 }
             }
         }
@@ -315,8 +315,8 @@ mod tests {
     fn unknown_field_is_named() {
         let e = ModelConfig::parse("max_batch_sise = 4", "m").unwrap_err();
         assert!(e.message.contains("max_batch_sise"), "{e}");
-        let e = ModelConfig::parse("[dynamic_batching]\npreferred_batch_sizes = [8]", "m")
-            .unwrap_err();
+        let e =
+            ModelConfig::parse("[dynamic_batching]\npreferred_batch_sizes = [8]", "m").unwrap_err();
         assert!(e.message.contains("preferred_batch_sizes"), "{e}");
         let e = ModelConfig::parse("version_policy = { latest = 1, all = true }", "m").unwrap_err();
         assert!(e.message.contains("version_policy"), "{e}");
@@ -324,9 +324,17 @@ mod tests {
 
     #[test]
     fn version_policies() {
-        let p = VersionPolicy { latest: Some(2), all: None, specific: None };
+        let p = VersionPolicy {
+            latest: Some(2),
+            all: None,
+            specific: None,
+        };
         assert_eq!(p.select(&[1, 5, 3]), vec![3, 5]);
-        let p = VersionPolicy { latest: None, all: Some(true), specific: None };
+        let p = VersionPolicy {
+            latest: None,
+            all: Some(true),
+            specific: None,
+        };
         assert_eq!(p.select(&[2, 1]), vec![1, 2]);
     }
 }

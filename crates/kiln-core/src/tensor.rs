@@ -232,7 +232,10 @@ impl Tensor {
                 self.name
             )));
         }
-        let per_row = self.shape[1..].iter().map(|&d| d as usize).product::<usize>();
+        let per_row = self.shape[1..]
+            .iter()
+            .map(|&d| d as usize)
+            .product::<usize>();
         let mut out = Vec::with_capacity(counts.len());
         let mut shape = self.shape.clone();
         match self.dtype.size() {
@@ -311,7 +314,10 @@ mod tests {
         let b = Tensor::from_vec("x", vec![2, 2], &[3.0f32, 4.0, 5.0, 6.0]);
         let c = Tensor::concat_rows(&[&a, &b]).unwrap();
         assert_eq!(c.shape, vec![3, 2]);
-        assert_eq!(c.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(
+            c.to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        );
         let parts = c.split_rows(&[1, 2]).unwrap();
         assert_eq!(parts[0], a);
         assert_eq!(parts[1], b);

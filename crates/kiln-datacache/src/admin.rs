@@ -100,15 +100,29 @@ pub fn stats(svc: &CacheService) -> StatsResponse {
 pub fn router(svc: Arc<CacheService>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/stats", get(|State(s): State<Arc<CacheService>>| async move { Json(stats(&s)) }))
+        .route(
+            "/stats",
+            get(|State(s): State<Arc<CacheService>>| async move { Json(stats(&s)) }),
+        )
         .route("/refresh", axum::routing::post(refresh_handler))
-        .route("/warmup", get(|State(s): State<Arc<CacheService>>| async move { Json(warmup_status(&s)) }).post(warmup_handler))
+        .route(
+            "/warmup",
+            get(|State(s): State<Arc<CacheService>>| async move { Json(warmup_status(&s)) })
+                .post(warmup_handler),
+        )
         .with_state(svc)
 }
 
 async fn metrics_handler(State(svc): State<Arc<CacheService>>) -> Response {
     svc.data.update_tier_metrics();
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], svc.metrics.encode()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        svc.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn refresh_handler(State(svc): State<Arc<CacheService>>) -> Response {
@@ -118,14 +132,25 @@ async fn refresh_handler(State(svc): State<Arc<CacheService>>) -> Response {
     }
 }
 
-async fn warmup_handler(State(svc): State<Arc<CacheService>>, Json(req): Json<WarmupRequest>) -> Response {
+async fn warmup_handler(
+    State(svc): State<Arc<CacheService>>,
+    Json(req): Json<WarmupRequest>,
+) -> Response {
     if svc.warmup.running.swap(true, Ordering::SeqCst) {
         return (StatusCode::CONFLICT, "a warm-up is already running").into_response();
     }
     let s = svc.clone();
     tokio::spawn(async move {
         let (_, tree) = s.meta.current();
-        warmup(&s.data, &tree, &req.selection, req.threads.max(1), &s.warmup, false).await;
+        warmup(
+            &s.data,
+            &tree,
+            &req.selection,
+            req.threads.max(1),
+            &s.warmup,
+            false,
+        )
+        .await;
     });
     (StatusCode::ACCEPTED, Json(warmup_status(&svc))).into_response()
 }
@@ -136,11 +161,18 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| DatacacheError::io(addr.to_string(), e))?;
-    let bound = listener.local_addr().map_err(|e| DatacacheError::io(addr.to_string(), e))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| DatacacheError::io(addr.to_string(), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| DatacacheError::io(addr.to_string(), e))?;
     let app = router(svc);
     let h = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::warn!(error = %e, "admin server stopped");
         }
     });
@@ -168,10 +200,16 @@ pub fn read_daemon_info(cache_dir: &Path) -> Option<DaemonInfo> {
 }
 
 fn client_err(url: &str, e: impl std::fmt::Display) -> DatacacheError {
-    DatacacheError::Admin { url: url.to_string(), reason: e.to_string() }
+    DatacacheError::Admin {
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
 }
 
-async fn call<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder, url: &str) -> Result<T> {
+async fn call<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<T> {
     let resp = req.send().await.map_err(|e| client_err(url, e))?;
     let status = resp.status();
     if !status.is_success() {

@@ -6,9 +6,9 @@
 //! not match the checksum, is dropped, logged and fetched again. Concurrent misses of one block are
 //! coalesced by foyer's `get_or_fetch` into one remote request.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use parking_lot::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, Load, RecoverMode, Source,
+    BlockEngineConfig, Code, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
+    HybridCacheBuilder, HybridCachePolicy, Load, RecoverMode, Source,
 };
 use opendal::Operator;
 use xxhash_rust::xxh3::xxh3_64;
@@ -37,8 +37,10 @@ pub struct BlockKey {
 
 impl Code for BlockKey {
     fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
-        w.write_all(&self.file.to_le_bytes()).map_err(foyer::Error::io_error)?;
-        w.write_all(&self.index.to_le_bytes()).map_err(foyer::Error::io_error)
+        w.write_all(&self.file.to_le_bytes())
+            .map_err(foyer::Error::io_error)?;
+        w.write_all(&self.index.to_le_bytes())
+            .map_err(foyer::Error::io_error)
     }
 
     fn decode(r: &mut impl Read) -> foyer::Result<Self> {
@@ -87,7 +89,12 @@ impl Code for Block {
         let len = u32::from_le_bytes(h[24..].try_into().unwrap_or_default()) as usize;
         let mut data = vec![0u8; len];
         r.read_exact(&mut data).map_err(foyer::Error::io_error)?;
-        Ok(Self { etag: u64_at(0), file_size: u64_at(8), checksum: u64_at(16), data: data.into() })
+        Ok(Self {
+            etag: u64_at(0),
+            file_size: u64_at(8),
+            checksum: u64_at(16),
+            data: data.into(),
+        })
     }
 
     fn estimated_size(&self) -> usize {
@@ -170,7 +177,9 @@ pub struct DataCache {
 
 impl std::fmt::Debug for DataCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataCache").field("cfg", &self.inner.cfg).finish()
+        f.debug_struct("DataCache")
+            .field("cfg", &self.inner.cfg)
+            .finish()
     }
 }
 
@@ -180,14 +189,23 @@ impl DataCache {
     /// Opens (and recovers) the cache in `cfg.dir`. The caller holds the directory lock.
     pub async fn open(cfg: CacheConfig, op: Operator, metrics: Arc<Metrics>) -> Result<Self> {
         if cfg.block_size == 0 || cfg.block_size as usize > ENGINE_BLOCK - 64 * 1024 {
-            return Err(DatacacheError::Config { field: "block-size", reason: "must be between 1 byte and 15 MiB".into() });
+            return Err(DatacacheError::Config {
+                field: "block-size",
+                reason: "must be between 1 byte and 15 MiB".into(),
+            });
         }
         if cfg.disk_bytes < 2 * ENGINE_BLOCK {
-            return Err(DatacacheError::Config { field: "disk-size", reason: "must be at least 32 MiB".into() });
+            return Err(DatacacheError::Config {
+                field: "disk-size",
+                reason: "must be at least 32 MiB".into(),
+            });
         }
         let dev_dir = cfg.dir.join("blocks");
         std::fs::create_dir_all(&dev_dir).map_err(|e| DatacacheError::io(&dev_dir, e))?;
-        let device = FsDeviceBuilder::new(&dev_dir).with_capacity(cfg.disk_bytes).build().map_err(DatacacheError::Cache)?;
+        let device = FsDeviceBuilder::new(&dev_dir)
+            .with_capacity(cfg.disk_bytes)
+            .build()
+            .map_err(DatacacheError::Cache)?;
         let engine = BlockEngineConfig::new(device)
             .with_block_size(ENGINE_BLOCK)
             .with_flushers(2)
@@ -211,7 +229,16 @@ impl DataCache {
         tracing::info!(dir = %cfg.dir.display(), memory_bytes = cfg.memory_bytes, disk_bytes = cfg.disk_bytes,
             recover_ms = started.elapsed().as_millis() as u64, "data cache opened");
         let (recent_failures, failure_count) = (Mutex::new(HashMap::new()), AtomicUsize::new(0));
-        Ok(Self { inner: Arc::new(Inner { hybrid, op, cfg, metrics, recent_failures, failure_count }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                hybrid,
+                op,
+                cfg,
+                metrics,
+                recent_failures,
+                failure_count,
+            }),
+        })
     }
 
     /// The configuration it was opened with.
@@ -250,7 +277,10 @@ impl DataCache {
         if f.size > self.inner.cfg.block_size || offset >= f.size {
             return None;
         }
-        let e = self.inner.hybrid.memory().get(&BlockKey { file: f.key, index: 0 })?;
+        let e = self.inner.hybrid.memory().get(&BlockKey {
+            file: f.key,
+            index: 0,
+        })?;
         let b = e.value();
         if !Self::matches(b, f) || b.data.len() as u64 != f.size {
             return None;
@@ -301,7 +331,11 @@ impl DataCache {
             Tier::Remote => m.miss_bytes.inc_by(bytes),
         };
         if first_of_file {
-            if tier == Tier::Remote { m.miss_files.inc() } else { m.hit_files.inc() };
+            if tier == Tier::Remote {
+                m.miss_files.inc()
+            } else {
+                m.hit_files.inc()
+            };
         }
     }
 
@@ -309,7 +343,10 @@ impl DataCache {
         let n = self.block_count(f.size);
         let until = (last + self.inner.cfg.readahead_blocks).min(n.saturating_sub(1));
         for i in last + 1..=until {
-            let key = BlockKey { file: f.key, index: i };
+            let key = BlockKey {
+                file: f.key,
+                index: i,
+            };
             if self.inner.hybrid.memory().contains(&key) {
                 continue;
             }
@@ -330,11 +367,20 @@ impl DataCache {
         let timeout = self.inner.cfg.read_timeout;
         if let Some(since) = self.failed_recently(&key) {
             m.read_errors.inc();
-            return Err(DatacacheError::Unavailable { path: path.to_string(), since });
+            return Err(DatacacheError::Unavailable {
+                path: path.to_string(),
+                since,
+            });
         }
         let on_disk = self.inner.hybrid.storage().may_contains(&key);
         let (start, end) = self.block_range(f.size, index);
-        let (op, metrics, p, etag, size) = (self.inner.op.clone(), m.clone(), path.to_string(), f.etag, f.size);
+        let (op, metrics, p, etag, size) = (
+            self.inner.op.clone(),
+            m.clone(),
+            path.to_string(),
+            f.etag,
+            f.size,
+        );
         let fut = self.inner.hybrid.get_or_fetch(&key, move || async move {
             fetch_block(&op, &metrics, &p, start, end, size, etag).await
         });
@@ -355,29 +401,45 @@ impl DataCache {
         if src == Source::Outer {
             if on_disk {
                 m.corrupt_blocks.inc();
-                tracing::warn!(path, block = index, "disk cache block unreadable or failed its checksum; refetched");
+                tracing::warn!(
+                    path,
+                    block = index,
+                    "disk cache block unreadable or failed its checksum; refetched"
+                );
             }
             return Ok((b.clone(), Tier::Remote));
         }
         let disk = src == Source::Disk;
         if !Self::matches(b, f) {
             m.stale_blocks.inc();
-            tracing::warn!(path, block = index, cached_size = b.file_size, size = f.size,
-                "cached block does not match the current etag or size; refetching");
+            tracing::warn!(
+                path,
+                block = index,
+                cached_size = b.file_size,
+                size = f.size,
+                "cached block does not match the current etag or size; refetching"
+            );
         } else if disk && xxh3_64(&b.data) != b.checksum {
             m.corrupt_blocks.inc();
-            tracing::warn!(path, block = index, "cached block failed its checksum; refetching");
+            tracing::warn!(
+                path,
+                block = index,
+                "cached block failed its checksum; refetching"
+            );
         } else {
             return Ok((b.clone(), if disk { Tier::Disk } else { Tier::Memory }));
         }
         drop(entry);
         // replace the bad entry: the new value supersedes it in memory and on disk
-        let fresh = tokio::time::timeout(timeout, fetch_block(&self.inner.op, m, path, start, end, f.size, f.etag))
-            .await
-            .map_err(|_| self.timed_out(path, index))?
-            .inspect_err(|_| {
-                m.read_errors.inc();
-            })?;
+        let fresh = tokio::time::timeout(
+            timeout,
+            fetch_block(&self.inner.op, m, path, start, end, f.size, f.etag),
+        )
+        .await
+        .map_err(|_| self.timed_out(path, index))?
+        .inspect_err(|_| {
+            m.read_errors.inc();
+        })?;
         self.inner.hybrid.insert(key, fresh.clone());
         Ok((fresh, Tier::Remote))
     }
@@ -410,23 +472,41 @@ impl DataCache {
         let timeout = self.inner.cfg.read_timeout;
         m.read_errors.inc();
         m.read_timeouts.inc();
-        tracing::warn!(path, block = index, timeout_ms = timeout.as_millis() as u64, "uncached read timed out");
-        DatacacheError::Timeout { path: path.to_string(), after: timeout }
+        tracing::warn!(
+            path,
+            block = index,
+            timeout_ms = timeout.as_millis() as u64,
+            "uncached read timed out"
+        );
+        DatacacheError::Timeout {
+            path: path.to_string(),
+            after: timeout,
+        }
     }
 
     /// Whether every block of the file is indexed by the disk tier (cheap, no I/O).
     pub fn indexed_on_disk(&self, f: &FileRef) -> bool {
-        (0..self.block_count(f.size)).all(|i| self.inner.hybrid.storage().may_contains(&BlockKey { file: f.key, index: i }))
+        (0..self.block_count(f.size)).all(|i| {
+            self.inner.hybrid.storage().may_contains(&BlockKey {
+                file: f.key,
+                index: i,
+            })
+        })
     }
 
     /// Reads every block of the file back from the disk tier and checks size, ETag and checksum.
     pub async fn verify_on_disk(&self, f: &FileRef) -> bool {
         for i in 0..self.block_count(f.size) {
-            let key = BlockKey { file: f.key, index: i };
+            let key = BlockKey {
+                file: f.key,
+                index: i,
+            };
             let (start, end) = self.block_range(f.size, i);
             let ok = match self.inner.hybrid.storage().load(&key).await {
                 Ok(Load::Entry { value, .. }) => {
-                    Self::matches(&value, f) && value.data.len() as u64 == end - start && xxh3_64(&value.data) == value.checksum
+                    Self::matches(&value, f)
+                        && value.data.len() as u64 == end - start
+                        && xxh3_64(&value.data) == value.checksum
                 }
                 _ => false,
             };
@@ -443,12 +523,30 @@ impl DataCache {
         let mut total = 0;
         for i in 0..self.block_count(f.size) {
             let (start, end) = self.block_range(f.size, i);
-            let fut = fetch_block(&self.inner.op, &self.inner.metrics, path, start, end, f.size, f.etag);
+            let fut = fetch_block(
+                &self.inner.op,
+                &self.inner.metrics,
+                path,
+                start,
+                end,
+                f.size,
+                f.etag,
+            );
             let b = tokio::time::timeout(self.inner.cfg.read_timeout, fut)
                 .await
-                .map_err(|_| DatacacheError::Timeout { path: path.to_string(), after: self.inner.cfg.read_timeout })??;
+                .map_err(|_| DatacacheError::Timeout {
+                    path: path.to_string(),
+                    after: self.inner.cfg.read_timeout,
+                })??;
             total += b.data.len() as u64;
-            self.inner.hybrid.storage_writer(BlockKey { file: f.key, index: i }).force().insert(b);
+            self.inner
+                .hybrid
+                .storage_writer(BlockKey {
+                    file: f.key,
+                    index: i,
+                })
+                .force()
+                .insert(b);
         }
         Ok(total)
     }
@@ -470,12 +568,18 @@ impl DataCache {
 
     /// Updates the per-tier gauges.
     pub fn update_tier_metrics(&self) {
-        self.inner.metrics.set_tier_bytes(self.memory_bytes(), self.disk_bytes());
+        self.inner
+            .metrics
+            .set_tier_bytes(self.memory_bytes(), self.disk_bytes());
     }
 
     /// Flushes and closes the cache; the disk tier is reused by the next open.
     pub async fn close(&self) -> Result<()> {
-        self.inner.hybrid.close().await.map_err(DatacacheError::Cache)
+        self.inner
+            .hybrid
+            .close()
+            .await
+            .map_err(DatacacheError::Cache)
     }
 }
 
@@ -489,25 +593,52 @@ async fn fetch_block(
     etag: u64,
 ) -> Result<Block> {
     let t = Instant::now();
-    let r = if start == 0 && end == file_size { op.read(path).await } else { op.read_with(path).range(start..end).await };
+    let r = if start == 0 && end == file_size {
+        op.read(path).await
+    } else {
+        op.read_with(path).range(start..end).await
+    };
     metrics.observe_remote("read", t.elapsed(), r.is_ok());
     let buf = r.map_err(|source| {
         tracing::warn!(path, start, end, error = %source, "remote read failed");
-        DatacacheError::Remote { op: "read", path: path.to_string(), source }
+        DatacacheError::Remote {
+            op: "read",
+            path: path.to_string(),
+            source,
+        }
     })?;
     let data = buf.to_bytes();
     if data.len() as u64 != end - start {
-        tracing::warn!(path, expected = end - start, got = data.len(), "remote object size differs from the metadata");
-        return Err(DatacacheError::SizeMismatch { path: path.to_string(), expected: end - start, got: data.len() as u64 });
+        tracing::warn!(
+            path,
+            expected = end - start,
+            got = data.len(),
+            "remote object size differs from the metadata"
+        );
+        return Err(DatacacheError::SizeMismatch {
+            path: path.to_string(),
+            expected: end - start,
+            got: data.len() as u64,
+        });
     }
     metrics.remote_bytes.inc_by(data.len() as u64);
-    Ok(Block { etag, file_size, checksum: xxh3_64(&data), data })
+    Ok(Block {
+        etag,
+        file_size,
+        checksum: xxh3_64(&data),
+        data,
+    })
 }
 
 /// Sum of allocated bytes (st_blocks * 512) of the files in `dir`.
 pub fn allocated_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
         .unwrap_or(0)
 }

@@ -171,7 +171,9 @@ pub struct StatsArgs {
 /// Parses `4096`, `4K`, `4KiB`, `4MB` (decimal), `1.5GiB`, `20G` (binary) into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -226,7 +228,12 @@ impl CacheArgs {
 }
 
 fn service_config(s: &SourceArgs, c: &CacheArgs) -> anyhow::Result<ServiceConfig> {
-    Ok(ServiceConfig { source: s.to_config()?, cache: c.to_config(), manifest: s.manifest.clone(), meta_ttl: c.metadata_ttl })
+    Ok(ServiceConfig {
+        source: s.to_config()?,
+        cache: c.to_config(),
+        manifest: s.manifest.clone(),
+        meta_ttl: c.metadata_ttl,
+    })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -246,7 +253,9 @@ pub async fn shutdown_signal() {
 }
 
 fn admin_url(cache_dir: &Path, explicit: Option<&str>) -> Option<String> {
-    explicit.map(|s| s.trim_end_matches('/').to_string()).or_else(|| admin::read_daemon_info(cache_dir).and_then(|d| d.admin))
+    explicit
+        .map(|s| s.trim_end_matches('/').to_string())
+        .or_else(|| admin::read_daemon_info(cache_dir).and_then(|d| d.admin))
 }
 
 /// Runs one `kiln cache` command. Async: call it from the binary's tokio runtime.
@@ -267,13 +276,18 @@ pub async fn run(cmd: CacheCommand) -> anyhow::Result<()> {
         }
         CacheCommand::Warmup(a) => run_warmup(a).await,
         CacheCommand::Refresh(a) => {
-            let url = admin_url(&a.cache_dir, a.admin.as_deref()).context("no running mount found (pass --admin or --cache-dir)")?;
+            let url = admin_url(&a.cache_dir, a.admin.as_deref())
+                .context("no running mount found (pass --admin or --cache-dir)")?;
             let r = admin::request_refresh(&url).await?;
-            println!("refreshed: {} files, {} bytes, generation {}, {} ms", r.files, r.bytes, r.generation, r.elapsed_ms);
+            println!(
+                "refreshed: {} files, {} bytes, generation {}, {} ms",
+                r.files, r.bytes, r.generation, r.elapsed_ms
+            );
             Ok(())
         }
         CacheCommand::Stats(a) => {
-            let url = admin_url(&a.admin.cache_dir, a.admin.admin.as_deref()).context("no running mount found (pass --admin or --cache-dir)")?;
+            let url = admin_url(&a.admin.cache_dir, a.admin.admin.as_deref())
+                .context("no running mount found (pass --admin or --cache-dir)")?;
             let s = admin::fetch_stats(&url).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -288,41 +302,92 @@ pub async fn run(cmd: CacheCommand) -> anyhow::Result<()> {
 fn print_stats(s: &admin::StatsResponse) {
     let st = &s.stats;
     println!("source            {}", s.source);
-    println!("metadata          {} files, {:.1} MB, generation {}, age {} s, {:.1} MB in memory",
-        s.files, s.bytes as f64 / 1e6, s.generation, s.metadata_age_secs, st.metadata_heap_bytes as f64 / 1e6);
-    println!("hits              {} files, {:.1} MB memory, {:.1} MB disk", st.hit_files, st.hit_bytes_memory as f64 / 1e6, st.hit_bytes_disk as f64 / 1e6);
-    println!("misses            {} files, {:.1} MB", st.miss_files, st.miss_bytes as f64 / 1e6);
-    println!("remote            {} reads ({} failed, mean {:.2} ms), {} lists, {} stats, {:.1} MB",
-        st.remote_reads, st.remote_read_errors, st.remote_read_mean_ms, st.remote_lists, st.remote_stats, st.remote_bytes as f64 / 1e6);
-    println!("tiers             memory {:.1} MB, disk {:.1} MB, {} evictions", st.memory_bytes as f64 / 1e6, st.disk_bytes as f64 / 1e6, st.evictions);
-    println!("integrity         {} corrupt, {} stale blocks refetched; {} read errors ({} timeouts)",
-        st.corrupt_blocks, st.stale_blocks, st.read_errors, st.read_timeouts);
+    println!(
+        "metadata          {} files, {:.1} MB, generation {}, age {} s, {:.1} MB in memory",
+        s.files,
+        s.bytes as f64 / 1e6,
+        s.generation,
+        s.metadata_age_secs,
+        st.metadata_heap_bytes as f64 / 1e6
+    );
+    println!(
+        "hits              {} files, {:.1} MB memory, {:.1} MB disk",
+        st.hit_files,
+        st.hit_bytes_memory as f64 / 1e6,
+        st.hit_bytes_disk as f64 / 1e6
+    );
+    println!(
+        "misses            {} files, {:.1} MB",
+        st.miss_files,
+        st.miss_bytes as f64 / 1e6
+    );
+    println!(
+        "remote            {} reads ({} failed, mean {:.2} ms), {} lists, {} stats, {:.1} MB",
+        st.remote_reads,
+        st.remote_read_errors,
+        st.remote_read_mean_ms,
+        st.remote_lists,
+        st.remote_stats,
+        st.remote_bytes as f64 / 1e6
+    );
+    println!(
+        "tiers             memory {:.1} MB, disk {:.1} MB, {} evictions",
+        st.memory_bytes as f64 / 1e6,
+        st.disk_bytes as f64 / 1e6,
+        st.evictions
+    );
+    println!(
+        "integrity         {} corrupt, {} stale blocks refetched; {} read errors ({} timeouts)",
+        st.corrupt_blocks, st.stale_blocks, st.read_errors, st.read_timeouts
+    );
     let w = &s.warmup;
-    println!("warm-up           {} ({} planned, {} done, {} failed, {} skipped)",
-        if w.running { "running" } else { "idle" }, w.planned_files, w.done, w.failed, w.skipped);
+    println!(
+        "warm-up           {} ({} planned, {} done, {} failed, {} skipped)",
+        if w.running { "running" } else { "idle" },
+        w.planned_files,
+        w.done,
+        w.failed,
+        w.skipped
+    );
 }
 
 fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
-    let s = std::fs::read_to_string(path).with_context(|| format!("reading warm-up list {}", path.display()))?;
-    Ok(s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| l.split('\t').next().unwrap_or(l).to_string()).collect())
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("reading warm-up list {}", path.display()))?;
+    Ok(s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split('\t').next().unwrap_or(l).to_string())
+        .collect())
 }
 
 async fn run_warmup(a: WarmupArgs) -> anyhow::Result<()> {
-    let sel = Selection { prefix: a.prefix.clone(), paths: a.list.as_deref().map(read_list).transpose()? };
+    let sel = Selection {
+        prefix: a.prefix.clone(),
+        paths: a.list.as_deref().map(read_list).transpose()?,
+    };
     let show = !a.no_progress;
-    let delegate = a.admin.is_some() || (a.source.source.is_none() && admin::read_daemon_info(&a.cache.cache_dir).is_some());
+    let delegate = a.admin.is_some()
+        || (a.source.source.is_none() && admin::read_daemon_info(&a.cache.cache_dir).is_some());
     let report = if delegate {
-        let url = admin_url(&a.cache.cache_dir, a.admin.as_deref()).context("no admin URL for the running mount")?;
+        let url = admin_url(&a.cache.cache_dir, a.admin.as_deref())
+            .context("no admin URL for the running mount")?;
         warmup_remote(&url, sel, a.threads, show).await?
     } else {
         let svc = match CacheService::open(service_config(&a.source, &a.cache)?).await {
-            Err(crate::DatacacheError::Locked { pid, .. }) => match admin_url(&a.cache.cache_dir, None) {
+            Err(crate::DatacacheError::Locked { pid, .. }) => match admin_url(
+                &a.cache.cache_dir,
+                None,
+            ) {
                 Some(url) => {
                     tracing::info!(pid, admin = %url, "cache directory is held by a running mount; warming through it");
                     let r = warmup_remote(&url, sel, a.threads, show).await?;
                     return finish_warmup(r, a.json);
                 }
-                None => bail!("cache directory {} is in use by pid {pid:?} and no admin endpoint is known", a.cache.cache_dir.display()),
+                None => bail!(
+                    "cache directory {} is in use by pid {pid:?} and no admin endpoint is known",
+                    a.cache.cache_dir.display()
+                ),
             },
             other => other?,
         };
@@ -334,7 +399,12 @@ async fn run_warmup(a: WarmupArgs) -> anyhow::Result<()> {
     finish_warmup(report, a.json)
 }
 
-async fn warmup_remote(url: &str, selection: Selection, threads: usize, show: bool) -> anyhow::Result<WarmupReport> {
+async fn warmup_remote(
+    url: &str,
+    selection: Selection,
+    threads: usize,
+    show: bool,
+) -> anyhow::Result<WarmupReport> {
     let started = Instant::now();
     admin::start_warmup(url, &WarmupRequest { selection, threads }).await?;
     let progress = warmup::WarmupProgress::default();
@@ -344,8 +414,13 @@ async fn warmup_remote(url: &str, selection: Selection, threads: usize, show: bo
         let s = admin::warmup_progress(url).await?;
         let b = bar.get_or_insert_with(|| warmup::progress_bar(s.planned_files, show));
         b.set_length(s.planned_files);
-        for (c, v) in [(&progress.planned_bytes, s.planned_bytes), (&progress.done, s.done), (&progress.failed, s.failed),
-            (&progress.skipped, s.skipped), (&progress.bytes, s.bytes)] {
+        for (c, v) in [
+            (&progress.planned_bytes, s.planned_bytes),
+            (&progress.done, s.done),
+            (&progress.failed, s.failed),
+            (&progress.skipped, s.skipped),
+            (&progress.bytes, s.bytes),
+        ] {
             c.store(v, std::sync::atomic::Ordering::Relaxed);
         }
         warmup::update_bar(b, &progress, started);
@@ -396,9 +471,28 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        let c = Cli::try_parse_from(["kiln", "mount", "--source", "s3://b/p", "--endpoint", "http://127.0.0.1:1", "/mnt/x"]).unwrap();
+        let c = Cli::try_parse_from([
+            "kiln",
+            "mount",
+            "--source",
+            "s3://b/p",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "/mnt/x",
+        ])
+        .unwrap();
         assert!(matches!(c.cmd, CacheCommand::Mount(ref m) if m.mountpoint == Path::new("/mnt/x")));
-        let c = Cli::try_parse_from(["kiln", "warmup", "--source", "s3://b", "--threads", "4", "--prefix", "a/"]).unwrap();
+        let c = Cli::try_parse_from([
+            "kiln",
+            "warmup",
+            "--source",
+            "s3://b",
+            "--threads",
+            "4",
+            "--prefix",
+            "a/",
+        ])
+        .unwrap();
         assert!(matches!(c.cmd, CacheCommand::Warmup(ref w) if w.threads == 4));
         assert!(Cli::try_parse_from(["kiln", "stats", "--json"]).is_ok());
         assert!(Cli::try_parse_from(["kiln", "refresh", "--admin", "http://x"]).is_ok());

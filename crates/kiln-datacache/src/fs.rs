@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use parking_lot::RwLock;
 
@@ -42,8 +43,15 @@ struct Generations {
 impl MetaState {
     /// Starts at generation 1 with `tree`.
     pub fn new(tree: MetaTree) -> Self {
-        let g = Generations { gen: 1, current: Arc::new(tree), loaded_at: Instant::now(), old: VecDeque::new() };
-        Self { inner: RwLock::new(g) }
+        let g = Generations {
+            gen: 1,
+            current: Arc::new(tree),
+            loaded_at: Instant::now(),
+            old: VecDeque::new(),
+        };
+        Self {
+            inner: RwLock::new(g),
+        }
     }
 
     /// The current tree and its generation.
@@ -78,7 +86,11 @@ impl MetaState {
             return Some((g.gen, g.current.clone(), 0));
         }
         let (gen, idx) = (ino >> GEN_SHIFT, (ino & IDX_MASK) as u32);
-        let tree = if gen == g.gen { g.current.clone() } else { g.old.iter().find(|(x, _)| *x == gen)?.1.clone() };
+        let tree = if gen == g.gen {
+            g.current.clone()
+        } else {
+            g.old.iter().find(|(x, _)| *x == gen)?.1.clone()
+        };
         (tree.node(idx).is_some()).then_some((gen, tree, idx))
     }
 }
@@ -119,12 +131,25 @@ impl std::fmt::Debug for KilnFs {
 
 impl KilnFs {
     /// Creates the file system; `rt` runs the cache's async work for the FUSE threads.
-    pub fn new(meta: Arc<MetaState>, data: DataCache, rt: tokio::runtime::Handle, opts: FsOptions) -> Self {
-        Self { meta, data, rt, opts }
+    pub fn new(
+        meta: Arc<MetaState>,
+        data: DataCache,
+        rt: tokio::runtime::Handle,
+        opts: FsOptions,
+    ) -> Self {
+        Self {
+            meta,
+            data,
+            rt,
+            opts,
+        }
     }
 
     fn attr(&self, tree: &MetaTree, gen: u64, idx: u32) -> FileAttr {
-        let n = tree.node(idx).copied().unwrap_or_else(|| *tree.node(0).expect("root"));
+        let n = tree
+            .node(idx)
+            .copied()
+            .unwrap_or_else(|| *tree.node(0).expect("root"));
         let mtime = UNIX_EPOCH + Duration::from_secs(n.mtime.max(0) as u64);
         let dir = n.is_dir();
         FileAttr {
@@ -135,7 +160,11 @@ impl KilnFs {
             mtime,
             ctime: mtime,
             crtime: mtime,
-            kind: if dir { FileType::Directory } else { FileType::RegularFile },
+            kind: if dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
             perm: if dir { 0o555 } else { 0o444 },
             nlink: if dir { 2 } else { 1 },
             uid: self.opts.uid,
@@ -147,7 +176,11 @@ impl KilnFs {
     }
 
     fn kind(tree: &MetaTree, idx: u32) -> FileType {
-        if tree.node(idx).is_some_and(|n| n.is_dir()) { FileType::Directory } else { FileType::RegularFile }
+        if tree.node(idx).is_some_and(|n| n.is_dir()) {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        }
     }
 }
 
@@ -168,7 +201,9 @@ impl Filesystem for KilnFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some((gen, tree, dir)) = self.meta.resolve(parent.0) else { return reply.error(Errno::ESTALE) };
+        let Some((gen, tree, dir)) = self.meta.resolve(parent.0) else {
+            return reply.error(Errno::ESTALE);
+        };
         match tree.lookup(dir, name.as_bytes()) {
             Some(idx) => reply.entry(&self.opts.ttl, &self.attr(&tree, gen, idx), Generation(0)),
             None => reply.error(Errno::ENOENT),
@@ -186,7 +221,14 @@ impl Filesystem for KilnFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 
@@ -205,12 +247,20 @@ impl Filesystem for KilnFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some((_, tree, idx)) = self.meta.resolve(ino.0) else { return reply.error(Errno::ESTALE) };
-        let Some(n) = tree.node(idx).copied() else { return reply.error(Errno::ENOENT) };
+        let Some((_, tree, idx)) = self.meta.resolve(ino.0) else {
+            return reply.error(Errno::ESTALE);
+        };
+        let Some(n) = tree.node(idx).copied() else {
+            return reply.error(Errno::ENOENT);
+        };
         if n.is_dir() {
             return reply.error(Errno::EISDIR);
         }
-        let f = FileRef { key: n.key, size: n.size, etag: n.etag };
+        let f = FileRef {
+            key: n.key,
+            size: n.size,
+            etag: n.etag,
+        };
         if let Some(b) = self.data.read_memory(&f, offset, size) {
             return reply.data(&b);
         }
@@ -224,8 +274,17 @@ impl Filesystem for KilnFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some((gen, tree, dir)) = self.meta.resolve(ino.0) else { return reply.error(Errno::ESTALE) };
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some((gen, tree, dir)) = self.meta.resolve(ino.0) else {
+            return reply.error(Errno::ESTALE);
+        };
         let parent = tree.node(dir).map_or(0, |n| n.parent);
         let kids = tree.children(dir);
         let total = 2 + kids.len() as u64;
@@ -235,7 +294,12 @@ impl Filesystem for KilnFs {
                 1 => reply.add(INodeNo(ino_of(gen, parent)), 2, FileType::Directory, ".."),
                 _ => {
                     let idx = kids.start + (off - 2) as u32;
-                    reply.add(INodeNo(ino_of(gen, idx)), off + 1, Self::kind(&tree, idx), tree.name(idx))
+                    reply.add(
+                        INodeNo(ino_of(gen, idx)),
+                        off + 1,
+                        Self::kind(&tree, idx),
+                        tree.name(idx),
+                    )
                 }
             };
             if full {
@@ -245,8 +309,17 @@ impl Filesystem for KilnFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let Some((gen, tree, dir)) = self.meta.resolve(ino.0) else { return reply.error(Errno::ESTALE) };
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some((gen, tree, dir)) = self.meta.resolve(ino.0) else {
+            return reply.error(Errno::ESTALE);
+        };
         let parent = tree.node(dir).map_or(0, |n| n.parent);
         let kids = tree.children(dir);
         let total = 2 + kids.len() as u64;
@@ -261,7 +334,14 @@ impl Filesystem for KilnFs {
                 }
             };
             let attr = self.attr(&tree, gen, idx);
-            if reply.add(INodeNo(ino_of(gen, idx)), off + 1, name, &ttl, &attr, Generation(0)) {
+            if reply.add(
+                INodeNo(ino_of(gen, idx)),
+                off + 1,
+                name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
@@ -274,7 +354,14 @@ impl Filesystem for KilnFs {
         reply.statfs(blocks, 0, 0, tree.len() as u64, 0, 4096, 255, 4096);
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 
@@ -285,5 +372,8 @@ impl Filesystem for KilnFs {
 
 /// Seconds since the epoch, for logs and snapshots.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }

@@ -13,11 +13,11 @@ pub mod error;
 pub mod fs;
 pub mod listing;
 pub mod meta;
-pub mod mount;
 pub mod metrics;
+pub mod mount;
 pub mod service;
 pub mod source;
 pub mod warmup;
 
-pub use error::{DatacacheError, Result};
 pub use cli::{run, CacheCommand};
+pub use error::{DatacacheError, Result};

@@ -35,17 +35,33 @@ pub async fn list_source(
                 continue;
             }
             let mut it = line.split('\t');
-            let path = it.next().unwrap_or_default().trim_start_matches('/').to_string();
+            let path = it
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
             match it.next().and_then(|s| s.trim().parse::<u64>().ok()) {
-                Some(size) => entries.push(RawEntry { path, size, mtime: 0, etag: None }),
+                Some(size) => entries.push(RawEntry {
+                    path,
+                    size,
+                    mtime: 0,
+                    etag: None,
+                }),
                 None => need_stat.push(path),
             }
         }
     } else if spec.scheme == Scheme::Http {
-        return Err(DatacacheError::Config { field: "manifest", reason: "http sources cannot be listed: pass --manifest".into() });
+        return Err(DatacacheError::Config {
+            field: "manifest",
+            reason: "http sources cannot be listed: pass --manifest".into(),
+        });
     } else {
         let t = Instant::now();
-        let remote = |source| DatacacheError::Remote { op: "list", path: String::new(), source };
+        let remote = |source| DatacacheError::Remote {
+            op: "list",
+            path: String::new(),
+            source,
+        };
         let mut lister = op.lister_with("").recursive(true).await.map_err(remote)?;
         while let Some(entry) = lister.try_next().await.map_err(remote)? {
             let meta = entry.metadata();
@@ -57,8 +73,15 @@ pub async fn list_source(
                 need_stat.push(path);
                 continue;
             }
-            let mtime = meta.last_modified().map_or(0, |t| t.into_inner().as_second());
-            entries.push(RawEntry { path, size: meta.content_length(), mtime, etag: meta.etag().map(str::to_string) });
+            let mtime = meta
+                .last_modified()
+                .map_or(0, |t| t.into_inner().as_second());
+            entries.push(RawEntry {
+                path,
+                size: meta.content_length(),
+                mtime,
+                etag: meta.etag().map(str::to_string),
+            });
         }
         metrics.observe_remote("list", t.elapsed(), true);
     }
@@ -67,9 +90,20 @@ pub async fn list_source(
             let t = Instant::now();
             let r = op.stat(&path).await;
             metrics.observe_remote("stat", t.elapsed(), r.is_ok());
-            let meta = r.map_err(|source| DatacacheError::Remote { op: "stat", path: path.clone(), source })?;
-            let mtime = meta.last_modified().map_or(0, |t| t.into_inner().as_second());
-            Ok(RawEntry { path, size: meta.content_length(), mtime, etag: meta.etag().map(str::to_string) })
+            let meta = r.map_err(|source| DatacacheError::Remote {
+                op: "stat",
+                path: path.clone(),
+                source,
+            })?;
+            let mtime = meta
+                .last_modified()
+                .map_or(0, |t| t.into_inner().as_second());
+            Ok(RawEntry {
+                path,
+                size: meta.content_length(),
+                mtime,
+                etag: meta.etag().map(str::to_string),
+            })
         })
         .buffer_unordered(64)
         .collect()
@@ -86,7 +120,10 @@ const VERSION: u32 = 1;
 
 /// Where the snapshot of a source lives inside the cache directory.
 pub fn snapshot_path(cache_dir: &Path, spec: &SourceSpec) -> PathBuf {
-    cache_dir.join(format!("meta-{:016x}.snap", crate::meta::path_key(&spec.display())))
+    cache_dir.join(format!(
+        "meta-{:016x}.snap",
+        crate::meta::path_key(&spec.display())
+    ))
 }
 
 /// Writes the tree atomically (temp file + rename) with a checksum.
@@ -96,9 +133,18 @@ pub fn save_snapshot(path: &Path, source: &str, tree: &MetaTree) -> Result<()> {
     let mut buf = Vec::with_capacity(tree.nodes.len() * 48 + tree.names.len() + 128);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&VERSION.to_le_bytes());
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     buf.extend_from_slice(&created.to_le_bytes());
-    for v in [source.len() as u64, tree.nodes.len() as u64, tree.names.len() as u64, tree.files, tree.bytes] {
+    for v in [
+        source.len() as u64,
+        tree.nodes.len() as u64,
+        tree.names.len() as u64,
+        tree.files,
+        tree.bytes,
+    ] {
         buf.extend_from_slice(&v.to_le_bytes());
     }
     buf.extend_from_slice(source.as_bytes());
@@ -134,11 +180,16 @@ pub struct Snapshot {
 pub fn load_snapshot(path: &Path, source: &str) -> Result<Option<Snapshot>> {
     let mut buf = Vec::new();
     match std::fs::File::open(path) {
-        Ok(mut f) => f.read_to_end(&mut buf).map_err(|e| DatacacheError::io(path, e))?,
+        Ok(mut f) => f
+            .read_to_end(&mut buf)
+            .map_err(|e| DatacacheError::io(path, e))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(DatacacheError::io(path, e)),
     };
-    let bad = |reason: &str| DatacacheError::Snapshot { path: path.to_path_buf(), reason: reason.to_string() };
+    let bad = |reason: &str| DatacacheError::Snapshot {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
     if buf.len() < 60 || &buf[..8] != MAGIC {
         return Err(bad("bad magic"));
     }
@@ -160,8 +211,13 @@ pub fn load_snapshot(path: &Path, source: &str) -> Result<Option<Snapshot>> {
         return Err(bad("unknown version"));
     }
     let created = u64_at(take(8)?);
-    let (src_len, n_nodes, n_names, files, bytes) =
-        (u64_at(take(8)?), u64_at(take(8)?), u64_at(take(8)?), u64_at(take(8)?), u64_at(take(8)?));
+    let (src_len, n_nodes, n_names, files, bytes) = (
+        u64_at(take(8)?),
+        u64_at(take(8)?),
+        u64_at(take(8)?),
+        u64_at(take(8)?),
+        u64_at(take(8)?),
+    );
     if take(src_len as usize)? != source.as_bytes() {
         return Ok(None);
     }
@@ -170,10 +226,28 @@ pub fn load_snapshot(path: &Path, source: &str) -> Result<Option<Snapshot>> {
         let s = take(48)?;
         let q = |i: usize| u64_at(&s[i * 8..i * 8 + 8]);
         let d = |i: usize| u32_at(&s[32 + i * 4..36 + i * 4]);
-        nodes.push(Node::from_parts(q(0), q(1) as i64, q(2), q(3), [d(0), d(1), d(2), d(3)]));
+        nodes.push(Node::from_parts(
+            q(0),
+            q(1) as i64,
+            q(2),
+            q(3),
+            [d(0), d(1), d(2), d(3)],
+        ));
     }
-    let names = String::from_utf8(take(n_names as usize)?.to_vec()).map_err(|_| bad("names are not utf-8"))?;
-    let tree = MetaTree { nodes, names, files, bytes };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    Ok(Some(Snapshot { tree, age: Duration::from_secs(now.saturating_sub(created)) }))
+    let names = String::from_utf8(take(n_names as usize)?.to_vec())
+        .map_err(|_| bad("names are not utf-8"))?;
+    let tree = MetaTree {
+        nodes,
+        names,
+        files,
+        bytes,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Ok(Some(Snapshot {
+        tree,
+        age: Duration::from_secs(now.saturating_sub(created)),
+    }))
 }

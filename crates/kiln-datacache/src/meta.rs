@@ -52,7 +52,16 @@ impl Node {
 
     /// Rebuilds a node from its stored fields (snapshot loading): `[name_off, parent, first, count]`.
     pub(crate) fn from_parts(size: u64, mtime: i64, etag: u64, key: u64, d: [u32; 4]) -> Self {
-        Self { size, mtime, etag, key, name_off: d[0], parent: d[1], first: d[2], count: d[3] }
+        Self {
+            size,
+            mtime,
+            etag,
+            key,
+            name_off: d[0],
+            parent: d[1],
+            first: d[2],
+            count: d[3],
+        }
     }
 
     /// The stored index fields `[name_off, parent, first, count]` (snapshot writing).
@@ -76,7 +85,12 @@ pub struct MetaTree {
 
 enum Tmp {
     Dir(BTreeMap<String, Tmp>),
-    File { size: u64, mtime: i64, etag: u64, key: u64 },
+    File {
+        size: u64,
+        mtime: i64,
+        etag: u64,
+        key: u64,
+    },
 }
 
 /// Inserts a file under its path; a path that runs through a file is ignored.
@@ -87,7 +101,10 @@ fn insert(dir: &mut BTreeMap<String, Tmp>, parts: &[&str], file: Tmp) {
             dir.entry((*last).to_string()).or_insert(file);
         }
         [first, rest @ ..] => {
-            if let Tmp::Dir(m) = dir.entry((*first).to_string()).or_insert_with(|| Tmp::Dir(BTreeMap::new())) {
+            if let Tmp::Dir(m) = dir
+                .entry((*first).to_string())
+                .or_insert_with(|| Tmp::Dir(BTreeMap::new()))
+            {
                 insert(m, rest, file);
             }
         }
@@ -112,17 +129,39 @@ impl MetaTree {
     pub fn build(entries: impl IntoIterator<Item = RawEntry>) -> Self {
         let mut root = BTreeMap::new();
         for e in entries {
-            let parts: Vec<&str> = e.path.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..").collect();
+            let parts: Vec<&str> = e
+                .path
+                .split('/')
+                .filter(|p| !p.is_empty() && *p != "." && *p != "..")
+                .collect();
             if parts.is_empty() {
                 continue;
             }
             let key = path_key(&parts.join("/"));
-            let file = Tmp::File { size: e.size, mtime: e.mtime, etag: etag_hash(e.etag.as_deref()), key };
+            let file = Tmp::File {
+                size: e.size,
+                mtime: e.mtime,
+                etag: etag_hash(e.etag.as_deref()),
+                key,
+            };
             insert(&mut root, &parts, file);
         }
         let mut t = MetaTree::default();
-        t.push("", Node { size: 0, mtime: 0, etag: 0, key: 0, name_off: 0, parent: 0, first: 1, count: 0 });
-        let mut queue: std::collections::VecDeque<(u32, BTreeMap<String, Tmp>)> = [(0u32, root)].into();
+        t.push(
+            "",
+            Node {
+                size: 0,
+                mtime: 0,
+                etag: 0,
+                key: 0,
+                name_off: 0,
+                parent: 0,
+                first: 1,
+                count: 0,
+            },
+        );
+        let mut queue: std::collections::VecDeque<(u32, BTreeMap<String, Tmp>)> =
+            [(0u32, root)].into();
         while let Some((idx, children)) = queue.pop_front() {
             let first = t.nodes.len() as u32;
             t.nodes[idx as usize].first = first;
@@ -131,12 +170,35 @@ impl MetaTree {
                 let node_idx = t.nodes.len() as u32;
                 match child {
                     Tmp::Dir(m) => {
-                        let n = Node { size: 0, mtime: 0, etag: 0, key: 0, name_off: 0, parent: idx, first: 0, count: 0 };
+                        let n = Node {
+                            size: 0,
+                            mtime: 0,
+                            etag: 0,
+                            key: 0,
+                            name_off: 0,
+                            parent: idx,
+                            first: 0,
+                            count: 0,
+                        };
                         t.push(&name, n);
                         queue.push_back((node_idx, m));
                     }
-                    Tmp::File { size, mtime, etag, key } => {
-                        let n = Node { size, mtime, etag, key, name_off: 0, parent: idx, first: 0, count: u32::MAX };
+                    Tmp::File {
+                        size,
+                        mtime,
+                        etag,
+                        key,
+                    } => {
+                        let n = Node {
+                            size,
+                            mtime,
+                            etag,
+                            key,
+                            name_off: 0,
+                            parent: idx,
+                            first: 0,
+                            count: u32::MAX,
+                        };
                         t.push(&name, n);
                         t.files += 1;
                         t.bytes += size;
@@ -183,7 +245,10 @@ impl MetaTree {
     /// Name of node `idx` (empty for the root).
     pub fn name(&self, idx: u32) -> &str {
         let i = idx as usize;
-        let end = self.nodes.get(i + 1).map_or(self.names.len(), |n| n.name_off as usize);
+        let end = self
+            .nodes
+            .get(i + 1)
+            .map_or(self.names.len(), |n| n.name_off as usize);
         &self.names[self.nodes[i].name_off as usize..end]
     }
 
@@ -247,12 +312,22 @@ mod tests {
     use super::*;
 
     fn e(p: &str, size: u64) -> RawEntry {
-        RawEntry { path: p.into(), size, mtime: 1, etag: Some(format!("\"{p}\"")) }
+        RawEntry {
+            path: p.into(),
+            size,
+            mtime: 1,
+            etag: Some(format!("\"{p}\"")),
+        }
     }
 
     #[test]
     fn builds_and_looks_up() {
-        let t = MetaTree::build(vec![e("b/2.bin", 2), e("a/1.bin", 1), e("a/sub/3.bin", 3), e("top", 4)]);
+        let t = MetaTree::build(vec![
+            e("b/2.bin", 2),
+            e("a/1.bin", 1),
+            e("a/sub/3.bin", 3),
+            e("top", 4),
+        ]);
         assert_eq!(t.file_count(), 4);
         assert_eq!(t.total_bytes(), 10);
         let a = t.lookup(0, b"a").unwrap();

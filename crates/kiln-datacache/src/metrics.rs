@@ -84,53 +84,136 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let tier_hits = Family::<TierLabel, Counter>::default();
-        registry.register("kiln_cache_hit_bytes", "bytes served from the cache, by tier", tier_hits.clone());
+        registry.register(
+            "kiln_cache_hit_bytes",
+            "bytes served from the cache, by tier",
+            tier_hits.clone(),
+        );
         let miss_bytes = Counter::default();
-        registry.register("kiln_cache_miss_bytes", "bytes fetched from the remote to answer reads", miss_bytes.clone());
+        registry.register(
+            "kiln_cache_miss_bytes",
+            "bytes fetched from the remote to answer reads",
+            miss_bytes.clone(),
+        );
         let hit_files = Counter::default();
-        registry.register("kiln_cache_hit_files", "files whose first block came from the cache", hit_files.clone());
+        registry.register(
+            "kiln_cache_hit_files",
+            "files whose first block came from the cache",
+            hit_files.clone(),
+        );
         let miss_files = Counter::default();
-        registry.register("kiln_cache_miss_files", "files whose first block came from the remote", miss_files.clone());
+        registry.register(
+            "kiln_cache_miss_files",
+            "files whose first block came from the remote",
+            miss_files.clone(),
+        );
         let remote_requests = Family::<OpLabel, Counter>::default();
-        registry.register("kiln_cache_remote_requests", "requests sent to the remote, by operation", remote_requests.clone());
+        registry.register(
+            "kiln_cache_remote_requests",
+            "requests sent to the remote, by operation",
+            remote_requests.clone(),
+        );
         let remote_errors = Family::<OpLabel, Counter>::default();
-        registry.register("kiln_cache_remote_errors", "failed remote requests (after retries), by operation", remote_errors.clone());
-        let remote_seconds =
-            Family::<OpLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
-        registry.register("kiln_cache_remote_request_duration_seconds", "remote request latency", remote_seconds.clone());
+        registry.register(
+            "kiln_cache_remote_errors",
+            "failed remote requests (after retries), by operation",
+            remote_errors.clone(),
+        );
+        let remote_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "kiln_cache_remote_request_duration_seconds",
+            "remote request latency",
+            remote_seconds.clone(),
+        );
         let remote_bytes = Counter::default();
-        registry.register("kiln_cache_remote_read_bytes", "bytes read from the remote", remote_bytes.clone());
+        registry.register(
+            "kiln_cache_remote_read_bytes",
+            "bytes read from the remote",
+            remote_bytes.clone(),
+        );
         let evictions = Counter::default();
-        registry.register("kiln_cache_evictions", "entries evicted from the memory tier", evictions.clone());
+        registry.register(
+            "kiln_cache_evictions",
+            "entries evicted from the memory tier",
+            evictions.clone(),
+        );
         let tier_bytes = Family::<TierLabel, Gauge>::default();
-        registry.register("kiln_cache_tier_bytes", "bytes held per cache tier (disk: allocated)", tier_bytes.clone());
+        registry.register(
+            "kiln_cache_tier_bytes",
+            "bytes held per cache tier (disk: allocated)",
+            tier_bytes.clone(),
+        );
         let corrupt_blocks = Counter::default();
-        registry.register("kiln_cache_corrupt_blocks", "cached blocks that failed verification and were refetched", corrupt_blocks.clone());
+        registry.register(
+            "kiln_cache_corrupt_blocks",
+            "cached blocks that failed verification and were refetched",
+            corrupt_blocks.clone(),
+        );
         let stale_blocks = Counter::default();
-        registry.register("kiln_cache_stale_blocks", "cached blocks whose etag or size changed and were refetched", stale_blocks.clone());
+        registry.register(
+            "kiln_cache_stale_blocks",
+            "cached blocks whose etag or size changed and were refetched",
+            stale_blocks.clone(),
+        );
         let read_errors = Counter::default();
-        registry.register("kiln_cache_read_errors", "reads answered with an error", read_errors.clone());
+        registry.register(
+            "kiln_cache_read_errors",
+            "reads answered with an error",
+            read_errors.clone(),
+        );
         let read_timeouts = Counter::default();
-        registry.register("kiln_cache_read_timeouts", "reads that exceeded the read timeout", read_timeouts.clone());
+        registry.register(
+            "kiln_cache_read_timeouts",
+            "reads that exceeded the read timeout",
+            read_timeouts.clone(),
+        );
         let warmup_files = Family::<StateLabel, Counter>::default();
-        registry.register("kiln_cache_warmup_files", "warm-up files by outcome (done, failed, skipped)", warmup_files.clone());
+        registry.register(
+            "kiln_cache_warmup_files",
+            "warm-up files by outcome (done, failed, skipped)",
+            warmup_files.clone(),
+        );
         let warmup_bytes = Counter::default();
-        registry.register("kiln_cache_warmup_bytes", "bytes fetched by warm-up", warmup_bytes.clone());
+        registry.register(
+            "kiln_cache_warmup_bytes",
+            "bytes fetched by warm-up",
+            warmup_bytes.clone(),
+        );
         let warmup_planned_files = Gauge::default();
-        registry.register("kiln_cache_warmup_planned_files", "files planned by the current warm-up", warmup_planned_files.clone());
+        registry.register(
+            "kiln_cache_warmup_planned_files",
+            "files planned by the current warm-up",
+            warmup_planned_files.clone(),
+        );
         let meta_files = Gauge::default();
-        registry.register("kiln_cache_metadata_files", "files in the metadata cache", meta_files.clone());
+        registry.register(
+            "kiln_cache_metadata_files",
+            "files in the metadata cache",
+            meta_files.clone(),
+        );
         let meta_heap_bytes = Gauge::default();
-        registry.register("kiln_cache_metadata_heap_bytes", "memory held by the metadata cache", meta_heap_bytes.clone());
+        registry.register(
+            "kiln_cache_metadata_heap_bytes",
+            "memory held by the metadata cache",
+            meta_heap_bytes.clone(),
+        );
         let meta_refreshes = Counter::default();
-        registry.register("kiln_cache_metadata_refreshes", "metadata loads from the remote", meta_refreshes.clone());
+        registry.register(
+            "kiln_cache_metadata_refreshes",
+            "metadata loads from the remote",
+            meta_refreshes.clone(),
+        );
         let read = OpLabel { op: "read" };
         let remote_read = (
             remote_requests.get_or_create(&read).clone(),
             remote_errors.get_or_create(&read).clone(),
             remote_seconds.get_or_create(&read).clone(),
         );
-        let hit_bytes_memory = tier_hits.get_or_create(&TierLabel { tier: "memory" }).clone();
+        let hit_bytes_memory = tier_hits
+            .get_or_create(&TierLabel { tier: "memory" })
+            .clone();
         let hit_bytes_disk = tier_hits.get_or_create(&TierLabel { tier: "disk" }).clone();
         Self {
             hit_bytes_memory,
@@ -168,7 +251,8 @@ impl Metrics {
                 self.remote_read.1.inc();
             }
             self.remote_read.2.observe(elapsed.as_secs_f64());
-            self.remote_read_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+            self.remote_read_nanos
+                .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
             return;
         }
         let l = OpLabel { op };
@@ -176,7 +260,9 @@ impl Metrics {
         if !ok {
             self.remote_errors.get_or_create(&l).inc();
         }
-        self.remote_seconds.get_or_create(&l).observe(elapsed.as_secs_f64());
+        self.remote_seconds
+            .get_or_create(&l)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one warm-up file outcome: `done`, `failed` or `skipped`.
@@ -186,8 +272,12 @@ impl Metrics {
 
     /// Sets the bytes held by each tier (called before a scrape).
     pub fn set_tier_bytes(&self, memory: u64, disk: u64) {
-        self.tier_bytes.get_or_create(&TierLabel { tier: "memory" }).set(memory as i64);
-        self.tier_bytes.get_or_create(&TierLabel { tier: "disk" }).set(disk as i64);
+        self.tier_bytes
+            .get_or_create(&TierLabel { tier: "memory" })
+            .set(memory as i64);
+        self.tier_bytes
+            .get_or_create(&TierLabel { tier: "disk" })
+            .set(disk as i64);
     }
 
     /// Prometheus text exposition of every metric.
@@ -205,9 +295,21 @@ impl Metrics {
     /// A JSON-friendly summary.
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |o: &'static str| self.remote_requests.get_or_create(&OpLabel { op: o }).get();
-        let ws = |s: &'static str| self.warmup_files.get_or_create(&StateLabel { state: s }).get();
-        let tier = |t: &'static str| self.tier_bytes.get_or_create(&TierLabel { tier: t }).get().max(0) as u64;
-        let (n, sum) = (self.remote_read.0.get(), self.remote_read_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+        let ws = |s: &'static str| {
+            self.warmup_files
+                .get_or_create(&StateLabel { state: s })
+                .get()
+        };
+        let tier = |t: &'static str| {
+            self.tier_bytes
+                .get_or_create(&TierLabel { tier: t })
+                .get()
+                .max(0) as u64
+        };
+        let (n, sum) = (
+            self.remote_read.0.get(),
+            self.remote_read_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
         StatsSnapshot {
             hit_bytes_memory: self.hit_bytes_memory.get(),
             hit_bytes_disk: self.hit_bytes_disk.get(),

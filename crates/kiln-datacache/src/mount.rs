@@ -31,30 +31,49 @@ pub struct MountConfig {
     pub admin_addr: Option<SocketAddr>,
 }
 
-fn mount_err(path: &Path, reason: impl Into<String>, source: Option<std::io::Error>) -> DatacacheError {
-    DatacacheError::Mount { path: path.to_path_buf(), reason: reason.into(), source }
+fn mount_err(
+    path: &Path,
+    reason: impl Into<String>,
+    source: Option<std::io::Error>,
+) -> DatacacheError {
+    DatacacheError::Mount {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+        source,
+    }
 }
 
 /// Whether `path` is a mount point according to /proc/self/mountinfo (octal escapes decoded).
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy();
     info.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| {
-        m.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\") == want
+        m.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\")
+            == want
     })
 }
 
 /// Detaches a mount (lazy unmount): `umount2(MNT_DETACH)` as root, else `fusermount3 -uz`.
 pub fn detach(path: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| mount_err(path, "path contains a nul byte", None))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| mount_err(path, "path contains a nul byte", None))?;
     // SAFETY: `c` is a valid nul-terminated path that outlives the call.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
         return Ok(());
     }
     let os_err = std::io::Error::last_os_error();
     for bin in ["fusermount3", "fusermount"] {
-        if let Ok(s) = std::process::Command::new(bin).arg("-uz").arg(path).status() {
+        if let Ok(s) = std::process::Command::new(bin)
+            .arg("-uz")
+            .arg(path)
+            .status()
+        {
             if s.success() {
                 return Ok(());
             }
@@ -67,7 +86,10 @@ pub fn detach(path: &Path) -> Result<()> {
 /// daemon (`ENOTCONN` on stat, or a mount whose daemon pid is gone). A live mount is an error.
 pub fn prepare_mountpoint(path: &Path, cache_dir: &Path) -> Result<PathBuf> {
     match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) || e.raw_os_error() == Some(libc::ECONNABORTED) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOTCONN)
+                || e.raw_os_error() == Some(libc::ECONNABORTED) =>
+        {
             tracing::warn!(mountpoint = %path.display(), "stale mount from a crashed daemon detected; detaching");
             detach(path)?;
         }
@@ -82,7 +104,9 @@ pub fn prepare_mountpoint(path: &Path, cache_dir: &Path) -> Result<PathBuf> {
     if is_mountpoint(&abs) {
         let owner_alive = admin::read_daemon_info(cache_dir)
             .filter(|d| Path::new(&d.mountpoint) == abs)
-            .is_some_and(|d| Path::new(&format!("/proc/{}", d.pid)).exists() && d.pid != std::process::id());
+            .is_some_and(|d| {
+                Path::new(&format!("/proc/{}", d.pid)).exists() && d.pid != std::process::id()
+            });
         if owner_alive {
             return Err(mount_err(&abs, "already mounted by a running daemon", None));
         }
@@ -112,8 +136,16 @@ pub async fn run_mount(cfg: MountConfig, shutdown: impl Future<Output = ()> + Se
     }
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = KilnFs::new(svc.meta.clone(), svc.data.clone(), tokio::runtime::Handle::current(),
-        FsOptions { ttl: cfg.kernel_ttl, uid, gid });
+    let fs = KilnFs::new(
+        svc.meta.clone(),
+        svc.data.clone(),
+        tokio::runtime::Handle::current(),
+        FsOptions {
+            ttl: cfg.kernel_ttl,
+            uid,
+            gid,
+        },
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("kiln:{}", svc.config.source.spec.display())),

@@ -70,16 +70,27 @@ pub struct RefreshReport {
 pub fn lock_dir(dir: &Path) -> Result<File> {
     std::fs::create_dir_all(dir).map_err(|e| DatacacheError::io(dir, e))?;
     let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
         .map_err(|e| DatacacheError::io(&path, e))?;
     // SAFETY: flock on a valid, owned descriptor; no memory is shared with the kernel.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        let pid = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
-        return Err(DatacacheError::Locked { dir: dir.to_path_buf(), pid });
+        let pid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        return Err(DatacacheError::Locked {
+            dir: dir.to_path_buf(),
+            pid,
+        });
     }
     f.set_len(0).map_err(|e| DatacacheError::io(&path, e))?;
-    std::fs::write(&path, std::process::id().to_string()).map_err(|e| DatacacheError::io(&path, e))?;
+    std::fs::write(&path, std::process::id().to_string())
+        .map_err(|e| DatacacheError::io(&path, e))?;
     Ok(f)
 }
 
@@ -103,7 +114,11 @@ impl CacheService {
         };
         let tree = match snapshot {
             Some(s) if s.age < config.meta_ttl => {
-                tracing::info!(files = s.tree.file_count(), age_s = s.age.as_secs(), "metadata loaded from snapshot");
+                tracing::info!(
+                    files = s.tree.file_count(),
+                    age_s = s.age.as_secs(),
+                    "metadata loaded from snapshot"
+                );
                 s.tree
             }
             stale => match Self::list(&op, &config, &metrics).await {
@@ -137,7 +152,8 @@ impl CacheService {
     }
 
     async fn list(op: &Operator, config: &ServiceConfig, metrics: &Metrics) -> Result<MetaTree> {
-        let entries = list_source(op, &config.source.spec, config.manifest.as_deref(), metrics).await?;
+        let entries =
+            list_source(op, &config.source.spec, config.manifest.as_deref(), metrics).await?;
         metrics.meta_refreshes.inc();
         Ok(MetaTree::build(entries))
     }
@@ -157,7 +173,12 @@ impl CacheService {
         let generation = self.meta.replace(tree);
         let elapsed_ms = t.elapsed().as_millis() as u64;
         tracing::info!(files, bytes, generation, elapsed_ms, "metadata refreshed");
-        Ok(RefreshReport { files, bytes, generation, elapsed_ms })
+        Ok(RefreshReport {
+            files,
+            bytes,
+            generation,
+            elapsed_ms,
+        })
     }
 
     /// Flushes the disk tier and closes the cache.

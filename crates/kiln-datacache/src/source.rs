@@ -36,14 +36,21 @@ pub struct SourceSpec {
 impl SourceSpec {
     /// Parses `s3://bucket/prefix`, `http(s)://host/path`, `webhdfs://host:port/path`, `file:///path`.
     pub fn parse(url: &str) -> Result<Self> {
-        let bad = |reason: &str| DatacacheError::InvalidSource { url: url.to_string(), reason: reason.to_string() };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://..."))?;
+        let bad = |reason: &str| DatacacheError::InvalidSource {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected scheme://..."))?;
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if host.contains('@') {
-            return Err(bad("credentials in the URL are not accepted; use flags or env"));
+            return Err(bad(
+                "credentials in the URL are not accepted; use flags or env",
+            ));
         }
         let mut root = path.trim_end_matches('/').to_string();
         root.push('/');
@@ -74,7 +81,11 @@ impl SourceSpec {
             }
             _ => return Err(bad("unsupported scheme (s3, http, https, webhdfs, file)")),
         };
-        Ok(Self { scheme, authority, root })
+        Ok(Self {
+            scheme,
+            authority,
+            root,
+        })
     }
 
     /// The URL without credentials, for logs and the snapshot identity.
@@ -82,7 +93,11 @@ impl SourceSpec {
         match self.scheme {
             Scheme::S3 => format!("s3://{}{}", self.authority, self.root),
             Scheme::Fs => format!("file://{}", self.root),
-            Scheme::Webhdfs => format!("webhdfs://{}{}", self.authority.trim_start_matches("http://"), self.root),
+            Scheme::Webhdfs => format!(
+                "webhdfs://{}{}",
+                self.authority.trim_start_matches("http://"),
+                self.root
+            ),
             Scheme::Http => format!("{}{}", self.authority, self.root),
         }
     }
@@ -115,7 +130,9 @@ impl Credentials {
     pub fn with_aws_env(mut self) -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         self.access_key_id = self.access_key_id.or_else(|| env("AWS_ACCESS_KEY_ID"));
-        self.secret_access_key = self.secret_access_key.or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+        self.secret_access_key = self
+            .secret_access_key
+            .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
         self.session_token = self.session_token.or_else(|| env("AWS_SESSION_TOKEN"));
         self
     }
@@ -162,26 +179,42 @@ pub fn install_tls_provider() {
 pub fn build_operator(cfg: &SourceConfig) -> Result<Operator> {
     install_tls_provider();
     let spec = &cfg.spec;
-    let invalid = |e: opendal::Error| DatacacheError::InvalidSource { url: spec.display(), reason: e.to_string() };
+    let invalid = |e: opendal::Error| DatacacheError::InvalidSource {
+        url: spec.display(),
+        reason: e.to_string(),
+    };
     let op = match spec.scheme {
         Scheme::S3 => {
-            let mut b = services::S3::default().bucket(&spec.authority).root(&spec.root).region(&cfg.region);
+            let mut b = services::S3::default()
+                .bucket(&spec.authority)
+                .root(&spec.root)
+                .region(&cfg.region);
             if let Some(ep) = &cfg.endpoint {
                 b = b.endpoint(ep);
             }
             let c = &cfg.credentials;
             if let (Some(ak), Some(sk)) = (&c.access_key_id, &c.secret_access_key) {
-                b = b.access_key_id(ak).secret_access_key(sk).disable_config_load().disable_ec2_metadata();
+                b = b
+                    .access_key_id(ak)
+                    .secret_access_key(sk)
+                    .disable_config_load()
+                    .disable_ec2_metadata();
                 if let Some(t) = &c.session_token {
                     b = b.session_token(t);
                 }
             }
             Operator::new(b).map_err(invalid)?
         }
-        Scheme::Http => Operator::new(services::Http::default().endpoint(&spec.authority).root(&spec.root))
-            .map_err(invalid)?,
+        Scheme::Http => Operator::new(
+            services::Http::default()
+                .endpoint(&spec.authority)
+                .root(&spec.root),
+        )
+        .map_err(invalid)?,
         Scheme::Webhdfs => {
-            let mut b = services::Webhdfs::default().endpoint(&spec.authority).root(&spec.root);
+            let mut b = services::Webhdfs::default()
+                .endpoint(&spec.authority)
+                .root(&spec.root);
             if let Some(u) = &cfg.hdfs_user {
                 b = b.user_name(u);
             }
@@ -190,7 +223,11 @@ pub fn build_operator(cfg: &SourceConfig) -> Result<Operator> {
         Scheme::Fs => Operator::new(services::Fs::default().root(&spec.root)).map_err(invalid)?,
     };
     let op = op
-        .layer(TimeoutLayer::new().with_timeout(cfg.request_timeout).with_io_timeout(cfg.request_timeout))
+        .layer(
+            TimeoutLayer::new()
+                .with_timeout(cfg.request_timeout)
+                .with_io_timeout(cfg.request_timeout),
+        )
         .layer(
             RetryLayer::new()
                 .with_max_times(cfg.retries)
@@ -209,11 +246,17 @@ mod tests {
     #[test]
     fn parses_schemes() {
         let s = SourceSpec::parse("s3://bucket/a/b/").unwrap();
-        assert_eq!((s.scheme, s.authority.as_str(), s.root.as_str()), (Scheme::S3, "bucket", "/a/b/"));
+        assert_eq!(
+            (s.scheme, s.authority.as_str(), s.root.as_str()),
+            (Scheme::S3, "bucket", "/a/b/")
+        );
         let s = SourceSpec::parse("s3://bucket").unwrap();
         assert_eq!(s.root, "/");
         let s = SourceSpec::parse("webhdfs://nn:9870/data").unwrap();
-        assert_eq!((s.authority.as_str(), s.root.as_str()), ("http://nn:9870", "/data/"));
+        assert_eq!(
+            (s.authority.as_str(), s.root.as_str()),
+            ("http://nn:9870", "/data/")
+        );
         let s = SourceSpec::parse("file:///tmp/x").unwrap();
         assert_eq!((s.scheme, s.root.as_str()), (Scheme::Fs, "/tmp/x/"));
         let s = SourceSpec::parse("https://host/p").unwrap();
@@ -224,7 +267,11 @@ mod tests {
 
     #[test]
     fn credentials_are_redacted() {
-        let c = Credentials { access_key_id: Some("AKIA".into()), secret_access_key: Some("s3cr3t".into()), session_token: None };
+        let c = Credentials {
+            access_key_id: Some("AKIA".into()),
+            secret_access_key: Some("s3cr3t".into()),
+            session_token: None,
+        };
         let s = format!("{c:?}");
         assert!(!s.contains("s3cr3t") && !s.contains("AKIA"), "{s}");
     }

@@ -102,9 +102,23 @@ pub async fn warmup(
         Some(paths) => {
             for p in paths {
                 let p = p.trim_start_matches('/');
-                match tree.resolve(p).and_then(|i| tree.node(i).copied()).filter(|n| !n.is_dir()) {
-                    Some(n) => files.push((p.to_string(), FileRef { key: n.key, size: n.size, etag: n.etag })),
-                    None => failures.push(WarmupFailure { path: p.to_string(), error: "not in the dataset listing".into() }),
+                match tree
+                    .resolve(p)
+                    .and_then(|i| tree.node(i).copied())
+                    .filter(|n| !n.is_dir())
+                {
+                    Some(n) => files.push((
+                        p.to_string(),
+                        FileRef {
+                            key: n.key,
+                            size: n.size,
+                            etag: n.etag,
+                        },
+                    )),
+                    None => failures.push(WarmupFailure {
+                        path: p.to_string(),
+                        error: "not in the dataset listing".into(),
+                    }),
                 }
             }
         }
@@ -113,28 +127,53 @@ pub async fn warmup(
             for i in tree.file_indices() {
                 let path = tree.path(i);
                 if path.starts_with(prefix) {
-                    let n = tree.node(i).copied().unwrap_or_else(|| unreachable!("index from file_indices"));
-                    files.push((path, FileRef { key: n.key, size: n.size, etag: n.etag }));
+                    let n = tree
+                        .node(i)
+                        .copied()
+                        .unwrap_or_else(|| unreachable!("index from file_indices"));
+                    files.push((
+                        path,
+                        FileRef {
+                            key: n.key,
+                            size: n.size,
+                            etag: n.etag,
+                        },
+                    ));
                 }
             }
         }
     }
     let planned = (files.len() + failures.len()) as u64;
     let bytes_planned: u64 = files.iter().map(|(_, f)| f.size).sum();
-    for (c, v) in [(&progress.planned_files, planned), (&progress.planned_bytes, bytes_planned), (&progress.done, 0),
-        (&progress.failed, failures.len() as u64), (&progress.skipped, 0), (&progress.bytes, 0)] {
+    for (c, v) in [
+        (&progress.planned_files, planned),
+        (&progress.planned_bytes, bytes_planned),
+        (&progress.done, 0),
+        (&progress.failed, failures.len() as u64),
+        (&progress.skipped, 0),
+        (&progress.bytes, 0),
+    ] {
         c.store(v, Ordering::Relaxed);
     }
     progress.running.store(true, Ordering::Relaxed);
     metrics.warmup_planned_files.set(planned as i64);
     let bar = progress_bar(planned, show_bar);
     bar.inc(failures.len() as u64);
-    tracing::info!(files = planned, bytes = bytes_planned, threads, "warm-up started");
+    tracing::info!(
+        files = planned,
+        bytes = bytes_planned,
+        threads,
+        "warm-up started"
+    );
 
     let fetched_total = AtomicU64::new(0);
     let flush_counter = AtomicU64::new(0);
-    let (bar_ref, fetched, since_flush, m): (&ProgressBar, &AtomicU64, &AtomicU64, &crate::metrics::Metrics) =
-        (&bar, &fetched_total, &flush_counter, &metrics);
+    let (bar_ref, fetched, since_flush, m): (
+        &ProgressBar,
+        &AtomicU64,
+        &AtomicU64,
+        &crate::metrics::Metrics,
+    ) = (&bar, &fetched_total, &flush_counter, &metrics);
     let run_one = move |path: String, f: FileRef, force: bool| {
         let (bar, metrics) = (bar_ref, m);
         async move {
@@ -158,7 +197,11 @@ pub async fn warmup(
                 }
                 Err(e) => (Outcome::Failed, Some(e.to_string())),
             };
-            let counter = if outcome == Outcome::Done { &progress.done } else { &progress.failed };
+            let counter = if outcome == Outcome::Done {
+                &progress.done
+            } else {
+                &progress.failed
+            };
             if !force {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -167,7 +210,11 @@ pub async fn warmup(
         }
     };
 
-    let first: Vec<_> = futures::stream::iter(files).map(|(p, f)| run_one(p, f, false)).buffer_unordered(threads.max(1)).collect().await;
+    let first: Vec<_> = futures::stream::iter(files)
+        .map(|(p, f)| run_one(p, f, false))
+        .buffer_unordered(threads.max(1))
+        .collect()
+        .await;
     data.flush().await;
     bar.set_message("verifying the disk tier");
     let mut results = Vec::with_capacity(first.len());
@@ -184,11 +231,18 @@ pub async fn warmup(
         match (o, ok) {
             (_, true) => results.push((p, o, None)),
             (Outcome::Failed, _) => retry.push((p, f, e)),
-            _ => retry.push((p, f, Some("not held by the disk tier after the fetch".to_string()))),
+            _ => retry.push((
+                p,
+                f,
+                Some("not held by the disk tier after the fetch".to_string()),
+            )),
         }
     }
     if !retry.is_empty() {
-        tracing::info!(files = retry.len(), "warm-up: fetching files that did not verify once more");
+        tracing::info!(
+            files = retry.len(),
+            "warm-up: fetching files that did not verify once more"
+        );
         let again: Vec<_> = futures::stream::iter(retry)
             .map(|(p, f, _)| run_one(p, f, true))
             .buffer_unordered(threads.max(1))
@@ -197,12 +251,21 @@ pub async fn warmup(
         data.flush().await;
         for (p, f, o, e) in again {
             let ok = o != Outcome::Failed && data.verify_on_disk(&f).await;
-            let err = e.unwrap_or_else(|| "not held by the disk tier after a second fetch".to_string());
-            results.push(if ok { (p, Outcome::Done, None) } else { (p, Outcome::Failed, Some(err)) });
+            let err =
+                e.unwrap_or_else(|| "not held by the disk tier after a second fetch".to_string());
+            results.push(if ok {
+                (p, Outcome::Done, None)
+            } else {
+                (p, Outcome::Failed, Some(err))
+            });
         }
     }
 
-    let mut report = WarmupReport { planned, bytes_planned, ..Default::default() };
+    let mut report = WarmupReport {
+        planned,
+        bytes_planned,
+        ..Default::default()
+    };
     report.failed = failures.len() as u64;
     for (path, o, e) in results {
         match o {
@@ -211,12 +274,19 @@ pub async fn warmup(
             Outcome::Failed => {
                 report.failed += 1;
                 if failures.len() < 50 {
-                    failures.push(WarmupFailure { path, error: e.unwrap_or_default() });
+                    failures.push(WarmupFailure {
+                        path,
+                        error: e.unwrap_or_default(),
+                    });
                 }
             }
         }
     }
-    for (state, n) in [("done", report.done), ("skipped", report.skipped), ("failed", report.failed)] {
+    for (state, n) in [
+        ("done", report.done),
+        ("skipped", report.skipped),
+        ("failed", report.failed),
+    ] {
         for _ in 0..n {
             metrics.warmup_file(state);
         }
@@ -231,17 +301,29 @@ pub async fn warmup(
     bar.finish_and_clear();
     progress.running.store(false, Ordering::Relaxed);
     *progress.last.lock() = Some(report.clone());
-    tracing::info!(done = report.done, failed = report.failed, skipped = report.skipped,
-        bytes = report.bytes_fetched, elapsed_s = report.elapsed_secs, "warm-up finished");
+    tracing::info!(
+        done = report.done,
+        failed = report.failed,
+        skipped = report.skipped,
+        bytes = report.bytes_fetched,
+        elapsed_s = report.elapsed_secs,
+        "warm-up finished"
+    );
     report
 }
 
 /// A progress bar over `files` drawn on stderr (hidden when `show` is false or stderr is not a tty).
 pub fn progress_bar(files: u64, show: bool) -> ProgressBar {
-    let target = if show { ProgressDrawTarget::stderr_with_hz(4) } else { ProgressDrawTarget::hidden() };
+    let target = if show {
+        ProgressDrawTarget::stderr_with_hz(4)
+    } else {
+        ProgressDrawTarget::hidden()
+    };
     let bar = ProgressBar::with_draw_target(Some(files), target);
-    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files {msg} eta {eta}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files {msg} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
@@ -249,7 +331,9 @@ pub fn progress_bar(files: u64, show: bool) -> ProgressBar {
 
 /// Sets the bar position and its message (bytes, rate) from the counters.
 pub fn update_bar(bar: &ProgressBar, p: &WarmupProgress, started: Instant) {
-    let files = p.done.load(Ordering::Relaxed) + p.failed.load(Ordering::Relaxed) + p.skipped.load(Ordering::Relaxed);
+    let files = p.done.load(Ordering::Relaxed)
+        + p.failed.load(Ordering::Relaxed)
+        + p.skipped.load(Ordering::Relaxed);
     let bytes = p.bytes.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     bar.set_position(files.max(bar.position()));

@@ -13,8 +13,14 @@ use kiln_datacache::warmup::{warmup, Selection, WarmupProgress};
 
 fn file_ref(svc: &CacheService, path: &str) -> FileRef {
     let (_, tree) = svc.meta.current();
-    let n = *tree.node(tree.resolve(path).expect("path in tree")).expect("node");
-    FileRef { key: n.key, size: n.size, etag: n.etag }
+    let n = *tree
+        .node(tree.resolve(path).expect("path in tree"))
+        .expect("node");
+    FileRef {
+        key: n.key,
+        size: n.size,
+        etag: n.etag,
+    }
 }
 
 async fn read_all(svc: &CacheService, path: &str) -> Vec<u8> {
@@ -22,7 +28,11 @@ async fn read_all(svc: &CacheService, path: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let mut off = 0;
     while off < f.size {
-        let b = svc.data.read(&f, path, off, 128 * 1024).await.expect("read");
+        let b = svc
+            .data
+            .read(&f, path, off, 128 * 1024)
+            .await
+            .expect("read");
         assert!(!b.is_empty());
         off += b.len() as u64;
         out.extend_from_slice(&b);
@@ -32,7 +42,9 @@ async fn read_all(svc: &CacheService, path: &str) -> Vec<u8> {
 
 async fn open(src: &Path, cache: &Path, block: u64) -> CacheService {
     let url = format!("file://{}", src.display());
-    CacheService::open(common::service_config(&url, None, cache, block)).await.expect("open service")
+    CacheService::open(common::service_config(&url, None, cache, block))
+        .await
+        .expect("open service")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,16 +93,28 @@ async fn large_file_blocks_readahead_and_coalesced_misses() {
     let mut got = Vec::new();
     let mut off = 0;
     while off < f.size {
-        let b = svc.data.read(&f, "big/file.bin", off, 16 * 1024).await.unwrap();
+        let b = svc
+            .data
+            .read(&f, "big/file.bin", off, 16 * 1024)
+            .await
+            .unwrap();
         off += b.len() as u64;
         got.extend_from_slice(&b);
     }
     assert_eq!(got, common::content(42, size));
     // a read spanning blocks
-    let b = svc.data.read(&f, "big/file.bin", 60_000, 100_000).await.unwrap();
+    let b = svc
+        .data
+        .read(&f, "big/file.bin", 60_000, 100_000)
+        .await
+        .unwrap();
     assert_eq!(&b[..], &common::content(42, size)[60_000..160_000]);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(svc.metrics.remote_reads(), 17, "each block fetched once despite read-ahead");
+    assert_eq!(
+        svc.metrics.remote_reads(),
+        17,
+        "each block fetched once despite read-ahead"
+    );
 
     // 32 concurrent readers of one missing file: one remote request
     let before = svc.metrics.remote_reads();
@@ -150,7 +174,11 @@ async fn corrupted_disk_block_is_detected_and_refetched() {
     }
     assert!(corrupted >= 1, "the block was on disk");
     let svc = open(src.path(), cache.path(), 1 << 20).await;
-    assert_eq!(read_all(&svc, "x.bin").await, data, "corruption never reaches the reader");
+    assert_eq!(
+        read_all(&svc, "x.bin").await,
+        data,
+        "corruption never reaches the reader"
+    );
     let s = svc.metrics.snapshot();
     assert_eq!(s.corrupt_blocks, 1, "{s:?}");
     assert_eq!(s.remote_reads, 1, "refetched once");
@@ -166,20 +194,57 @@ async fn warmup_report_counts() {
     let mut list: Vec<String> = paths[..60].to_vec();
     list.extend((0..5).map(|i| format!("missing/{i}.bin")));
     let p = WarmupProgress::default();
-    let r = warmup(&svc.data, &tree, &Selection { prefix: None, paths: Some(list) }, 4, &p, false).await;
-    assert_eq!((r.planned, r.done, r.failed, r.skipped), (65, 60, 5, 0), "{r:?}");
+    let r = warmup(
+        &svc.data,
+        &tree,
+        &Selection {
+            prefix: None,
+            paths: Some(list),
+        },
+        4,
+        &p,
+        false,
+    )
+    .await;
+    assert_eq!(
+        (r.planned, r.done, r.failed, r.skipped),
+        (65, 60, 5, 0),
+        "{r:?}"
+    );
     assert_eq!(r.failures.len(), 5);
     // everything: the 60 are verified in place, the other 41 fetched
     let r = warmup(&svc.data, &tree, &Selection::default(), 4, &p, false).await;
-    assert_eq!((r.planned, r.done, r.failed, r.skipped), (101, 41, 0, 60), "{r:?}");
+    assert_eq!(
+        (r.planned, r.done, r.failed, r.skipped),
+        (101, 41, 0, 60),
+        "{r:?}"
+    );
     // a prefix
-    let r = warmup(&svc.data, &tree, &Selection { prefix: Some("class_03/".into()), paths: None }, 4, &p, false).await;
-    assert_eq!((r.planned, r.done, r.failed, r.skipped), (10, 0, 0, 10), "{r:?}");
+    let r = warmup(
+        &svc.data,
+        &tree,
+        &Selection {
+            prefix: Some("class_03/".into()),
+            paths: None,
+        },
+        4,
+        &p,
+        false,
+    )
+    .await;
+    assert_eq!(
+        (r.planned, r.done, r.failed, r.skipped),
+        (10, 0, 0, 10),
+        "{r:?}"
+    );
     // a file that disappears from the remote after listing fails
     std::fs::remove_file(src.path().join("big/one.bin")).unwrap();
     svc.data.flush().await;
     let s = svc.metrics.snapshot();
-    assert_eq!((s.warmup_done, s.warmup_failed, s.warmup_skipped), (101, 5, 70));
+    assert_eq!(
+        (s.warmup_done, s.warmup_failed, s.warmup_skipped),
+        (101, 5, 70)
+    );
     svc.close().await.unwrap();
     drop(svc);
     // restart: the disk tier still holds all of it

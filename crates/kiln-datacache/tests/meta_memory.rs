@@ -35,7 +35,12 @@ fn metadata_bytes_per_million_files() {
     let base = LIVE.load(Ordering::Relaxed);
     // 1,000 class folders x 1,000 files, names like ImageNet's (n01440764/n01440764_10026.JPEG)
     let entries = (0..N).map(|i| RawEntry {
-        path: format!("train/n{:08}/n{:08}_{:05}.JPEG", i / 1000, i / 1000, i % 1000),
+        path: format!(
+            "train/n{:08}/n{:08}_{:05}.JPEG",
+            i / 1000,
+            i / 1000,
+            i % 1000
+        ),
         size: 110_000,
         mtime: 1_700_000_000,
         etag: Some(format!("\"{:032x}\"", i)),
@@ -55,6 +60,8 @@ fn metadata_bytes_per_million_files() {
     );
     assert_eq!(resident, tree.heap_bytes());
     assert!(per_file < 80.0, "{per_file} bytes per file");
-    let f = tree.resolve("train/n00000999/n00000999_00999.JPEG").expect("lookup");
+    let f = tree
+        .resolve("train/n00000999/n00000999_00999.JPEG")
+        .expect("lookup");
     assert_eq!(tree.node(f).unwrap().size, 110_000);
 }

@@ -43,9 +43,17 @@ async fn mount(svc: ServiceConfig, mnt: &Path) -> Mounted {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(info) = admin::read_daemon_info(&cache_dir) {
-            return Mounted { stop, task, admin: info.admin.expect("admin url") };
+            return Mounted {
+                stop,
+                task,
+                admin: info.admin.expect("admin url"),
+            };
         }
-        assert!(!task.is_finished(), "mount task ended early: {:?}", task.await);
+        assert!(
+            !task.is_finished(),
+            "mount task ended early: {:?}",
+            task.await
+        );
         assert!(Instant::now() < deadline, "mount did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -60,14 +68,23 @@ impl Mounted {
 
 /// Reads `paths` under `mnt` with `threads` threads and compares each with the local copy.
 fn read_and_compare(mnt: &Path, src: &Path, paths: &[String], threads: usize) {
-    let chunks: Vec<Vec<String>> = paths.chunks(paths.len().div_ceil(threads).max(1)).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<String>> = paths
+        .chunks(paths.len().div_ceil(threads).max(1))
+        .map(|c| c.to_vec())
+        .collect();
     std::thread::scope(|s| {
         for chunk in chunks {
             s.spawn(move || {
                 for p in chunk {
-                    let got = std::fs::read(mnt.join(&p)).unwrap_or_else(|e| panic!("read {p}: {e}"));
+                    let got =
+                        std::fs::read(mnt.join(&p)).unwrap_or_else(|e| panic!("read {p}: {e}"));
                     let want = std::fs::read(src.join(&p)).unwrap();
-                    assert!(got == want, "{p}: {} bytes differ from the source ({} bytes)", got.len(), want.len());
+                    assert!(
+                        got == want,
+                        "{p}: {} bytes differ from the source ({} bytes)",
+                        got.len(),
+                        want.len()
+                    );
                 }
             });
         }
@@ -83,7 +100,13 @@ fn walk(root: &Path) -> Vec<String> {
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
             } else {
-                out.push(e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                out.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
     }
@@ -101,21 +124,35 @@ fn example_binary() -> Option<PathBuf> {
 #[ignore = "known failure: after the remote-outage phase a large-file read through the mount returns EIO; run with --ignored while fixing"]
 async fn s3_dataset_through_fuse() {
     let test = "s3_dataset_through_fuse";
-    let Some(py) = common::python(test) else { return };
+    let Some(py) = common::python(test) else {
+        return;
+    };
     if !common::fuse_available(test) {
         return;
     }
     let started = Instant::now();
     let moto = common::Moto::start(&py);
     let src = tempfile::tempdir().unwrap();
-    let large = [("large/a.bin", 5 << 20), ("large/b.bin", (3 << 20) + 12_345), ("large/c.bin", 2 << 20)];
+    let large = [
+        ("large/a.bin", 5 << 20),
+        ("large/b.bin", (3 << 20) + 12_345),
+        ("large/c.bin", 2 << 20),
+    ];
     let mut paths = common::make_dataset(src.path(), 10_000, 1_000, 8_000, &large);
     // files never read while the remote is up (for the remote-down checks)
     for i in 0..20 {
-        common::write(src.path(), &format!("cold/{i}.bin"), &common::content(5_000 + i, 3_000));
+        common::write(
+            src.path(),
+            &format!("cold/{i}.bin"),
+            &common::content(5_000 + i, 3_000),
+        );
     }
     moto.upload(src.path(), BUCKET, PREFIX);
-    eprintln!("{test}: dataset of {} files uploaded in {:.1}s", paths.len() + 20, started.elapsed().as_secs_f64());
+    eprintln!(
+        "{test}: dataset of {} files uploaded in {:.1}s",
+        paths.len() + 20,
+        started.elapsed().as_secs_f64()
+    );
 
     let cache = tempfile::tempdir().unwrap();
     let mnt = tempfile::tempdir().unwrap();
@@ -128,30 +165,66 @@ async fn s3_dataset_through_fuse() {
     let mut all = paths.clone();
     all.extend((0..20).map(|i| format!("cold/{i}.bin")));
     all.sort();
-    let listed = tokio::task::spawn_blocking({ let m = mntp.clone(); move || walk(&m) }).await.unwrap();
+    let listed = tokio::task::spawn_blocking({
+        let m = mntp.clone();
+        move || walk(&m)
+    })
+    .await
+    .unwrap();
     assert_eq!(listed, all);
 
     // cold reads through FUSE (misses) for the large files and 1,500 small ones, 8 threads
-    let mut cold: Vec<String> = paths.iter().filter(|p| p.starts_with("large/")).cloned().collect();
+    let mut cold: Vec<String> = paths
+        .iter()
+        .filter(|p| p.starts_with("large/"))
+        .cloned()
+        .collect();
     cold.extend(paths.iter().step_by(6).take(1_500).cloned());
     let (m2, s2, c2) = (mntp.clone(), src.path().to_path_buf(), cold.clone());
-    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &c2, 8)).await.unwrap();
+    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &c2, 8))
+        .await
+        .unwrap();
     let st = admin::fetch_stats(&m.admin).await.unwrap().stats;
     assert!(st.miss_files >= 1_500, "{st:?}");
 
     // concurrent readers of one large file that is not in memory yet: each block fetched once
-    let before = admin::fetch_stats(&m.admin).await.unwrap().stats.remote_reads;
+    let before = admin::fetch_stats(&m.admin)
+        .await
+        .unwrap()
+        .stats
+        .remote_reads;
     common::write(src.path(), "unused", b"");
     let big = vec!["large/b.bin".to_string(); 8];
     let (m2, s2) = (mntp.clone(), src.path().to_path_buf());
-    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &big, 8)).await.unwrap();
-    let after = admin::fetch_stats(&m.admin).await.unwrap().stats.remote_reads;
-    assert!(after - before <= 4, "large/b.bin has 4 blocks, fetched {} times", after - before);
+    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &big, 8))
+        .await
+        .unwrap();
+    let after = admin::fetch_stats(&m.admin)
+        .await
+        .unwrap()
+        .stats
+        .remote_reads;
+    assert!(
+        after - before <= 4,
+        "large/b.bin has 4 blocks, fetched {} times",
+        after - before
+    );
 
     // warm-up of the rest through the running daemon: metadata first, then data, checked
     paths.retain(|p| !p.starts_with("cold/"));
-    let sel = Selection { prefix: Some("class_".into()), paths: None };
-    admin::start_warmup(&m.admin, &WarmupRequest { selection: sel, threads: 16 }).await.unwrap();
+    let sel = Selection {
+        prefix: Some("class_".into()),
+        paths: None,
+    };
+    admin::start_warmup(
+        &m.admin,
+        &WarmupRequest {
+            selection: sel,
+            threads: 16,
+        },
+    )
+    .await
+    .unwrap();
     let report = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let s = admin::warmup_progress(&m.admin).await.unwrap();
@@ -161,27 +234,53 @@ async fn s3_dataset_through_fuse() {
     };
     assert_eq!((report.planned, report.failed), (10_000, 0), "{report:?}");
     assert_eq!(report.done + report.skipped, 10_000, "{report:?}");
-    assert!(report.skipped >= 1_400, "files read through the mount were already cached: {report:?}");
+    assert!(
+        report.skipped >= 1_400,
+        "files read through the mount were already cached: {report:?}"
+    );
 
     // every file through the mount, byte-identical, 8 concurrent readers
     let (m2, s2, p2) = (mntp.clone(), src.path().to_path_buf(), paths.clone());
-    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &p2, 8)).await.unwrap();
+    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &p2, 8))
+        .await
+        .unwrap();
 
     // remote hung (SIGSTOP): cached files keep being served, uncached ones fail in bounded time
     moto.signal(libc::SIGSTOP);
-    let (m2, s2, p2) = (mntp.clone(), src.path().to_path_buf(), paths[..2_000].to_vec());
+    let (m2, s2, p2) = (
+        mntp.clone(),
+        src.path().to_path_buf(),
+        paths[..2_000].to_vec(),
+    );
     let t = Instant::now();
-    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &p2, 8)).await.unwrap();
-    eprintln!("{test}: 2,000 cached files with the remote hung in {:.2}s", t.elapsed().as_secs_f64());
+    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &p2, 8))
+        .await
+        .unwrap();
+    eprintln!(
+        "{test}: 2,000 cached files with the remote hung in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let m2 = mntp.clone();
-    let err = tokio::task::spawn_blocking(move || std::fs::read(m2.join("cold/0.bin"))).await.unwrap().unwrap_err();
+    let err = tokio::task::spawn_blocking(move || std::fs::read(m2.join("cold/0.bin")))
+        .await
+        .unwrap()
+        .unwrap_err();
     let took = t.elapsed();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert!(took < Duration::from_secs(10), "uncached read with the remote hung took {took:?}");
-    eprintln!("{test}: uncached read with the remote hung failed with EIO after {:.2}s", took.as_secs_f64());
+    assert!(
+        took < Duration::from_secs(10),
+        "uncached read with the remote hung took {took:?}"
+    );
+    eprintln!(
+        "{test}: uncached read with the remote hung failed with EIO after {:.2}s",
+        took.as_secs_f64()
+    );
     let st = admin::fetch_stats(&m.admin).await.unwrap().stats;
-    assert!(st.read_errors >= 1 && st.read_timeouts + st.remote_read_errors >= 1, "{st:?}");
+    assert!(
+        st.read_errors >= 1 && st.read_timeouts + st.remote_read_errors >= 1,
+        "{st:?}"
+    );
     moto.signal(libc::SIGCONT);
     m.unmount().await;
     assert!(!is_mountpoint(&mntp), "unmounted");
@@ -190,18 +289,33 @@ async fn s3_dataset_through_fuse() {
     drop(moto);
     let m = mount(svc.clone(), mnt.path()).await;
     let (m2, s2, p2) = (mntp.clone(), src.path().to_path_buf(), paths.clone());
-    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &p2, 8)).await.unwrap();
+    tokio::task::spawn_blocking(move || read_and_compare(&m2, &s2, &p2, 8))
+        .await
+        .unwrap();
     let st = admin::fetch_stats(&m.admin).await.unwrap().stats;
     assert_eq!(st.remote_reads, 0, "restart reused the disk tier: {st:?}");
     assert!(st.hit_bytes_disk > 0, "{st:?}");
     let t = Instant::now();
     let m2 = mntp.clone();
-    let err = tokio::task::spawn_blocking(move || std::fs::read(m2.join("cold/1.bin"))).await.unwrap().unwrap_err();
+    let err = tokio::task::spawn_blocking(move || std::fs::read(m2.join("cold/1.bin")))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let metrics = reqwest::get(format!("{}/metrics", m.admin)).await.unwrap().text().await.unwrap();
-    for name in ["kiln_cache_hit_bytes_total", "kiln_cache_remote_request_duration_seconds_bucket", "kiln_cache_tier_bytes",
-        "kiln_cache_evictions_total", "kiln_cache_warmup_files_total"] {
+    let metrics = reqwest::get(format!("{}/metrics", m.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "kiln_cache_hit_bytes_total",
+        "kiln_cache_remote_request_duration_seconds_bucket",
+        "kiln_cache_tier_bytes",
+        "kiln_cache_evictions_total",
+        "kiln_cache_warmup_files_total",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     m.unmount().await;
@@ -213,9 +327,25 @@ async fn s3_dataset_through_fuse() {
     };
     for (sig, clean) in [(libc::SIGTERM, true), (libc::SIGKILL, false)] {
         let mut child = Command::new(&bin)
-            .args(["mount", "--source", &url, "--endpoint", "http://127.0.0.1:9", "--cache-dir"])
+            .args([
+                "mount",
+                "--source",
+                &url,
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--cache-dir",
+            ])
             .arg(cache.path())
-            .args(["--memory-size", "64MiB", "--disk-size", "512MiB", "--block-size", "1MiB", "--admin-addr", "127.0.0.1:0"])
+            .args([
+                "--memory-size",
+                "64MiB",
+                "--disk-size",
+                "512MiB",
+                "--block-size",
+                "1MiB",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
             .arg(&mntp)
             .envs(common::aws_env())
             .stdout(Stdio::null())
@@ -224,10 +354,16 @@ async fn s3_dataset_through_fuse() {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mountpoint(&mntp) {
-            assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "daemon did not mount");
+            assert!(
+                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "daemon did not mount"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(std::fs::read(mntp.join(&paths[0])).unwrap(), std::fs::read(src.path().join(&paths[0])).unwrap());
+        assert_eq!(
+            std::fs::read(mntp.join(&paths[0])).unwrap(),
+            std::fs::read(src.path().join(&paths[0])).unwrap()
+        );
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
         let status = child.wait().unwrap();
@@ -236,11 +372,18 @@ async fn s3_dataset_through_fuse() {
             assert!(!is_mountpoint(&mntp), "SIGTERM left the mount behind");
         } else {
             let e = std::fs::metadata(&mntp).unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "a killed daemon leaves a stale mount");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN),
+                "a killed daemon leaves a stale mount"
+            );
         }
     }
     let m = mount(svc, mnt.path()).await;
-    assert_eq!(std::fs::read(mntp.join(&paths[1])).unwrap(), std::fs::read(src.path().join(&paths[1])).unwrap());
+    assert_eq!(
+        std::fs::read(mntp.join(&paths[1])).unwrap(),
+        std::fs::read(src.path().join(&paths[1])).unwrap()
+    );
     m.unmount().await;
     let _ = Arc::new(());
     eprintln!("{test}: done in {:.1}s", started.elapsed().as_secs_f64());

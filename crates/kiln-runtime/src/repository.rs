@@ -88,7 +88,9 @@ pub fn check_model_name(name: &str) -> Result<()> {
         && name != "."
         && name != ".."
         && name.len() <= 255
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -101,7 +103,11 @@ pub fn check_model_name(name: &str) -> Result<()> {
 
 impl ModelRepository {
     /// A repository rooted at `root`; nothing is loaded until [`ModelRepository::start`].
-    pub fn new(root: impl Into<PathBuf>, backends: Backends, metrics: Arc<RuntimeMetrics>) -> Arc<Self> {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        backends: Backends,
+        metrics: Arc<RuntimeMetrics>,
+    ) -> Arc<Self> {
         Arc::new(ModelRepository {
             root: root.into(),
             backends,
@@ -117,7 +123,11 @@ impl ModelRepository {
     }
 
     /// Loads the models the mode asks for at start. Failures are logged and indexed, not fatal.
-    pub async fn start(self: &Arc<Self>, mode: ControlMode, startup_models: &[String]) -> Result<()> {
+    pub async fn start(
+        self: &Arc<Self>,
+        mode: ControlMode,
+        startup_models: &[String],
+    ) -> Result<()> {
         if !self.root.is_dir() {
             return Err(Error::invalid(format!(
                 "model repository {} is not a directory",
@@ -218,13 +228,19 @@ impl ModelRepository {
             if removed {
                 tracing::info!(model = %name, "model directory removed: unloaded");
             }
-            return Err(Error::not_found(format!("model '{name}' is not in the repository")));
+            return Err(Error::not_found(format!(
+                "model '{name}' is not in the repository"
+            )));
         }
         let (config, config_hash) = match read_config(&dir, name) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(model = %name, error = %e, "bad model configuration; serving versions stay");
-                self.models.write().entry(name.to_string()).or_default().error = Some(e.message.clone());
+                self.models
+                    .write()
+                    .entry(name.to_string())
+                    .or_default()
+                    .error = Some(e.message.clone());
                 return Err(e);
             }
         };
@@ -234,7 +250,11 @@ impl ModelRepository {
             let e = Error::unavailable(format!(
                 "model '{name}' has no version directory matching its version policy"
             ));
-            self.models.write().entry(name.to_string()).or_default().error = Some(e.message.clone());
+            self.models
+                .write()
+                .entry(name.to_string())
+                .or_default()
+                .error = Some(e.message.clone());
             return Err(e);
         }
         let config = Arc::new(config);
@@ -254,18 +274,34 @@ impl ModelRepository {
                 Ok(served) => {
                     self.metrics.record_load(name, v, "ok");
                     tracing::info!(model = %name, version = v, "version ready");
-                    self.models.write().entry(name.to_string()).or_default().versions.insert(
-                        v,
-                        VersionSlot { served: Some(Arc::new(served)), fingerprint: fp, reason: String::new() },
-                    );
+                    self.models
+                        .write()
+                        .entry(name.to_string())
+                        .or_default()
+                        .versions
+                        .insert(
+                            v,
+                            VersionSlot {
+                                served: Some(Arc::new(served)),
+                                fingerprint: fp,
+                                reason: String::new(),
+                            },
+                        );
                 }
                 Err(e) => {
                     self.metrics.record_load(name, v, e.code.as_label());
                     tracing::error!(model = %name, version = v, error = %e, "version failed to load");
                     let mut models = self.models.write();
-                    let slot = models.entry(name.to_string()).or_default().versions.entry(v).or_insert(
-                        VersionSlot { served: None, fingerprint: fp, reason: String::new() },
-                    );
+                    let slot = models
+                        .entry(name.to_string())
+                        .or_default()
+                        .versions
+                        .entry(v)
+                        .or_insert(VersionSlot {
+                            served: None,
+                            fingerprint: fp,
+                            reason: String::new(),
+                        });
                     slot.fingerprint = fp;
                     slot.reason = if slot.served.is_some() {
                         format!("reload failed, previous files still serving: {}", e.message)
@@ -283,18 +319,31 @@ impl ModelRepository {
             .iter()
             .any(|v| m.versions.get(v).is_some_and(|s| s.served.is_some()));
         if serving_selected {
-            let stale: Vec<u64> = m.versions.keys().copied().filter(|v| !selected.contains(v)).collect();
+            let stale: Vec<u64> = m
+                .versions
+                .keys()
+                .copied()
+                .filter(|v| !selected.contains(v))
+                .collect();
             for v in stale {
                 m.versions.remove(&v);
                 tracing::info!(model = %name, version = v, "version retired");
             }
             Ok(())
         } else {
-            Err(last_err.unwrap_or_else(|| Error::unavailable(format!("model '{name}' has no serving version"))))
+            Err(last_err.unwrap_or_else(|| {
+                Error::unavailable(format!("model '{name}' has no serving version"))
+            }))
         }
     }
 
-    async fn load_version(&self, name: &str, version: u64, dir: &Path, config: Arc<ModelConfig>) -> Result<ServedVersion> {
+    async fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+        dir: &Path,
+        config: Arc<ModelConfig>,
+    ) -> Result<ServedVersion> {
         let backend = self.backends.for_config(&config)?;
         let vdir = dir.join(version.to_string());
         let metrics = self.metrics.for_version(name, version);
@@ -320,12 +369,16 @@ impl ModelRepository {
             .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
         match version {
             Some(v) => match m.versions.get(&v) {
-                Some(VersionSlot { served: Some(s), .. }) => Ok(s.clone()),
+                Some(VersionSlot {
+                    served: Some(s), ..
+                }) => Ok(s.clone()),
                 Some(slot) => Err(Error::unavailable(format!(
                     "version {v} of model '{name}' is not ready: {}",
                     slot.reason
                 ))),
-                None => Err(Error::not_found(format!("unknown version {v} of model '{name}'"))),
+                None => Err(Error::not_found(format!(
+                    "unknown version {v} of model '{name}'"
+                ))),
             },
             None => m
                 .versions
@@ -334,7 +387,11 @@ impl ModelRepository {
                 .find_map(|s| s.served.clone())
                 .ok_or_else(|| {
                     let why = m.error.clone().unwrap_or_else(|| {
-                        m.versions.values().map(|s| s.reason.clone()).collect::<Vec<_>>().join("; ")
+                        m.versions
+                            .values()
+                            .map(|s| s.reason.clone())
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     });
                     Error::unavailable(format!("model '{name}' is not ready: {why}"))
                 }),
@@ -358,7 +415,11 @@ impl ModelRepository {
                 out.push(IndexEntry {
                     name: name.clone(),
                     version: Some(*v),
-                    state: if s.served.is_some() { VersionState::Ready } else { VersionState::Unavailable },
+                    state: if s.served.is_some() {
+                        VersionState::Ready
+                    } else {
+                        VersionState::Unavailable
+                    },
                     reason: match (&m.error, s.served.is_some()) {
                         (Some(e), true) => format!("configuration error, still serving: {e}"),
                         _ => s.reason.clone(),
@@ -413,13 +474,18 @@ fn fingerprint(dir: &Path, config_hash: u64) -> u64 {
     let mut stack = vec![dir.to_path_buf()];
     let mut entries = Vec::new();
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.filter_map(|e| e.ok()) {
             let p = e.path();
             match e.metadata() {
                 Ok(md) if md.is_dir() => stack.push(p),
                 Ok(md) => {
-                    let mtime = md.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                    let mtime = md
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
                     entries.push((p, md.len(), mtime));
                 }
                 Err(_) => {}

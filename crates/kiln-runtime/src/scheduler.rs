@@ -70,7 +70,10 @@ pub enum Decision {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("rows", &self.rows).field("level", &self.level).finish()
+        f.debug_struct("Pending")
+            .field("rows", &self.rows)
+            .field("level", &self.level)
+            .finish()
     }
 }
 
@@ -118,7 +121,10 @@ impl QueueState {
     }
 
     fn oldest_arrival(&self) -> Option<Instant> {
-        self.levels.iter().filter_map(|q| q.front().map(|p| p.arrival)).min()
+        self.levels
+            .iter()
+            .filter_map(|q| q.front().map(|p| p.arrival))
+            .min()
     }
 
     /// Decides whether a batch is due at `now` and takes it from the queue.
@@ -356,7 +362,9 @@ fn execute(instance: &mut dyn ModelInstance, live: &[Pending], rows: usize) -> R
         vec![outputs]
     } else {
         let counts: Vec<usize> = live.iter().map(|p| p.rows).collect();
-        let mut split: Vec<Vec<Tensor>> = (0..live.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
+        let mut split: Vec<Vec<Tensor>> = (0..live.len())
+            .map(|_| Vec::with_capacity(outputs.len()))
+            .collect();
         for out in &outputs {
             if out.rows() != rows {
                 return Err(Error::internal(format!(
@@ -379,16 +387,32 @@ fn execute(instance: &mut dyn ModelInstance, live: &[Pending], rows: usize) -> R
 mod tests {
     use super::*;
 
-    fn pending(rows: usize, level: usize, arrival: Instant) -> (Pending, oneshot::Receiver<Result<Answer>>) {
+    fn pending(
+        rows: usize,
+        level: usize,
+        arrival: Instant,
+    ) -> (Pending, oneshot::Receiver<Result<Answer>>) {
         let (tx, rx) = oneshot::channel();
         (
-            Pending { inputs: vec![], rows, level, arrival, deadline: None, reply: tx },
+            Pending {
+                inputs: vec![],
+                rows,
+                level,
+                arrival,
+                deadline: None,
+                reply: tx,
+            },
             rx,
         )
     }
 
     fn policy(max_batch: usize, preferred: Vec<usize>, delay_us: u64) -> BatchPolicy {
-        BatchPolicy { max_batch, preferred, max_delay: Duration::from_micros(delay_us), max_queue: 4 }
+        BatchPolicy {
+            max_batch,
+            preferred,
+            max_delay: Duration::from_micros(delay_us),
+            max_queue: 4,
+        }
     }
 
     fn sizes(d: Decision) -> Vec<usize> {
@@ -409,7 +433,10 @@ mod tests {
             Decision::WaitUntil(at) => assert_eq!(at, t + Duration::from_micros(100)),
             d => panic!("{d:?}"),
         }
-        assert_eq!(sizes(q.next_batch(t + Duration::from_micros(100), &pol)), vec![2]);
+        assert_eq!(
+            sizes(q.next_batch(t + Duration::from_micros(100), &pol)),
+            vec![2]
+        );
         assert!(matches!(q.next_batch(t, &pol), Decision::Idle));
     }
 

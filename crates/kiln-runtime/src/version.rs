@@ -46,7 +46,10 @@ struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     fn start(metrics: &'a VersionMetrics) -> Self {
         metrics.inflight.inc();
-        InFlight { metrics, answered: false }
+        InFlight {
+            metrics,
+            answered: false,
+        }
     }
 }
 
@@ -93,7 +96,11 @@ impl ServedVersion {
             });
         }
         let db = &config.dynamic_batching;
-        let mut preferred: Vec<usize> = db.preferred_batch_sizes.iter().map(|&p| p as usize).collect();
+        let mut preferred: Vec<usize> = db
+            .preferred_batch_sizes
+            .iter()
+            .map(|&p| p as usize)
+            .collect();
         preferred.sort_unstable();
         let policy = BatchPolicy {
             max_batch: config.max_batch_size as usize,
@@ -144,7 +151,9 @@ impl ServedVersion {
                 self.metrics
                     .overhead_seconds
                     .observe(total.saturating_sub(a.compute).as_secs_f64());
-                self.metrics.compute_seconds.observe(a.compute.as_secs_f64());
+                self.metrics
+                    .compute_seconds
+                    .observe(a.compute.as_secs_f64());
                 Ok(a.outputs)
             }
             Err(e) => {
@@ -204,14 +213,20 @@ impl ServedVersion {
         let mut ordered = Vec::with_capacity(io.inputs.len());
         let mut rows: Option<usize> = None;
         for spec in &io.inputs {
-            let pos = given.iter().position(|t| t.name == spec.name).ok_or_else(|| {
-                Error::invalid(format!(
-                    "input '{}' is missing (model '{}' expects {:?})",
-                    spec.name,
-                    self.name,
-                    io.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
-                ))
-            })?;
+            let pos = given
+                .iter()
+                .position(|t| t.name == spec.name)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "input '{}' is missing (model '{}' expects {:?})",
+                        spec.name,
+                        self.name,
+                        io.inputs
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                    ))
+                })?;
             let t = given.swap_remove(pos);
             if t.dtype != spec.data_type {
                 return Err(Error::invalid(format!(
@@ -249,10 +264,15 @@ impl ServedVersion {
                 &t.shape[..]
             };
             let ok = dims.len() == spec.dims.len()
-                && dims.iter().zip(&spec.dims).all(|(&g, &want)| want == -1 || g == want);
+                && dims
+                    .iter()
+                    .zip(&spec.dims)
+                    .all(|(&g, &want)| want == -1 || g == want);
             if !ok {
                 let expected: Vec<i64> = if max_batch > 0 {
-                    std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+                    std::iter::once(-1)
+                        .chain(spec.dims.iter().copied())
+                        .collect()
                 } else {
                     spec.dims.clone()
                 };
@@ -269,7 +289,10 @@ impl ServedVersion {
             return Err(Error::invalid(if dup {
                 format!("input '{}' is given more than once", extra.name)
             } else {
-                format!("input '{}' is not an input of model '{}'", extra.name, self.name)
+                format!(
+                    "input '{}' is not an input of model '{}'",
+                    extra.name, self.name
+                )
             }));
         }
         Ok((ordered, rows.unwrap_or(1)))

@@ -11,7 +11,11 @@ pub fn warm_up(model: &dyn LoadedModel, config: &ModelConfig) -> Result<()> {
         .inputs
         .iter()
         .map(|spec| {
-            let mut shape: Vec<i64> = spec.dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let mut shape: Vec<i64> = spec
+                .dims
+                .iter()
+                .map(|&d| if d < 0 { 1 } else { d })
+                .collect();
             if config.max_batch_size > 0 {
                 shape.insert(0, 1);
             }
@@ -21,7 +25,12 @@ pub fn warm_up(model: &dyn LoadedModel, config: &ModelConfig) -> Result<()> {
                 None => vec![0u8; n as usize * 4],
             };
             debug_assert!(spec.data_type != DataType::Bytes || data.len() % 4 == 0);
-            Tensor { name: spec.name.clone(), dtype: spec.data_type, shape, data: data.into() }
+            Tensor {
+                name: spec.name.clone(),
+                dtype: spec.data_type,
+                shape,
+                data: data.into(),
+            }
         })
         .collect();
     model.execute(&inputs).map(|_| ())

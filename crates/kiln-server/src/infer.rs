@@ -34,11 +34,21 @@ pub async fn infer(
                 "output '{}' is not an output of model '{}' (outputs: {:?})",
                 o.name,
                 served.name,
-                io.outputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+                io.outputs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
             )));
         }
     }
-    let WireRequest { inputs, outputs: requested, priority, timeout_us, binary_data_output, .. } = req;
+    let WireRequest {
+        inputs,
+        outputs: requested,
+        priority,
+        timeout_us,
+        binary_data_output,
+        ..
+    } = req;
     let all = served
         .infer(InferRequest {
             inputs,
@@ -54,7 +64,11 @@ pub async fn infer(
         requested
             .iter()
             .map(|o| {
-                let i = io.outputs.iter().position(|s| s.name == o.name).expect("checked above");
+                let i = io
+                    .outputs
+                    .iter()
+                    .position(|s| s.name == o.name)
+                    .expect("checked above");
                 let t = all[i].take().ok_or_else(|| {
                     Error::invalid(format!("output '{}' is requested more than once", o.name))
                 })?;
@@ -62,5 +76,8 @@ pub async fn infer(
             })
             .collect::<Result<_>>()?
     };
-    Ok(Inferred { version: served, outputs })
+    Ok(Inferred {
+        version: served,
+        outputs,
+    })
 }

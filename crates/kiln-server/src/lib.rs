@@ -83,19 +83,32 @@ pub struct Server {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
 impl Server {
     /// Binds every listener. `registry` holds the metrics `/metrics` serves.
-    pub async fn bind(config: ServerConfig, repo: Arc<ModelRepository>, registry: Registry) -> Result<Self, ServerError> {
+    pub async fn bind(
+        config: ServerConfig,
+        repo: Arc<ModelRepository>,
+        registry: Registry,
+    ) -> Result<Self, ServerError> {
         let http = bind("http", config.http_addr).await?;
         let grpc = bind("grpc", config.grpc_addr).await?;
         let metrics = match config.metrics_addr {
             Some(a) => Some(bind("metrics", a).await?),
             None => None,
         };
-        Ok(Server { state: AppState::new(repo), registry: Arc::new(registry), config, http, grpc, metrics })
+        Ok(Server {
+            state: AppState::new(repo),
+            registry: Arc::new(registry),
+            config,
+            http,
+            grpc,
+            metrics,
+        })
     }
 
     /// Marks start-up loading as in progress (`false`) or done (`true`); the server is ready
@@ -116,11 +129,16 @@ impl Server {
 
     /// The bound metrics address, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|l| l.local_addr().expect("bound listener"))
+        self.metrics
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener"))
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests and returns.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         use axum::serve::ListenerExt;
         let addrs = (self.http_addr(), self.grpc_addr(), self.metrics_addr());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -142,11 +160,16 @@ impl Server {
         let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<GrpcInferenceServiceServer<grpc::Service>>().await;
-        let svc = GrpcInferenceServiceServer::new(grpc::Service { state: self.state.clone() })
-            .max_decoding_message_size(self.config.max_request_bytes)
-            .max_encoding_message_size(usize::MAX);
-        let incoming = tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        health
+            .set_serving::<GrpcInferenceServiceServer<grpc::Service>>()
+            .await;
+        let svc = GrpcInferenceServiceServer::new(grpc::Service {
+            state: self.state.clone(),
+        })
+        .max_decoding_message_size(self.config.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(svc)
@@ -165,9 +188,18 @@ impl Server {
             }
         };
         let (h, g, m) = tokio::join!(async move { http.await }, grpc, metrics_fut);
-        h.map_err(|e| ServerError::Serve { what: "http", source: Box::new(e) })?;
-        g.map_err(|e| ServerError::Serve { what: "grpc", source: Box::new(e) })?;
-        m.map_err(|e| ServerError::Serve { what: "metrics", source: Box::new(e) })?;
+        h.map_err(|e| ServerError::Serve {
+            what: "http",
+            source: Box::new(e),
+        })?;
+        g.map_err(|e| ServerError::Serve {
+            what: "grpc",
+            source: Box::new(e),
+        })?;
+        m.map_err(|e| ServerError::Serve {
+            what: "metrics",
+            source: Box::new(e),
+        })?;
         tracing::info!("server stopped");
         Ok(())
     }

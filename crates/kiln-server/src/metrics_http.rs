@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 /// The metrics router.
 pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(registry)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(registry)
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
@@ -24,7 +26,10 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     kiln_runtime::metrics::encode_process_metrics(&mut process);
     body.insert_str(eof, &process);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
 }

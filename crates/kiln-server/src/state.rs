@@ -28,7 +28,11 @@ pub struct AppState {
 impl AppState {
     /// State over `repo`, accepting traffic.
     pub fn new(repo: Arc<ModelRepository>) -> Arc<Self> {
-        Arc::new(AppState { repo, accepting: AtomicBool::new(true), started: AtomicBool::new(true) })
+        Arc::new(AppState {
+            repo,
+            accepting: AtomicBool::new(true),
+            started: AtomicBool::new(true),
+        })
     }
 
     /// Server readiness: start-up loading done and not shutting down.
@@ -59,9 +63,12 @@ pub fn parse_version(v: &str) -> Result<Option<u64>> {
     if v.is_empty() {
         return Ok(None);
     }
-    v.parse::<u64>()
-        .map(Some)
-        .map_err(|_| Error::invalid(format!("invalid model version '{}': must be a number", v.escape_debug())))
+    v.parse::<u64>().map(Some).map_err(|_| {
+        Error::invalid(format!(
+            "invalid model version '{}': must be a number",
+            v.escape_debug()
+        ))
+    })
 }
 
 /// Server name and version as `GET /v2` reports them.

@@ -27,7 +27,9 @@ fn engine(v: &ServedVersion) -> String {
 
 fn tensor_meta(spec: &TensorSpec, batched: bool) -> Value {
     let shape: Vec<i64> = if batched {
-        std::iter::once(-1).chain(spec.dims.iter().copied()).collect()
+        std::iter::once(-1)
+            .chain(spec.dims.iter().copied())
+            .collect()
     } else {
         spec.dims.clone()
     };

@@ -23,11 +23,16 @@ async fn concurrent_rows_batch_and_equal_one_by_one() {
     // Each row alone, one request at a time.
     let mut alone = Vec::new();
     for r in &rows {
-        let resp = s.infer_ok("mlp", &mlp_request(std::slice::from_ref(r))).await;
+        let resp = s
+            .infer_ok("mlp", &mlp_request(std::slice::from_ref(r)))
+            .await;
         alone.push(output_floats(&resp, "y")[0]);
     }
     let stats = http_stats(&s, "mlp").await;
-    assert_eq!(stats["execution_count"], ROWS, "sequential requests run alone: {stats}");
+    assert_eq!(
+        stats["execution_count"], ROWS,
+        "sequential requests run alone: {stats}"
+    );
 
     // All rows at once over HTTP.
     let tasks: Vec<_> = rows
@@ -41,9 +46,18 @@ async fn concurrent_rows_batch_and_equal_one_by_one() {
         .collect();
     for (i, t) in tasks.into_iter().enumerate() {
         let resp = t.await.unwrap();
-        assert_eq!(resp["id"], format!("r{i}"), "answer went to the wrong request");
+        assert_eq!(
+            resp["id"],
+            format!("r{i}"),
+            "answer went to the wrong request"
+        );
         assert_eq!(output(&resp, "y")["shape"], json!([1, 1]));
-        assert_close(&output_floats(&resp, "y"), &alone[i..=i], BATCH_TOL, &format!("http row {i}"));
+        assert_close(
+            &output_floats(&resp, "y"),
+            &alone[i..=i],
+            BATCH_TOL,
+            &format!("http row {i}"),
+        );
     }
 
     // And over gRPC.
@@ -59,7 +73,12 @@ async fn concurrent_rows_batch_and_equal_one_by_one() {
     for (i, t) in tasks.into_iter().enumerate() {
         let resp = t.await.unwrap();
         assert_eq!(resp.id, format!("g{i}"));
-        assert_close(&grpc_floats(&resp, 0), &alone[i..=i], BATCH_TOL, &format!("grpc row {i}"));
+        assert_close(
+            &grpc_floats(&resp, 0),
+            &alone[i..=i],
+            BATCH_TOL,
+            &format!("grpc row {i}"),
+        );
     }
 
     // Requests of 1, 2 and 3 rows at once: each gets back exactly its own rows.
@@ -81,22 +100,43 @@ async fn concurrent_rows_batch_and_equal_one_by_one() {
     for (&(at, n), t) in starts.iter().zip(tasks) {
         let resp = t.await.unwrap();
         assert_eq!(output(&resp, "y")["shape"], json!([n, 1]));
-        assert_close(&output_floats(&resp, "y"), &alone[at..at + n], BATCH_TOL, &format!("rows {at}..{}", at + n));
+        assert_close(
+            &output_floats(&resp, "y"),
+            &alone[at..at + n],
+            BATCH_TOL,
+            &format!("rows {at}..{}", at + n),
+        );
     }
 
     let stats = http_stats(&s, "mlp").await;
     assert_eq!(stats["inference_count"], 4 * ROWS, "{stats}");
-    assert_eq!(stats["inference_stats"]["success"]["count"], 3 * ROWS + starts.len() as u64, "{stats}");
+    assert_eq!(
+        stats["inference_stats"]["success"]["count"],
+        3 * ROWS + starts.len() as u64,
+        "{stats}"
+    );
     let batched: Vec<&Value> = stats["batch_stats"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|b| b["batch_size"].as_u64().unwrap() > 1 && b["compute_infer"]["count"].as_u64().unwrap() > 0)
+        .filter(|b| {
+            b["batch_size"].as_u64().unwrap() > 1
+                && b["compute_infer"]["count"].as_u64().unwrap() > 0
+        })
         .collect();
-    assert!(!batched.is_empty(), "no batch of more than one row: {stats}");
-    assert!(stats["execution_count"].as_u64().unwrap() < 3 * ROWS + starts.len() as u64, "{stats}");
+    assert!(
+        !batched.is_empty(),
+        "no batch of more than one row: {stats}"
+    );
+    assert!(
+        stats["execution_count"].as_u64().unwrap() < 3 * ROWS + starts.len() as u64,
+        "{stats}"
+    );
     for b in stats["batch_stats"].as_array().unwrap() {
-        assert!(b["batch_size"].as_u64().unwrap() <= 64, "batch over max_batch_size: {b}");
+        assert!(
+            b["batch_size"].as_u64().unwrap() <= 64,
+            "batch over max_batch_size: {b}"
+        );
     }
 }
 
@@ -114,8 +154,13 @@ async fn full_queue_answers_overloaded() {
         .map(|_| {
             let s = s.clone();
             tokio::spawn(async move {
-                let r =
-                    s.client.post(s.url("/v2/models/mlp/infer")).json(&mlp_request(&[row(7)])).send().await.unwrap();
+                let r = s
+                    .client
+                    .post(s.url("/v2/models/mlp/infer"))
+                    .json(&mlp_request(&[row(7)]))
+                    .send()
+                    .await
+                    .unwrap();
                 read_json(r).await
             })
         })
@@ -127,7 +172,12 @@ async fn full_queue_answers_overloaded() {
         match status {
             200 => {
                 ok += 1;
-                assert_close(&output_floats(&body, "y"), &expected, BATCH_TOL, "queued request");
+                assert_close(
+                    &output_floats(&body, "y"),
+                    &expected,
+                    BATCH_TOL,
+                    "queued request",
+                );
             }
             429 => {
                 overloaded += 1;
@@ -143,13 +193,23 @@ async fn full_queue_answers_overloaded() {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.grpc().await.model_infer(grpc_mlp(&[row(7)], &format!("{i}"))).await })
+            tokio::spawn(async move {
+                s.grpc()
+                    .await
+                    .model_infer(grpc_mlp(&[row(7)], &format!("{i}")))
+                    .await
+            })
         })
         .collect();
     let mut exhausted = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Ok(r) => assert_close(&grpc_floats(&r.into_inner(), 0), &expected, BATCH_TOL, "grpc queued"),
+            Ok(r) => assert_close(
+                &grpc_floats(&r.into_inner(), 0),
+                &expected,
+                BATCH_TOL,
+                "grpc queued",
+            ),
             Err(e) => {
                 assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
                 assert!(e.message().contains("queue"), "{e:?}");
@@ -164,7 +224,12 @@ async fn full_queue_answers_overloaded() {
     let fails = stats["inference_stats"]["fail"]["count"].as_u64().unwrap();
     assert_eq!(fails, overloaded + exhausted, "{stats}");
     let resp = s.infer_ok("mlp", &mlp_request(&[row(7)])).await;
-    assert_close(&output_floats(&resp, "y"), &expected, BATCH_TOL, "after the burst");
+    assert_close(
+        &output_floats(&resp, "y"),
+        &expected,
+        BATCH_TOL,
+        "after the burst",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,11 +241,17 @@ async fn timeout_parameter_expires_queued_requests() {
     assert!(error_of(&body).contains("timed out"), "{body}");
 
     let mut c = s.grpc().await;
-    for param in
-        [pb::infer_parameter::ParameterChoice::Int64Param(1), pb::infer_parameter::ParameterChoice::Uint64Param(1)]
-    {
+    for param in [
+        pb::infer_parameter::ParameterChoice::Int64Param(1),
+        pb::infer_parameter::ParameterChoice::Uint64Param(1),
+    ] {
         let mut req = grpc_mlp(&[row(3)], "t");
-        req.parameters.insert("timeout".into(), pb::InferParameter { parameter_choice: Some(param) });
+        req.parameters.insert(
+            "timeout".into(),
+            pb::InferParameter {
+                parameter_choice: Some(param),
+            },
+        );
         let e = c.model_infer(req).await.unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
         assert!(e.message().contains("timed out"), "{e:?}");
@@ -198,11 +269,20 @@ async fn timeout_parameter_expires_queued_requests() {
     let text = metrics_text(&s).await;
     assert_eq!(failures(&text, "timeout"), 3.0, "{text}");
     assert_eq!(failures(&text, "cancelled"), 0.0, "{text}");
-    assert_eq!(gauge(&text, "kiln_inference_inflight_requests"), 0.0, "{text}");
+    assert_eq!(
+        gauge(&text, "kiln_inference_inflight_requests"),
+        0.0,
+        "{text}"
+    );
 }
 
 async fn metrics_text(s: &TestServer) -> String {
-    let r = s.client.get(format!("{}/metrics", s.metrics)).send().await.unwrap();
+    let r = s
+        .client
+        .get(format!("{}/metrics", s.metrics))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     r.text().await.unwrap()
 }
@@ -210,7 +290,9 @@ async fn metrics_text(s: &TestServer) -> String {
 /// The mlp failure counter for `reason` (0 when the series does not exist).
 fn failures(text: &str, reason: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with("kiln_inference_request_failure_total{") && l.contains("model=\"mlp\""))
+        .filter(|l| {
+            l.starts_with("kiln_inference_request_failure_total{") && l.contains("model=\"mlp\"")
+        })
         .filter(|l| l.contains(&format!("reason=\"{reason}\"")))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
@@ -219,7 +301,10 @@ fn failures(text: &str, reason: &str) -> f64 {
 /// The value of the mlp series of a gauge.
 fn gauge(text: &str, name: &str) -> f64 {
     let prefix = format!("{name}{{model=\"mlp\",version=\"1\"}} ");
-    let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
     line[prefix.len()..].parse().unwrap()
 }
 
@@ -252,7 +337,9 @@ async fn abandoned_requests_are_not_computed() {
         "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    tokio::io::AsyncWriteExt::write_all(&mut conn, format!("{head}{body}").as_bytes()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
     eventually("the HTTP request is queued", || {
         let n = queued();
         async move { n == 1 }
@@ -273,6 +360,14 @@ async fn abandoned_requests_are_not_computed() {
     assert_eq!(stats["execution_count"], 1, "{stats}");
     let text = metrics_text(&s).await;
     assert_eq!(failures(&text, "cancelled"), 2.0, "{text}");
-    assert_eq!(gauge(&text, "kiln_inference_inflight_requests"), 0.0, "{text}");
-    assert_eq!(gauge(&text, "kiln_inference_queue_depth_requests"), 0.0, "{text}");
+    assert_eq!(
+        gauge(&text, "kiln_inference_inflight_requests"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        gauge(&text, "kiln_inference_queue_depth_requests"),
+        0.0,
+        "{text}"
+    );
 }

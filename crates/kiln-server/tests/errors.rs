@@ -19,7 +19,12 @@ fn x_input(shape: Value, datatype: &str, data: Value) -> Value {
 async fn still_serving(s: &TestServer) {
     let g = golden("mlp");
     let resp = s.infer_ok("mlp", &json!({ "inputs": g["inputs"] })).await;
-    assert_close(&output_floats(&resp, "y"), &floats(&g["outputs"][0]["data"]), GOLDEN_TOL, "mlp after errors");
+    assert_close(
+        &output_floats(&resp, "y"),
+        &floats(&g["outputs"][0]["data"]),
+        GOLDEN_TOL,
+        "mlp after errors",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,11 +45,41 @@ async fn bad_json_requests_are_named() {
             400,
             &["'x'", "shape [1, 255]", "[-1, 256]"],
         ),
-        ("wrong rank", "mlp", x_input(json!([1, 16, 16]), "FP32", zeros(256)), 400, &["'x'", "shape [1, 16, 16]"]),
-        ("wrong datatype", "mlp", x_input(json!([1, 256]), "FP64", zeros(256)), 400, &["'x'", "FP64", "FP32"]),
-        ("unknown datatype", "mlp", x_input(json!([1, 256]), "FP33", zeros(256)), 400, &["'x'", "FP33"]),
-        ("too few values", "mlp", x_input(json!([1, 256]), "FP32", zeros(10)), 400, &["'x'", "256", "10"]),
-        ("non-numeric data", "mlp", x_input(json!([1, 2]), "FP32", json!(["a", "b"])), 400, &["'x'"]),
+        (
+            "wrong rank",
+            "mlp",
+            x_input(json!([1, 16, 16]), "FP32", zeros(256)),
+            400,
+            &["'x'", "shape [1, 16, 16]"],
+        ),
+        (
+            "wrong datatype",
+            "mlp",
+            x_input(json!([1, 256]), "FP64", zeros(256)),
+            400,
+            &["'x'", "FP64", "FP32"],
+        ),
+        (
+            "unknown datatype",
+            "mlp",
+            x_input(json!([1, 256]), "FP33", zeros(256)),
+            400,
+            &["'x'", "FP33"],
+        ),
+        (
+            "too few values",
+            "mlp",
+            x_input(json!([1, 256]), "FP32", zeros(10)),
+            400,
+            &["'x'", "256", "10"],
+        ),
+        (
+            "non-numeric data",
+            "mlp",
+            x_input(json!([1, 2]), "FP32", json!(["a", "b"])),
+            400,
+            &["'x'"],
+        ),
         (
             "batch over max",
             "mlp",
@@ -52,9 +87,27 @@ async fn bad_json_requests_are_named() {
             400,
             &["'x'", "65", "max_batch_size 64"],
         ),
-        ("unknown input", "mlp", with_z, 400, &["'z'", "not an input"]),
-        ("missing input", "ranker", ranker_ids_only, 400, &["'dense'", "missing"]),
-        ("no inputs", "mlp", json!({ "inputs": [] }), 400, &["'x'", "missing"]),
+        (
+            "unknown input",
+            "mlp",
+            with_z,
+            400,
+            &["'z'", "not an input"],
+        ),
+        (
+            "missing input",
+            "ranker",
+            ranker_ids_only,
+            400,
+            &["'dense'", "missing"],
+        ),
+        (
+            "no inputs",
+            "mlp",
+            json!({ "inputs": [] }),
+            400,
+            &["'x'", "missing"],
+        ),
         (
             "unknown output",
             "mlp",
@@ -76,27 +129,45 @@ async fn bad_json_requests_are_named() {
             400,
             &["priority", "9"],
         ),
-        ("unknown model", "nope", mlp_request(&[row(1)]), 404, &["'nope'"]),
+        (
+            "unknown model",
+            "nope",
+            mlp_request(&[row(1)]),
+            404,
+            &["'nope'"],
+        ),
     ];
     for (what, model, body, status, needles) in cases {
         let (got, resp) = s.post(&format!("/v2/models/{model}/infer"), &body).await;
         assert_eq!(got, status, "{what}: {resp}");
         let msg = error_of(&resp);
         for n in needles {
-            assert!(msg.contains(n), "{what}: message {msg:?} does not mention {n:?}");
+            assert!(
+                msg.contains(n),
+                "{what}: message {msg:?} does not mention {n:?}"
+            );
         }
     }
 
-    let (status, resp) = s.post("/v2/models/mlp/versions/7/infer", &mlp_request(&[row(1)])).await;
+    let (status, resp) = s
+        .post("/v2/models/mlp/versions/7/infer", &mlp_request(&[row(1)]))
+        .await;
     assert_eq!(status, 404, "{resp}");
     assert!(error_of(&resp).contains("version 7"), "{resp}");
-    let (status, resp) = s.post("/v2/models/mlp/versions/one/infer", &mlp_request(&[row(1)])).await;
+    let (status, resp) = s
+        .post("/v2/models/mlp/versions/one/infer", &mlp_request(&[row(1)]))
+        .await;
     assert_eq!(status, 400, "{resp}");
     assert!(error_of(&resp).contains("'one'"), "{resp}");
 
-    for (what, body) in [("truncated", "{\"inputs\": [{\"name\": \"x\""), ("not json", "hello"), ("trailing", "{} {}")]
-    {
-        let (status, _, bytes) = s.post_bytes("/v2/models/mlp/infer", body.as_bytes().to_vec(), None).await;
+    for (what, body) in [
+        ("truncated", "{\"inputs\": [{\"name\": \"x\""),
+        ("not json", "hello"),
+        ("trailing", "{} {}"),
+    ] {
+        let (status, _, bytes) = s
+            .post_bytes("/v2/models/mlp/infer", body.as_bytes().to_vec(), None)
+            .await;
         assert_eq!(status, 400, "{what}");
         let msg = error_of(&serde_json::from_slice(&bytes).unwrap());
         assert!(msg.contains("malformed json"), "{what}: {msg}");
@@ -115,7 +186,10 @@ async fn bad_binary_payloads_are_named() {
     let (status, _, bytes) = s.post_bytes("/v2/models/mlp/infer", body, Some(n)).await;
     assert_eq!(status, 400);
     let msg = error_of(&serde_json::from_slice(&bytes).unwrap());
-    assert!(msg.contains("'x'") && msg.contains("binary_data_size"), "{msg}");
+    assert!(
+        msg.contains("'x'") && msg.contains("binary_data_size"),
+        "{msg}"
+    );
 
     // The size does not fit the shape.
     let (body, n) = binary_body(&header(1000), &x[..1000]);
@@ -133,9 +207,12 @@ async fn bad_binary_payloads_are_named() {
     // A header length beyond the body, and one that is not a number.
     let (body, _) = binary_body(&header(1024), &x);
     let len = body.len();
-    let (status, _, bytes) = s.post_bytes("/v2/models/mlp/infer", body.clone(), Some(len + 1)).await;
+    let (status, _, bytes) = s
+        .post_bytes("/v2/models/mlp/infer", body.clone(), Some(len + 1))
+        .await;
     assert_eq!(status, 400);
-    assert!(error_of(&serde_json::from_slice(&bytes).unwrap()).contains("inference-header-content-length"));
+    assert!(error_of(&serde_json::from_slice(&bytes).unwrap())
+        .contains("inference-header-content-length"));
     let r = s
         .client
         .post(s.url("/v2/models/mlp/infer"))
@@ -146,7 +223,10 @@ async fn bad_binary_payloads_are_named() {
         .unwrap();
     let (status, resp) = read_json(r).await;
     assert_eq!(status, 400);
-    assert!(error_of(&resp).contains("inference-header-content-length"), "{resp}");
+    assert!(
+        error_of(&resp).contains("inference-header-content-length"),
+        "{resp}"
+    );
 
     // Binary data announced without the header.
     let (status, resp) = s.post("/v2/models/mlp/infer", &header(1024)).await;
@@ -171,32 +251,68 @@ async fn bad_grpc_requests_have_codes() {
     let mut bad_name = grpc_mlp(&[row(1)], "");
     bad_name.model_name = "../examples/mlp".into();
     let mut mixed = grpc_mlp(&[row(1)], "");
-    mixed.inputs[0].contents = Some(pb::InferTensorContents { fp32_contents: row(1), ..Default::default() });
+    mixed.inputs[0].contents = Some(pb::InferTensorContents {
+        fp32_contents: row(1),
+        ..Default::default()
+    });
     let mut bad_output = grpc_mlp(&[row(1)], "");
-    bad_output.outputs =
-        vec![pb::model_infer_request::InferRequestedOutputTensor { name: "q".into(), ..Default::default() }];
+    bad_output.outputs = vec![pb::model_infer_request::InferRequestedOutputTensor {
+        name: "q".into(),
+        ..Default::default()
+    }];
     let cases: Vec<(&str, pb::ModelInferRequest, Code, &str)> = vec![
         ("unknown output", bad_output, Code::InvalidArgument, "'q'"),
         ("wrong datatype", wrong_dtype, Code::InvalidArgument, "FP16"),
-        ("short raw contents", short_raw, Code::InvalidArgument, "'x'"),
-        ("batch over max", too_big, Code::InvalidArgument, "max_batch_size"),
+        (
+            "short raw contents",
+            short_raw,
+            Code::InvalidArgument,
+            "'x'",
+        ),
+        (
+            "batch over max",
+            too_big,
+            Code::InvalidArgument,
+            "max_batch_size",
+        ),
         ("unknown version", no_version, Code::NotFound, "version 3"),
-        ("name with a slash", bad_name, Code::InvalidArgument, "invalid model name"),
-        ("raw and typed contents", mixed, Code::InvalidArgument, "'x'"),
+        (
+            "name with a slash",
+            bad_name,
+            Code::InvalidArgument,
+            "invalid model name",
+        ),
+        (
+            "raw and typed contents",
+            mixed,
+            Code::InvalidArgument,
+            "'x'",
+        ),
     ];
     for (what, req, code, needle) in cases {
         let e = c.model_infer(req).await.expect_err(what);
         assert_eq!(e.code(), code, "{what}: {e:?}");
-        assert!(e.message().contains(needle), "{what}: {:?} does not mention {needle:?}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{what}: {:?} does not mention {needle:?}",
+            e.message()
+        );
     }
-    let r = c.model_infer(grpc_mlp(&[row(1)], "ok")).await.unwrap().into_inner();
+    let r = c
+        .model_infer(grpc_mlp(&[row(1)], "ok"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.id, "ok");
     still_serving(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_refused() {
-    let opts = Options { max_request_bytes: 4096, ..Options::default() };
+    let opts = Options {
+        max_request_bytes: 4096,
+        ..Options::default()
+    };
     let s = TestServer::start_at(examples(), None, opts).await;
     let json_header = |rows: usize| json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [rows, 256], "parameters": { "binary_data_size": rows * 1024 } }] });
     let rows: Vec<Vec<f32>> = (0..8).map(row).collect();
@@ -209,14 +325,21 @@ async fn oversized_bodies_are_refused() {
     // gRPC refuses the same message; what the limit is named in depends on the transport.
     let mut c = s.grpc().await;
     let e = c.model_infer(grpc_mlp(&rows, "")).await.unwrap_err();
-    assert!(matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange), "{e:?}");
+    assert!(
+        matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{e:?}"
+    );
     assert!(e.message().contains("too large"), "{e:?}");
 
     // One row fits and is answered.
     let (body, n) = binary_body(&json_header(1), &f32_bytes(&rows[0]));
     let (status, _, bytes) = s.post_bytes("/v2/models/mlp/infer", body, Some(n)).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
-    let r = c.model_infer(grpc_mlp(&rows[..1], "small")).await.unwrap().into_inner();
+    let r = c
+        .model_infer(grpc_mlp(&rows[..1], "small"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.outputs[0].shape, [1, 1]);
 }
 
@@ -226,7 +349,10 @@ async fn model_names_cannot_leave_the_repository() {
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("repo");
     copy_dir(&examples().join("mlp"), &root.join("mlp"));
-    copy_dir(&examples().join("mlp"), &base.path().join("outside").join("mlp"));
+    copy_dir(
+        &examples().join("mlp"),
+        &base.path().join("outside").join("mlp"),
+    );
     std::fs::write(base.path().join("secret.txt"), "root:x:0:0:secret").unwrap();
     let s = TestServer::start_at(root, None, Options::default()).await;
     let body = serde_json::to_string(&mlp_request(&[row(1)])).unwrap();
@@ -248,15 +374,29 @@ async fn model_names_cannot_leave_the_repository() {
     ];
     for (method, path) in attempts {
         let (status, text) = raw_http(s.http_addr, method, path, &body).await;
-        assert!(status == 400 || status == 404, "{method} {path}: {status} {text}");
-        assert!(!text.contains("root:x"), "{method} {path} leaked a file: {text}");
+        assert!(
+            status == 400 || status == 404,
+            "{method} {path}: {status} {text}"
+        );
+        assert!(
+            !text.contains("root:x"),
+            "{method} {path} leaked a file: {text}"
+        );
         if status == 400 {
-            assert!(text.contains("invalid model name"), "{method} {path}: {text}");
+            assert!(
+                text.contains("invalid model name"),
+                "{method} {path}: {text}"
+            );
         }
     }
     // Nothing outside the repository was loaded.
     let index = http_index(&s).await;
-    let names: Vec<&str> = index.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["mlp"], "{index}");
     assert_eq!(s.repo.serving().len(), 1);
     still_serving(&s).await;

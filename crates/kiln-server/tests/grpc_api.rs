@@ -19,40 +19,95 @@ fn golden_data(g: &Value, io: &str, i: usize) -> Vec<f32> {
 async fn health_and_metadata() {
     let s = TestServer::examples().await;
     let mut c = s.grpc().await;
-    assert!(c.server_live(pb::ServerLiveRequest {}).await.unwrap().into_inner().live);
-    assert!(c.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
-    let ready = |name: &str, version: &str| pb::ModelReadyRequest { name: name.into(), version: version.into() };
-    for (name, version, want) in
-        [("mlp", "", true), ("mlp", "1", true), ("ranker", "", true), ("mlp", "2", false), ("nope", "", false)]
-    {
-        let got = c.model_ready(ready(name, version)).await.unwrap().into_inner().ready;
+    assert!(
+        c.server_live(pb::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        c.server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let ready = |name: &str, version: &str| pb::ModelReadyRequest {
+        name: name.into(),
+        version: version.into(),
+    };
+    for (name, version, want) in [
+        ("mlp", "", true),
+        ("mlp", "1", true),
+        ("ranker", "", true),
+        ("mlp", "2", false),
+        ("nope", "", false),
+    ] {
+        let got = c
+            .model_ready(ready(name, version))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready;
         assert_eq!(got, want, "ModelReady {name} {version:?}");
     }
 
-    let meta = c.server_metadata(pb::ServerMetadataRequest {}).await.unwrap().into_inner();
+    let meta = c
+        .server_metadata(pb::ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(meta.name, "kiln");
     assert_eq!(meta.version, env!("CARGO_PKG_VERSION"));
-    assert!(meta.extensions.iter().any(|e| e == "binary_tensor_data"), "{:?}", meta.extensions);
+    assert!(
+        meta.extensions.iter().any(|e| e == "binary_tensor_data"),
+        "{:?}",
+        meta.extensions
+    );
 
     let m = c
-        .model_metadata(pb::ModelMetadataRequest { name: "ranker".into(), version: String::new() })
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "ranker".into(),
+            version: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(m.name, "ranker");
     assert_eq!(m.versions, ["1"]);
     assert!(m.platform.ends_with("_onnx"), "{}", m.platform);
-    let shapes: Vec<(&str, &str, &[i64])> =
-        m.inputs.iter().map(|t| (t.name.as_str(), t.datatype.as_str(), t.shape.as_slice())).collect();
-    assert_eq!(shapes, [("ids", "INT64", &[-1i64, 8][..]), ("dense", "FP32", &[-1, 13][..])]);
+    let shapes: Vec<(&str, &str, &[i64])> = m
+        .inputs
+        .iter()
+        .map(|t| (t.name.as_str(), t.datatype.as_str(), t.shape.as_slice()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            ("ids", "INT64", &[-1i64, 8][..]),
+            ("dense", "FP32", &[-1, 13][..])
+        ]
+    );
     assert_eq!(m.outputs[0].name, "score");
     assert_eq!(m.outputs[0].shape, [-1, 1]);
 
-    let e =
-        c.model_metadata(pb::ModelMetadataRequest { name: "nope".into(), version: String::new() }).await.unwrap_err();
+    let e = c
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "nope".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("nope"), "{e:?}");
-    let e = c.model_metadata(pb::ModelMetadataRequest { name: "mlp".into(), version: "x".into() }).await.unwrap_err();
+    let e = c
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "mlp".into(),
+            version: "x".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // The standard health service.
@@ -61,7 +116,13 @@ async fn health_and_metadata() {
     use tonic_health::pb::HealthCheckRequest;
     let mut h = HealthClient::new(s.channel().await);
     for service in ["", "inference.GRPCInferenceService"] {
-        let r = h.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        let r = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.status(), ServingStatus::Serving, "health of {service:?}");
     }
 }
@@ -76,13 +137,31 @@ async fn infer_with_raw_and_typed_contents() {
     let x = golden_data(&g, "inputs", 0);
     let rows: Vec<Vec<f32>> = x.chunks(256).map(|r| r.to_vec()).collect();
     let mut req = grpc_mlp(&rows, "raw-1");
-    req.outputs = vec![InferRequestedOutputTensor { name: "y".into(), ..Default::default() }];
+    req.outputs = vec![InferRequestedOutputTensor {
+        name: "y".into(),
+        ..Default::default()
+    }];
     let r = c.model_infer(req).await.unwrap().into_inner();
-    assert_eq!((r.model_name.as_str(), r.model_version.as_str(), r.id.as_str()), ("mlp", "1", "raw-1"));
+    assert_eq!(
+        (
+            r.model_name.as_str(),
+            r.model_version.as_str(),
+            r.id.as_str()
+        ),
+        ("mlp", "1", "raw-1")
+    );
     assert_eq!(r.outputs.len(), 1);
-    assert_eq!((r.outputs[0].name.as_str(), r.outputs[0].datatype.as_str()), ("y", "FP32"));
+    assert_eq!(
+        (r.outputs[0].name.as_str(), r.outputs[0].datatype.as_str()),
+        ("y", "FP32")
+    );
     assert_eq!(r.outputs[0].shape, [4, 1]);
-    assert_close(&grpc_floats(&r, 0), &golden_data(&g, "outputs", 0), GOLDEN_TOL, "mlp raw");
+    assert_close(
+        &grpc_floats(&r, 0),
+        &golden_data(&g, "outputs", 0),
+        GOLDEN_TOL,
+        "mlp raw",
+    );
 
     // mlp, typed contents.
     let req = pb::ModelInferRequest {
@@ -92,18 +171,31 @@ async fn infer_with_raw_and_typed_contents() {
             name: "x".into(),
             datatype: "FP32".into(),
             shape: vec![4, 256],
-            contents: Some(pb::InferTensorContents { fp32_contents: x.clone(), ..Default::default() }),
+            contents: Some(pb::InferTensorContents {
+                fp32_contents: x.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
         }],
         ..Default::default()
     };
     let r = c.model_infer(req).await.unwrap().into_inner();
     assert!(r.id.is_empty());
-    assert_close(&grpc_floats(&r, 0), &golden_data(&g, "outputs", 0), GOLDEN_TOL, "mlp typed");
+    assert_close(
+        &grpc_floats(&r, 0),
+        &golden_data(&g, "outputs", 0),
+        GOLDEN_TOL,
+        "mlp typed",
+    );
 
     // ranker, typed contents: INT64 ids and FP32 dense.
     let g = golden("ranker");
-    let ids: Vec<i64> = g["inputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let ids: Vec<i64> = g["inputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
     let req = pb::ModelInferRequest {
         model_name: "ranker".into(),
         id: "typed-ranker".into(),
@@ -112,7 +204,10 @@ async fn infer_with_raw_and_typed_contents() {
                 name: "ids".into(),
                 datatype: "INT64".into(),
                 shape: vec![4, 8],
-                contents: Some(pb::InferTensorContents { int64_contents: ids.clone(), ..Default::default() }),
+                contents: Some(pb::InferTensorContents {
+                    int64_contents: ids.clone(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             InferInputTensor {
@@ -131,19 +226,32 @@ async fn infer_with_raw_and_typed_contents() {
     let r = c.model_infer(req.clone()).await.unwrap().into_inner();
     assert_eq!(r.id, "typed-ranker");
     assert_eq!(r.outputs[0].name, "score");
-    assert_close(&grpc_floats(&r, 0), &golden_data(&g, "outputs", 0), GOLDEN_TOL, "ranker typed");
+    assert_close(
+        &grpc_floats(&r, 0),
+        &golden_data(&g, "outputs", 0),
+        GOLDEN_TOL,
+        "ranker typed",
+    );
 
     // ranker, raw contents.
     let mut raw = req;
     raw.raw_input_contents = vec![
-        ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+        ids.iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into(),
         f32_bytes(&golden_data(&g, "inputs", 1)).into(),
     ];
     for i in &mut raw.inputs {
         i.contents = None;
     }
     let r = c.model_infer(raw).await.unwrap().into_inner();
-    assert_close(&grpc_floats(&r, 0), &golden_data(&g, "outputs", 0), GOLDEN_TOL, "ranker raw");
+    assert_close(
+        &grpc_floats(&r, 0),
+        &golden_data(&g, "outputs", 0),
+        GOLDEN_TOL,
+        "ranker raw",
+    );
 
     // Errors carry their codes.
     let mut bad = grpc_mlp(&[row(1)], "bad");
@@ -154,7 +262,10 @@ async fn infer_with_raw_and_typed_contents() {
     assert!(e.message().contains("'x'"), "{e:?}");
     let mut unknown = grpc_mlp(&[row(1)], "");
     unknown.model_name = "nope".into();
-    assert_eq!(c.model_infer(unknown).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        c.model_infer(unknown).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,8 +275,11 @@ async fn stream_infer_answers_every_request_by_id() {
     let g = golden("mlp");
     let x = golden_data(&g, "inputs", 0);
     let y = golden_data(&g, "outputs", 0);
-    let mut reqs: Vec<pb::ModelInferRequest> =
-        x.chunks(256).enumerate().map(|(i, r)| grpc_mlp(&[r.to_vec()], &format!("g{i}"))).collect();
+    let mut reqs: Vec<pb::ModelInferRequest> = x
+        .chunks(256)
+        .enumerate()
+        .map(|(i, r)| grpc_mlp(&[r.to_vec()], &format!("g{i}")))
+        .collect();
     let both: Vec<Vec<f32>> = x.chunks(256).take(2).map(|r| r.to_vec()).collect();
     reqs.push(grpc_mlp(&both, "pair"));
     let mut bad = grpc_mlp(&[row(1)], "bad");
@@ -173,28 +287,50 @@ async fn stream_infer_answers_every_request_by_id() {
     reqs.push(bad);
     let n = reqs.len();
 
-    let mut stream = c.model_stream_infer(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let mut stream = c
+        .model_stream_infer(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
     let mut seen = std::collections::BTreeMap::new();
     while let Some(msg) = stream.message().await.unwrap() {
         let r = msg.infer_response.clone().expect("infer_response");
-        assert!(seen.insert(r.id.clone(), msg).is_none(), "id {} answered twice", r.id);
+        assert!(
+            seen.insert(r.id.clone(), msg).is_none(),
+            "id {} answered twice",
+            r.id
+        );
         if seen.len() == n {
             break;
         }
     }
-    assert_eq!(seen.len(), n, "answers: {:?}", seen.keys().collect::<Vec<_>>());
+    assert_eq!(
+        seen.len(),
+        n,
+        "answers: {:?}",
+        seen.keys().collect::<Vec<_>>()
+    );
     for i in 0..4 {
         let msg = &seen[&format!("g{i}")];
         assert!(msg.error_message.is_empty(), "{}", msg.error_message);
         let r = msg.infer_response.as_ref().unwrap();
         assert_eq!(r.model_version, "1");
-        assert_close(&grpc_floats(r, 0), &y[i..i + 1], GOLDEN_TOL, &format!("stream g{i}"));
+        assert_close(
+            &grpc_floats(r, 0),
+            &y[i..i + 1],
+            GOLDEN_TOL,
+            &format!("stream g{i}"),
+        );
     }
     let r = seen["pair"].infer_response.as_ref().unwrap();
     assert_eq!(r.outputs[0].shape, [2, 1]);
     assert_close(&grpc_floats(r, 0), &y[..2], GOLDEN_TOL, "stream pair");
     let bad = &seen["bad"];
-    assert!(bad.error_message.contains("'x'") && bad.error_message.contains("INT32"), "{}", bad.error_message);
+    assert!(
+        bad.error_message.contains("'x'") && bad.error_message.contains("INT32"),
+        "{}",
+        bad.error_message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +339,10 @@ async fn config_statistics_and_repository() {
     let mut c = s.grpc().await;
 
     let cfg = c
-        .model_config(pb::ModelConfigRequest { name: "mlp".into(), version: String::new() })
+        .model_config(pb::ModelConfigRequest {
+            name: "mlp".into(),
+            version: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -213,18 +352,29 @@ async fn config_statistics_and_repository() {
     assert_eq!(cfg.max_batch_size, 64);
     assert_eq!(cfg.input.len(), 1);
     assert_eq!(
-        (cfg.input[0].name.as_str(), cfg.input[0].data_type, cfg.input[0].dims.as_slice()),
+        (
+            cfg.input[0].name.as_str(),
+            cfg.input[0].data_type,
+            cfg.input[0].dims.as_slice()
+        ),
         ("x", pb::DataType::TypeFp32 as i32, &[256i64][..])
     );
     assert_eq!(
-        (cfg.output[0].name.as_str(), cfg.output[0].data_type, cfg.output[0].dims.as_slice()),
+        (
+            cfg.output[0].name.as_str(),
+            cfg.output[0].data_type,
+            cfg.output[0].dims.as_slice()
+        ),
         ("y", pb::DataType::TypeFp32 as i32, &[1i64][..])
     );
     let db = cfg.dynamic_batching.expect("dynamic_batching");
     assert_eq!(db.max_queue_delay_microseconds, 100);
     assert_eq!(db.preferred_batch_size, [64]);
     let cfg = c
-        .model_config(pb::ModelConfigRequest { name: "ranker".into(), version: "1".into() })
+        .model_config(pb::ModelConfigRequest {
+            name: "ranker".into(),
+            version: "1".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -232,76 +382,158 @@ async fn config_statistics_and_repository() {
         .unwrap();
     assert_eq!(cfg.input[0].data_type, pb::DataType::TypeInt64 as i32);
     assert_eq!(
-        c.model_config(pb::ModelConfigRequest { name: "nope".into(), version: String::new() })
-            .await
-            .unwrap_err()
-            .code(),
+        c.model_config(pb::ModelConfigRequest {
+            name: "nope".into(),
+            version: String::new()
+        })
+        .await
+        .unwrap_err()
+        .code(),
         Code::NotFound
     );
 
-    let stats = |name: &str| pb::ModelStatisticsRequest { name: name.into(), version: String::new() };
-    let before = c.model_statistics(stats("mlp")).await.unwrap().into_inner().model_stats;
+    let stats = |name: &str| pb::ModelStatisticsRequest {
+        name: name.into(),
+        version: String::new(),
+    };
+    let before = c
+        .model_statistics(stats("mlp"))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
     assert_eq!(before.len(), 1);
-    assert_eq!((before[0].name.as_str(), before[0].version.as_str(), before[0].inference_count), ("mlp", "1", 0));
-    c.model_infer(grpc_mlp(&[row(1), row(2), row(3)], "")).await.unwrap();
+    assert_eq!(
+        (
+            before[0].name.as_str(),
+            before[0].version.as_str(),
+            before[0].inference_count
+        ),
+        ("mlp", "1", 0)
+    );
+    c.model_infer(grpc_mlp(&[row(1), row(2), row(3)], ""))
+        .await
+        .unwrap();
     c.model_infer(grpc_mlp(&[row(4)], "")).await.unwrap();
-    let after = c.model_statistics(stats("mlp")).await.unwrap().into_inner().model_stats;
+    let after = c
+        .model_statistics(stats("mlp"))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
     assert_eq!(after[0].inference_count, 4);
     let inf = after[0].inference_stats.as_ref().unwrap();
     assert_eq!(inf.success.as_ref().unwrap().count, 2);
     assert!(after[0].execution_count >= 1 && after[0].last_inference > 0);
     assert!(!after[0].batch_stats.is_empty());
-    let all = c.model_statistics(stats("")).await.unwrap().into_inner().model_stats;
+    let all = c
+        .model_statistics(stats(""))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
     let mut names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["mlp", "ranker"]);
-    assert_eq!(c.model_statistics(stats("nope")).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        c.model_statistics(stats("nope")).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
-    let index = |ready| pb::RepositoryIndexRequest { repository_name: String::new(), ready };
-    let idx = c.repository_index(index(false)).await.unwrap().into_inner().models;
+    let index = |ready| pb::RepositoryIndexRequest {
+        repository_name: String::new(),
+        ready,
+    };
+    let idx = c
+        .repository_index(index(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
     for model in ["mlp", "ranker"] {
-        let e = idx.iter().find(|e| e.name == model).unwrap_or_else(|| panic!("{model} missing"));
+        let e = idx
+            .iter()
+            .find(|e| e.name == model)
+            .unwrap_or_else(|| panic!("{model} missing"));
         assert_eq!((e.version.as_str(), e.state.as_str()), ("1", "READY"));
     }
 
-    c.repository_model_unload(pb::RepositoryModelUnloadRequest { model_name: "mlp".into(), ..Default::default() })
-        .await
-        .unwrap();
+    c.repository_model_unload(pb::RepositoryModelUnloadRequest {
+        model_name: "mlp".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(
-        !c.model_ready(pb::ModelReadyRequest { name: "mlp".into(), version: String::new() })
-            .await
-            .unwrap()
-            .into_inner()
-            .ready
+        !c.model_ready(pb::ModelReadyRequest {
+            name: "mlp".into(),
+            version: String::new()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ready
     );
     let e = c.model_infer(grpc_mlp(&[row(1)], "")).await.unwrap_err();
-    assert!(matches!(e.code(), Code::NotFound | Code::Unavailable), "{e:?}");
-    let idx = c.repository_index(index(false)).await.unwrap().into_inner().models;
-    let mlp = idx.iter().find(|e| e.name == "mlp").expect("mlp stays listed");
+    assert!(
+        matches!(e.code(), Code::NotFound | Code::Unavailable),
+        "{e:?}"
+    );
+    let idx = c
+        .repository_index(index(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let mlp = idx
+        .iter()
+        .find(|e| e.name == "mlp")
+        .expect("mlp stays listed");
     assert_eq!(mlp.state, "UNAVAILABLE");
-    let ready_only = c.repository_index(index(true)).await.unwrap().into_inner().models;
+    let ready_only = c
+        .repository_index(index(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
     let names: Vec<&str> = ready_only.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["ranker"]);
 
-    c.repository_model_load(pb::RepositoryModelLoadRequest { model_name: "mlp".into(), ..Default::default() })
-        .await
-        .unwrap();
+    c.repository_model_load(pb::RepositoryModelLoadRequest {
+        model_name: "mlp".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(
-        c.model_ready(pb::ModelReadyRequest { name: "mlp".into(), version: String::new() })
-            .await
-            .unwrap()
-            .into_inner()
-            .ready
+        c.model_ready(pb::ModelReadyRequest {
+            name: "mlp".into(),
+            version: String::new()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ready
     );
-    let r = c.model_infer(grpc_mlp(&[row(1)], "again")).await.unwrap().into_inner();
+    let r = c
+        .model_infer(grpc_mlp(&[row(1)], "again"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.id, "again");
     let e = c
-        .repository_model_load(pb::RepositoryModelLoadRequest { model_name: "nope".into(), ..Default::default() })
+        .repository_model_load(pb::RepositoryModelLoadRequest {
+            model_name: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let e = c
-        .repository_model_load(pb::RepositoryModelLoadRequest { model_name: "../mlp".into(), ..Default::default() })
+        .repository_model_load(pb::RepositoryModelLoadRequest {
+            model_name: "../mlp".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");

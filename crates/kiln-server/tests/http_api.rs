@@ -17,8 +17,18 @@ async fn health_and_server_metadata() {
     assert_eq!(status, 200);
     assert_eq!(meta["name"], "kiln");
     assert_eq!(meta["version"], env!("CARGO_PKG_VERSION"));
-    let ext: Vec<&str> = meta["extensions"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-    for want in ["binary_tensor_data", "model_repository", "model_configuration", "statistics"] {
+    let ext: Vec<&str> = meta["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for want in [
+        "binary_tensor_data",
+        "model_repository",
+        "model_configuration",
+        "statistics",
+    ] {
         assert!(ext.contains(&want), "extension {want} missing from {ext:?}");
     }
     let (status, body) = s.get("/v2/no/such/endpoint").await;
@@ -35,8 +45,14 @@ async fn model_metadata_and_readiness() {
         assert_eq!(m["name"], "mlp");
         assert_eq!(m["versions"], json!(["1"]));
         assert!(m["platform"].as_str().unwrap().ends_with("_onnx"), "{m}");
-        assert_eq!(m["inputs"], json!([{ "name": "x", "datatype": "FP32", "shape": [-1, 256] }]));
-        assert_eq!(m["outputs"], json!([{ "name": "y", "datatype": "FP32", "shape": [-1, 1] }]));
+        assert_eq!(
+            m["inputs"],
+            json!([{ "name": "x", "datatype": "FP32", "shape": [-1, 256] }])
+        );
+        assert_eq!(
+            m["outputs"],
+            json!([{ "name": "y", "datatype": "FP32", "shape": [-1, 1] }])
+        );
     }
     let (_, r) = s.get("/v2/models/ranker").await;
     assert_eq!(
@@ -46,7 +62,10 @@ async fn model_metadata_and_readiness() {
             { "name": "dense", "datatype": "FP32", "shape": [-1, 13] }
         ])
     );
-    assert_eq!(r["outputs"], json!([{ "name": "score", "datatype": "FP32", "shape": [-1, 1] }]));
+    assert_eq!(
+        r["outputs"],
+        json!([{ "name": "score", "datatype": "FP32", "shape": [-1, 1] }])
+    );
 
     assert_eq!(s.get("/v2/models/mlp/ready").await.0, 200);
     assert_eq!(s.get("/v2/models/mlp/versions/1/ready").await.0, 200);
@@ -69,18 +88,39 @@ async fn model_config_is_triton_json() {
         assert_eq!(status, 200, "{path}: {c}");
         assert_eq!(c["name"], "mlp");
         assert_eq!(c["max_batch_size"], 64);
-        assert_eq!(c["input"], json!([{ "name": "x", "data_type": "TYPE_FP32", "dims": [256] }]));
-        assert_eq!(c["output"], json!([{ "name": "y", "data_type": "TYPE_FP32", "dims": [1] }]));
+        assert_eq!(
+            c["input"],
+            json!([{ "name": "x", "data_type": "TYPE_FP32", "dims": [256] }])
+        );
+        assert_eq!(
+            c["output"],
+            json!([{ "name": "y", "data_type": "TYPE_FP32", "dims": [1] }])
+        );
         assert_eq!(c["dynamic_batching"]["max_queue_delay_microseconds"], 100);
         assert_eq!(c["dynamic_batching"]["preferred_batch_size"], json!([64]));
-        assert_eq!(c["dynamic_batching"]["default_queue_policy"]["max_queue_size"], 1024);
+        assert_eq!(
+            c["dynamic_batching"]["default_queue_policy"]["max_queue_size"],
+            1024
+        );
         assert_eq!(c["instance_group"][0]["count"], 1);
-        assert_eq!(c["version_policy"], json!({ "latest": { "num_versions": 1 } }));
+        assert_eq!(
+            c["version_policy"],
+            json!({ "latest": { "num_versions": 1 } })
+        );
     }
     let (_, c) = s.get("/v2/models/ranker/config").await;
-    assert_eq!(c["input"][0], json!({ "name": "ids", "data_type": "TYPE_INT64", "dims": [8] }));
-    assert_eq!(c["input"][1], json!({ "name": "dense", "data_type": "TYPE_FP32", "dims": [13] }));
-    assert_eq!(c["output"][0], json!({ "name": "score", "data_type": "TYPE_FP32", "dims": [1] }));
+    assert_eq!(
+        c["input"][0],
+        json!({ "name": "ids", "data_type": "TYPE_INT64", "dims": [8] })
+    );
+    assert_eq!(
+        c["input"][1],
+        json!({ "name": "dense", "data_type": "TYPE_FP32", "dims": [13] })
+    );
+    assert_eq!(
+        c["output"][0],
+        json!({ "name": "score", "data_type": "TYPE_FP32", "dims": [1] })
+    );
     assert_eq!(s.get("/v2/models/nope/config").await.0, 404);
 }
 
@@ -93,18 +133,25 @@ async fn statistics_grow_with_inferences() {
     assert_eq!(before["inference_count"], 0);
     assert_eq!(before["inference_stats"]["success"]["count"], 0);
     for i in 0..3 {
-        s.infer_ok("mlp", &mlp_request(&[row(i), row(i + 100)])).await;
+        s.infer_ok("mlp", &mlp_request(&[row(i), row(i + 100)]))
+            .await;
     }
     let after = http_stats(&s, "mlp").await;
     assert_eq!(after["inference_count"], 6, "rows computed: {after}");
     assert_eq!(after["inference_stats"]["success"]["count"], 3, "{after}");
-    assert!(after["inference_stats"]["success"]["ns"].as_u64().unwrap() > 0, "{after}");
+    assert!(
+        after["inference_stats"]["success"]["ns"].as_u64().unwrap() > 0,
+        "{after}"
+    );
     assert_eq!(after["inference_stats"]["queue"]["count"], 3, "{after}");
     let executions = after["execution_count"].as_u64().unwrap();
     assert!((1..=3).contains(&executions), "{after}");
     assert!(after["last_inference"].as_u64().unwrap() > 0, "{after}");
     let batches = after["batch_stats"].as_array().unwrap();
-    let executed: u64 = batches.iter().map(|b| b["compute_infer"]["count"].as_u64().unwrap()).sum();
+    let executed: u64 = batches
+        .iter()
+        .map(|b| b["compute_infer"]["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(executed, executions, "{after}");
 
     let (status, v) = s.get("/v2/models/mlp/versions/1/stats").await;
@@ -114,9 +161,19 @@ async fn statistics_grow_with_inferences() {
 
     let (status, all) = s.get("/v2/models/stats").await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = all["model_stats"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = all["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"mlp") && names.contains(&"ranker"), "{all}");
-    let ranker = all["model_stats"].as_array().unwrap().iter().find(|m| m["name"] == "ranker").unwrap();
+    let ranker = all["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "ranker")
+        .unwrap();
     assert_eq!(ranker["inference_count"], 0);
 }
 
@@ -126,7 +183,9 @@ async fn golden_outputs_over_json() {
     for model in ["mlp", "ranker"] {
         let g = golden(model);
         let id = format!("golden-{model}");
-        let resp = s.infer_ok(model, &json!({ "id": id, "inputs": g["inputs"] })).await;
+        let resp = s
+            .infer_ok(model, &json!({ "id": id, "inputs": g["inputs"] }))
+            .await;
         assert_eq!(resp["model_name"], model);
         assert_eq!(resp["model_version"], "1");
         assert_eq!(resp["id"], id.as_str());
@@ -135,7 +194,12 @@ async fn golden_outputs_over_json() {
             let got = output(&resp, name);
             assert_eq!(got["datatype"], want["datatype"]);
             assert_eq!(got["shape"], want["shape"]);
-            assert_close(&floats(&got["data"]), &floats(&want["data"]), GOLDEN_TOL, &format!("{model}.{name}"));
+            assert_close(
+                &floats(&got["data"]),
+                &floats(&want["data"]),
+                GOLDEN_TOL,
+                &format!("{model}.{name}"),
+            );
         }
     }
     // Nested data arrays, and an explicit version in the path.
@@ -144,12 +208,26 @@ async fn golden_outputs_over_json() {
     for i in inputs.as_array_mut().unwrap() {
         let width = i["shape"][1].as_u64().unwrap() as usize;
         let flat = i["data"].as_array().unwrap().clone();
-        i["data"] = Value::Array(flat.chunks(width).map(|r| Value::Array(r.to_vec())).collect());
+        i["data"] = Value::Array(
+            flat.chunks(width)
+                .map(|r| Value::Array(r.to_vec()))
+                .collect(),
+        );
     }
-    let (status, resp) = s.post("/v2/models/ranker/versions/1/infer", &json!({ "inputs": inputs })).await;
+    let (status, resp) = s
+        .post(
+            "/v2/models/ranker/versions/1/infer",
+            &json!({ "inputs": inputs }),
+        )
+        .await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["model_version"], "1");
-    assert_close(&output_floats(&resp, "score"), &floats(&g["outputs"][0]["data"]), GOLDEN_TOL, "nested ranker");
+    assert_close(
+        &output_floats(&resp, "score"),
+        &floats(&g["outputs"][0]["data"]),
+        GOLDEN_TOL,
+        "nested ranker",
+    );
 
     // A full batch of max_batch_size rows.
     let rows: Vec<Vec<f32>> = (0..64).map(row).collect();
@@ -169,7 +247,12 @@ fn golden_binary(model: &str, params: Value) -> (Vec<u8>, usize, Value) {
     for i in g["inputs"].as_array().unwrap() {
         let bytes: Vec<u8> = match i["datatype"].as_str().unwrap() {
             "FP32" => f32_bytes(&floats(&i["data"])),
-            "INT64" => i["data"].as_array().unwrap().iter().flat_map(|v| v.as_i64().unwrap().to_le_bytes()).collect(),
+            "INT64" => i["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|v| v.as_i64().unwrap().to_le_bytes())
+                .collect(),
             other => panic!("unexpected datatype {other}"),
         };
         inputs.push(json!({
@@ -178,7 +261,10 @@ fn golden_binary(model: &str, params: Value) -> (Vec<u8>, usize, Value) {
         }));
         tail.extend_from_slice(&bytes);
     }
-    let (body, n) = binary_body(&json!({ "id": "bin", "inputs": inputs, "parameters": params }), &tail);
+    let (body, n) = binary_body(
+        &json!({ "id": "bin", "inputs": inputs, "parameters": params }),
+        &tail,
+    );
     (body, n, g)
 }
 
@@ -188,23 +274,35 @@ async fn binary_inputs_and_outputs() {
     for model in ["mlp", "ranker"] {
         // Binary in, JSON out.
         let (body, n, g) = golden_binary(model, json!({}));
-        let (status, headers, bytes) = s.post_bytes(&format!("/v2/models/{model}/infer"), body, Some(n)).await;
+        let (status, headers, bytes) = s
+            .post_bytes(&format!("/v2/models/{model}/infer"), body, Some(n))
+            .await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
         assert!(headers.get("inference-header-content-length").is_none());
         let resp: Value = serde_json::from_slice(&bytes).unwrap();
         let want = &g["outputs"][0];
         let name = want["name"].as_str().unwrap();
-        assert_close(&output_floats(&resp, name), &floats(&want["data"]), GOLDEN_TOL, model);
+        assert_close(
+            &output_floats(&resp, name),
+            &floats(&want["data"]),
+            GOLDEN_TOL,
+            model,
+        );
 
         // Binary in, binary out.
         let (body, n, _) = golden_binary(model, json!({ "binary_data_output": true }));
-        let (status, headers, bytes) = s.post_bytes(&format!("/v2/models/{model}/infer"), body, Some(n)).await;
+        let (status, headers, bytes) = s
+            .post_bytes(&format!("/v2/models/{model}/infer"), body, Some(n))
+            .await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
         assert_eq!(headers["content-type"], "application/octet-stream");
         let (json, tail) = split_binary(&headers, &bytes);
         assert_eq!(json["id"], "bin");
         let out = output(&json, name);
-        assert!(out.get("data").is_none(), "binary output also has data: {out}");
+        assert!(
+            out.get("data").is_none(),
+            "binary output also has data: {out}"
+        );
         assert_eq!(out["shape"], want["shape"]);
         assert_eq!(out["parameters"]["binary_data_size"], 16, "{out}");
         assert_close(&f32_from(&tail), &floats(&want["data"]), GOLDEN_TOL, model);
@@ -212,11 +310,22 @@ async fn binary_inputs_and_outputs() {
     // JSON in, binary out requested per output.
     let g = golden("mlp");
     let req = json!({ "inputs": g["inputs"], "outputs": [{ "name": "y", "parameters": { "binary_data": true } }] });
-    let (status, headers, bytes) = s.post_bytes("/v2/models/mlp/infer", serde_json::to_vec(&req).unwrap(), None).await;
+    let (status, headers, bytes) = s
+        .post_bytes(
+            "/v2/models/mlp/infer",
+            serde_json::to_vec(&req).unwrap(),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let (json, tail) = split_binary(&headers, &bytes);
     assert_eq!(output(&json, "y")["parameters"]["binary_data_size"], 16);
-    assert_close(&f32_from(&tail), &floats(&g["outputs"][0]["data"]), GOLDEN_TOL, "mlp per-output binary");
+    assert_close(
+        &f32_from(&tail),
+        &floats(&g["outputs"][0]["data"]),
+        GOLDEN_TOL,
+        "mlp per-output binary",
+    );
 }
 
 fn pair_request(outputs: Value, params: Value) -> Value {
@@ -235,15 +344,27 @@ async fn output_subsets_and_mixed_binary_outputs() {
     let total = [10.0, 7.5];
 
     // Every output when none is named, in model order.
-    let resp = s.infer_ok("pair", &pair_request(json!([]), json!({}))).await;
-    let names: Vec<&str> = resp["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    let resp = s
+        .infer_ok("pair", &pair_request(json!([]), json!({})))
+        .await;
+    let names: Vec<&str> = resp["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["scaled", "total"]);
     assert_close(&output_floats(&resp, "scaled"), &scaled, 0.0, "scaled");
     assert_close(&output_floats(&resp, "total"), &total, 1e-6, "total");
     assert_eq!(output(&resp, "total")["shape"], json!([2, 1]));
 
     // A subset: only what was asked for.
-    let resp = s.infer_ok("pair", &pair_request(json!([{ "name": "total" }]), json!({}))).await;
+    let resp = s
+        .infer_ok(
+            "pair",
+            &pair_request(json!([{ "name": "total" }]), json!({})),
+        )
+        .await;
     assert_eq!(resp["outputs"].as_array().unwrap().len(), 1, "{resp}");
     assert_close(&output_floats(&resp, "total"), &total, 1e-6, "total only");
     assert_eq!(resp["id"], "pair-1");
@@ -253,20 +374,37 @@ async fn output_subsets_and_mixed_binary_outputs() {
         json!([{ "name": "total", "parameters": { "binary_data": true } }, { "name": "scaled" }]),
         json!({}),
     );
-    let (status, headers, bytes) = s.post_bytes("/v2/models/pair/infer", serde_json::to_vec(&req).unwrap(), None).await;
+    let (status, headers, bytes) = s
+        .post_bytes(
+            "/v2/models/pair/infer",
+            serde_json::to_vec(&req).unwrap(),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let (json, tail) = split_binary(&headers, &bytes);
     assert_eq!(json["outputs"][0]["name"], "total");
     assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
     assert_close(&f32_from(&tail), &total, 1e-6, "binary total");
-    assert_close(&floats(&json["outputs"][1]["data"]), &scaled, 0.0, "json scaled");
+    assert_close(
+        &floats(&json["outputs"][1]["data"]),
+        &scaled,
+        0.0,
+        "json scaled",
+    );
 
     // Request-level binary default, overridden for one output.
     let req = pair_request(
         json!([{ "name": "scaled", "parameters": { "binary_data": false } }, { "name": "total" }]),
         json!({ "binary_data_output": true }),
     );
-    let (status, headers, bytes) = s.post_bytes("/v2/models/pair/infer", serde_json::to_vec(&req).unwrap(), None).await;
+    let (status, headers, bytes) = s
+        .post_bytes(
+            "/v2/models/pair/infer",
+            serde_json::to_vec(&req).unwrap(),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let (json, tail) = split_binary(&headers, &bytes);
     assert_close(&output_floats(&json, "scaled"), &scaled, 0.0, "json scaled");
@@ -274,7 +412,12 @@ async fn output_subsets_and_mixed_binary_outputs() {
     assert_close(&f32_from(&tail), &total, 1e-6, "binary total");
 
     // An output the model does not have.
-    let (status, body) = s.post("/v2/models/pair/infer", &pair_request(json!([{ "name": "nope" }]), json!({}))).await;
+    let (status, body) = s
+        .post(
+            "/v2/models/pair/infer",
+            &pair_request(json!([{ "name": "nope" }]), json!({})),
+        )
+        .await;
     assert_eq!(status, 400);
     assert!(error_of(&body).contains("'nope'"), "{body}");
 }
@@ -284,42 +427,65 @@ async fn repository_index_load_and_unload() {
     let s = TestServer::examples().await;
     let index = http_index(&s).await;
     for model in ["mlp", "ranker"] {
-        let row = index_row(&index, model, Some("1")).unwrap_or_else(|| panic!("{model} not in {index}"));
+        let row =
+            index_row(&index, model, Some("1")).unwrap_or_else(|| panic!("{model} not in {index}"));
         assert_eq!(row["state"], "READY", "{index}");
     }
 
     let (status, body) = s.post("/v2/repository/models/mlp/unload", &json!({})).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = s.post("/v2/models/mlp/infer", &mlp_request(&[row(1)])).await;
-    assert!(status == 404 || status == 503, "infer after unload: {status} {body}");
+    let (status, body) = s
+        .post("/v2/models/mlp/infer", &mlp_request(&[row(1)]))
+        .await;
+    assert!(
+        status == 404 || status == 503,
+        "infer after unload: {status} {body}"
+    );
     assert!(error_of(&body).contains("mlp"), "{body}");
     assert_ne!(s.get("/v2/models/mlp/ready").await.0, 200);
     let index = http_index(&s).await;
     let mlp = index_row(&index, "mlp", None).expect("mlp stays listed");
     assert_eq!(mlp["state"], "UNAVAILABLE", "{index}");
-    assert_eq!(index_row(&index, "ranker", Some("1")).unwrap()["state"], "READY");
+    assert_eq!(
+        index_row(&index, "ranker", Some("1")).unwrap()["state"],
+        "READY"
+    );
     // The other model keeps serving.
     let g = golden("ranker");
-    s.infer_ok("ranker", &json!({ "inputs": g["inputs"] })).await;
+    s.infer_ok("ranker", &json!({ "inputs": g["inputs"] }))
+        .await;
 
     let (status, body) = s.post("/v2/repository/models/mlp/load", &json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.get("/v2/models/mlp/ready").await.0, 200);
     let g = golden("mlp");
     let resp = s.infer_ok("mlp", &json!({ "inputs": g["inputs"] })).await;
-    assert_close(&output_floats(&resp, "y"), &floats(&g["outputs"][0]["data"]), GOLDEN_TOL, "mlp after load");
-    assert_eq!(index_row(&http_index(&s).await, "mlp", Some("1")).unwrap()["state"], "READY");
+    assert_close(
+        &output_floats(&resp, "y"),
+        &floats(&g["outputs"][0]["data"]),
+        GOLDEN_TOL,
+        "mlp after load",
+    );
+    assert_eq!(
+        index_row(&http_index(&s).await, "mlp", Some("1")).unwrap()["state"],
+        "READY"
+    );
 
     let (status, body) = s.post("/v2/repository/models/nope/load", &json!({})).await;
     assert_eq!(status, 404, "{body}");
     assert!(error_of(&body).contains("nope"));
-    let (status, body) = s.post("/v2/repository/models/nope/unload", &json!({})).await;
+    let (status, body) = s
+        .post("/v2/repository/models/nope/unload", &json!({}))
+        .await;
     assert_eq!(status, 404, "{body}");
 }
 
 /// The value of the sample line that starts with `prefix` (name and labels).
 fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,12 +493,26 @@ async fn prometheus_metrics() {
     let s = TestServer::examples().await;
     s.infer_ok("mlp", &mlp_request(&[row(1), row(2)])).await;
     s.infer_ok("mlp", &mlp_request(&[row(3)])).await;
-    let (status, _) = s.post("/v2/models/mlp/infer", &json!({ "inputs": [] })).await;
+    let (status, _) = s
+        .post("/v2/models/mlp/infer", &json!({ "inputs": [] }))
+        .await;
     assert_eq!(status, 400);
 
-    let r = s.client.get(format!("{}/metrics", s.metrics)).send().await.unwrap();
+    let r = s
+        .client
+        .get(format!("{}/metrics", s.metrics))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().contains("text"), "{:?}", r.headers());
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("text"),
+        "{:?}",
+        r.headers()
+    );
     let text = r.text().await.unwrap();
     for name in [
         "kiln_inference_request_duration_seconds",
@@ -340,19 +520,42 @@ async fn prometheus_metrics() {
         "kiln_inference_queue_duration_seconds",
         "kiln_inference_compute_duration_seconds",
     ] {
-        assert!(text.contains(&format!("# TYPE {name} histogram")), "{name} missing:\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {name} histogram")),
+            "{name} missing:\n{text}"
+        );
     }
     let labels = "{model=\"mlp\",version=\"1\"}";
-    assert_eq!(sample(&text, &format!("kiln_inference_request_success_total{labels}")), Some(2.0), "{text}");
-    assert_eq!(sample(&text, &format!("kiln_inference_rows_total{labels}")), Some(3.0), "{text}");
-    assert_eq!(sample(&text, &format!("kiln_inference_request_duration_seconds_count{labels}")), Some(3.0), "{text}");
-    assert!(
-        text.lines().any(|l| l.starts_with("kiln_inference_request_failure_total{")
-            && l.contains("model=\"mlp\"")
-            && l.contains("reason=\"invalid_argument\"")),
+    assert_eq!(
+        sample(
+            &text,
+            &format!("kiln_inference_request_success_total{labels}")
+        ),
+        Some(2.0),
         "{text}"
     );
-    let rss = sample(&text, "process_resident_memory_bytes ").expect("process_resident_memory_bytes");
+    assert_eq!(
+        sample(&text, &format!("kiln_inference_rows_total{labels}")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("kiln_inference_request_duration_seconds_count{labels}")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kiln_inference_request_failure_total{")
+                && l.contains("model=\"mlp\"")
+                && l.contains("reason=\"invalid_argument\"")),
+        "{text}"
+    );
+    let rss =
+        sample(&text, "process_resident_memory_bytes ").expect("process_resident_memory_bytes");
     assert!(rss > 0.0);
     assert!(text.trim_end().ends_with("# EOF"), "terminator missing");
     // The HTTP port does not serve metrics.

@@ -20,7 +20,10 @@ const POLL: Duration = Duration::from_millis(200);
 const X: [f32; 4] = [1.0, -2.0, 0.5, 4.0];
 
 fn poll_opts() -> Options {
-    Options { mode: ControlMode::Poll(POLL), ..Options::default() }
+    Options {
+        mode: ControlMode::Poll(POLL),
+        ..Options::default()
+    }
 }
 
 fn pair_request() -> Value {
@@ -42,7 +45,11 @@ async fn pair_answer(s: &TestServer) -> (u16, String, Vec<f32>) {
     if status != 200 {
         return (status, error_of(&v), vec![]);
     }
-    (status, v["model_version"].as_str().unwrap().to_string(), output_floats(&v, "scaled"))
+    (
+        status,
+        v["model_version"].as_str().unwrap().to_string(),
+        output_floats(&v, "scaled"),
+    )
 }
 
 fn scaled(k: f32) -> Vec<f32> {
@@ -73,42 +80,79 @@ async fn poll_mode_reloads_versions_and_unloads_removed_models() {
     });
 
     // (a) A new version is loaded and takes over.
-    install_version(&root, "pair", 2, &std::fs::read(fixture_file("pair_v2.onnx")).unwrap());
-    eventually("version 2 serves", || async { pair_answer(&s).await.1 == "2" }).await;
+    install_version(
+        &root,
+        "pair",
+        2,
+        &std::fs::read(fixture_file("pair_v2.onnx")).unwrap(),
+    );
+    eventually("version 2 serves", || async {
+        pair_answer(&s).await.1 == "2"
+    })
+    .await;
     assert_eq!(pair_answer(&s).await, (200, "2".to_string(), scaled(3.0)));
     let (_, meta) = s.get("/v2/models/pair").await;
     assert_eq!(meta["versions"], json!(["2"]), "{meta}");
     let index = http_index(&s).await;
-    assert_eq!(index_row(&index, "pair", Some("2")).unwrap()["state"], "READY", "{index}");
-    assert!(index_row(&index, "pair", Some("1")).is_none(), "version 1 is retired: {index}");
+    assert_eq!(
+        index_row(&index, "pair", Some("2")).unwrap()["state"],
+        "READY",
+        "{index}"
+    );
+    assert!(
+        index_row(&index, "pair", Some("1")).is_none(),
+        "version 1 is retired: {index}"
+    );
 
     // (b) A corrupt newer version: indexed unavailable with its reason, version 2 keeps serving.
     install_version(&root, "pair", 3, b"this is not an onnx model");
-    eventually("version 3 is indexed", || async { index_row(&http_index(&s).await, "pair", Some("3")).is_some() })
-        .await;
+    eventually("version 3 is indexed", || async {
+        index_row(&http_index(&s).await, "pair", Some("3")).is_some()
+    })
+    .await;
     let index = http_index(&s).await;
     let v3 = index_row(&index, "pair", Some("3")).unwrap();
     assert_eq!(v3["state"], "UNAVAILABLE", "{index}");
-    assert!(v3["reason"].as_str().unwrap().contains("model.onnx"), "{index}");
-    assert_eq!(index_row(&index, "pair", Some("2")).unwrap()["state"], "READY", "{index}");
+    assert!(
+        v3["reason"].as_str().unwrap().contains("model.onnx"),
+        "{index}"
+    );
+    assert_eq!(
+        index_row(&index, "pair", Some("2")).unwrap()["state"],
+        "READY",
+        "{index}"
+    );
     let (status, body) = s.get("/v2/models/pair/versions/3/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(error_of(&body).contains("version 3"), "{body}");
     assert_eq!(s.get("/v2/models/pair/versions/2/ready").await.0, 200);
     let mut c = s.grpc().await;
-    let ready = |v: &str| pb::ModelReadyRequest { name: "pair".into(), version: v.into() };
+    let ready = |v: &str| pb::ModelReadyRequest {
+        name: "pair".into(),
+        version: v.into(),
+    };
     assert!(!c.model_ready(ready("3")).await.unwrap().into_inner().ready);
     assert!(c.model_ready(ready("")).await.unwrap().into_inner().ready);
     // Several more polls pass while traffic goes on.
     let mark = answered.load(Ordering::Relaxed);
-    eventually("traffic goes on", || async { answered.load(Ordering::Relaxed) >= mark + 20 }).await;
+    eventually("traffic goes on", || async {
+        answered.load(Ordering::Relaxed) >= mark + 20
+    })
+    .await;
     assert_eq!(pair_answer(&s).await, (200, "2".to_string(), scaled(3.0)));
 
     stop.store(true, Ordering::Relaxed);
     let seen = traffic.await.unwrap();
-    assert!(seen.len() >= 20, "only {} requests during the reload", seen.len());
+    assert!(
+        seen.len() >= 20,
+        "only {} requests during the reload",
+        seen.len()
+    );
     for (status, version, out) in &seen {
-        assert_eq!(*status, 200, "a request failed during the reload: {version}");
+        assert_eq!(
+            *status, 200,
+            "a request failed during the reload: {version}"
+        );
         match version.as_str() {
             "1" => assert_eq!(out, &scaled(2.0)),
             "2" => assert_eq!(out, &scaled(3.0)),
@@ -119,7 +163,10 @@ async fn poll_mode_reloads_versions_and_unloads_removed_models() {
 
     // (c) The model directory goes away: the model is unloaded.
     std::fs::remove_dir_all(root.join("pair")).unwrap();
-    eventually("pair is unloaded", || async { s.get("/v2/models/pair/ready").await.0 == 404 }).await;
+    eventually("pair is unloaded", || async {
+        s.get("/v2/models/pair/ready").await.0 == 404
+    })
+    .await;
     let (status, body) = s.post("/v2/models/pair/infer", &pair_request()).await;
     assert_eq!(status, 404, "{body}");
     assert!(error_of(&body).contains("pair"), "{body}");
@@ -138,22 +185,31 @@ async fn unknown_config_fields_are_named() {
 
     // Refused at start: the index names the field.
     let index = http_index(&s).await;
-    let row = index_row(&index, "broken", None).unwrap_or_else(|| panic!("broken not indexed: {index}"));
+    let row =
+        index_row(&index, "broken", None).unwrap_or_else(|| panic!("broken not indexed: {index}"));
     assert_eq!(row["state"], "UNAVAILABLE");
     let reason = row["reason"].as_str().unwrap();
-    assert!(reason.contains(BAD_FIELD) && reason.contains("config.toml"), "{reason}");
+    assert!(
+        reason.contains(BAD_FIELD) && reason.contains("config.toml"),
+        "{reason}"
+    );
     let (status, body) = s.post("/v2/models/broken/infer", &pair_request()).await;
     assert_eq!(status, 503, "{body}");
     assert!(error_of(&body).contains(BAD_FIELD), "{body}");
 
     // The load API answers the same.
-    let (status, body) = s.post("/v2/repository/models/broken/load", &json!({})).await;
+    let (status, body) = s
+        .post("/v2/repository/models/broken/load", &json!({}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(error_of(&body).contains(BAD_FIELD), "{body}");
     let e = s
         .grpc()
         .await
-        .repository_model_load(pb::RepositoryModelLoadRequest { model_name: "broken".into(), ..Default::default() })
+        .repository_model_load(pb::RepositoryModelLoadRequest {
+            model_name: "broken".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -161,23 +217,36 @@ async fn unknown_config_fields_are_named() {
 
     // A serving model whose configuration gains an unknown field keeps serving, and says why
     // its new configuration is not used.
-    write_config(&root, "pair", "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay = 5\n");
+    write_config(
+        &root,
+        "pair",
+        "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay = 5\n",
+    );
     eventually("pair's configuration error is indexed", || async {
         let index = http_index(&s).await;
-        index_row(&index, "pair", Some("1"))
-            .is_some_and(|r| r["reason"].as_str().is_some_and(|m| m.contains("max_queue_delay")))
+        index_row(&index, "pair", Some("1")).is_some_and(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|m| m.contains("max_queue_delay"))
+        })
     })
     .await;
     let index = http_index(&s).await;
     let row = index_row(&index, "pair", Some("1")).unwrap();
     assert_eq!(row["state"], "READY", "{index}");
-    assert!(row["reason"].as_str().unwrap().contains("still serving"), "{index}");
+    assert!(
+        row["reason"].as_str().unwrap().contains("still serving"),
+        "{index}"
+    );
     assert_eq!(pair_answer(&s).await, (200, "1".to_string(), scaled(2.0)));
 
     // Fixed files are picked up by the next polls.
     write_config(&root, "broken", "max_batch_size = 4\n");
     write_config(&root, "pair", "max_batch_size = 2\n");
-    eventually("broken serves once fixed", || async { s.get("/v2/models/broken/ready").await.0 == 200 }).await;
+    eventually("broken serves once fixed", || async {
+        s.get("/v2/models/broken/ready").await.0 == 200
+    })
+    .await;
     let resp = s.infer_ok("broken", &pair_request()).await;
     assert_eq!(output_floats(&resp, "scaled"), scaled(2.0));
     eventually("pair's new configuration is used", || async {
@@ -186,17 +255,28 @@ async fn unknown_config_fields_are_named() {
     })
     .await;
     let index = http_index(&s).await;
-    assert_eq!(index_row(&index, "pair", Some("1")).unwrap().get("reason"), None, "{index}");
+    assert_eq!(
+        index_row(&index, "pair", Some("1")).unwrap().get("reason"),
+        None,
+        "{index}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unloaded_models_stay_unloaded_across_polls() {
     let s = TestServer::temp(copy_models(&["pair"]), poll_opts()).await;
-    let (status, body) = s.post("/v2/repository/models/pair/unload", &json!({})).await;
+    let (status, body) = s
+        .post("/v2/repository/models/pair/unload", &json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
 
     // A new version appears and several polls go by: the poller leaves the model unloaded.
-    install_version(&s.root, "pair", 2, &std::fs::read(fixture_file("pair_v2.onnx")).unwrap());
+    install_version(
+        &s.root,
+        "pair",
+        2,
+        &std::fs::read(fixture_file("pair_v2.onnx")).unwrap(),
+    );
     tokio::time::sleep(POLL * 5).await;
     assert_ne!(s.get("/v2/models/pair/ready").await.0, 200);
     let (status, body) = s.post("/v2/models/pair/infer", &pair_request()).await;
@@ -204,7 +284,13 @@ async fn unloaded_models_stay_unloaded_across_polls() {
     let index = http_index(&s).await;
     let row = index_row(&index, "pair", None).expect("pair stays listed");
     assert_eq!(row["state"], "UNAVAILABLE", "{index}");
-    assert!(row["reason"].as_str().unwrap_or_default().contains("unloaded"), "{index}");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unloaded"),
+        "{index}"
+    );
 
     // Loading it again serves the newest version.
     let (status, body) = s.post("/v2/repository/models/pair/load", &json!({})).await;

@@ -72,20 +72,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.io_threads {
         rt.worker_threads(n.max(1));
     }
-    rt.build().context("cannot start the async runtime")?.block_on(serve(args))
+    rt.build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(args))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mode = match (args.model_control_mode, args.poll_interval) {
-        (Mode::Explicit, Some(_)) => anyhow::bail!("--poll-interval cannot be combined with --model-control-mode explicit"),
-        (_, Some(s)) if !(s > 0.0 && s.is_finite()) => anyhow::bail!("--poll-interval must be a positive number of seconds"),
+        (Mode::Explicit, Some(_)) => {
+            anyhow::bail!("--poll-interval cannot be combined with --model-control-mode explicit")
+        }
+        (_, Some(s)) if !(s > 0.0 && s.is_finite()) => {
+            anyhow::bail!("--poll-interval must be a positive number of seconds")
+        }
         (_, Some(s)) => ControlMode::Poll(Duration::from_secs_f64(s)),
         (Mode::Poll, None) => ControlMode::Poll(Duration::from_secs(5)),
         (Mode::Explicit, None) => ControlMode::Explicit,
         (Mode::None, None) => ControlMode::None,
     };
     let mut backends = Backends::default();
-    crate::onnx::configure(&mut backends, args.ort_library.clone(), &args.default_onnx_backend)?;
+    crate::onnx::configure(
+        &mut backends,
+        args.ort_library.clone(),
+        &args.default_onnx_backend,
+    )?;
     let metrics = Arc::new(RuntimeMetrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
@@ -99,7 +109,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
     };
     let server = Server::bind(config, repo.clone(), registry).await?;
-    let ports = (server.http_addr(), server.grpc_addr(), server.metrics_addr());
+    let ports = (
+        server.http_addr(),
+        server.grpc_addr(),
+        server.metrics_addr(),
+    );
     // Serve health probes while the models load; readiness turns true once they are loaded.
     let starter = server.starter();
     starter.set_started(false);
@@ -121,7 +135,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn serde_json_ports(http: u16, grpc: u16, metrics: Option<u16>) -> String {
-    let metrics = metrics.map(|p| p.to_string()).unwrap_or_else(|| "null".into());
+    let metrics = metrics
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "null".into());
     format!("{{\"http_port\":{http},\"grpc_port\":{grpc},\"metrics_port\":{metrics}}}\n")
 }
 

@@ -33,7 +33,13 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
 
 /// Writes `n` small files (`min..max` bytes) in 10 class folders plus `large` (path, size) files
 /// under `root`; returns every relative path.
-pub fn make_dataset(root: &Path, n: usize, min: usize, max: usize, large: &[(&str, usize)]) -> Vec<String> {
+pub fn make_dataset(
+    root: &Path,
+    n: usize,
+    min: usize,
+    max: usize,
+    large: &[(&str, usize)],
+) -> Vec<String> {
     let mut paths = Vec::new();
     for i in 0..n {
         let len = min + (content(i as u64 + 7, 8)[0] as usize * 257 + i * 31) % (max - min + 1);
@@ -62,9 +68,16 @@ pub fn repo_root() -> PathBuf {
 
 /// The venv Python with moto, or `None` (with a visible skip message). Under `CI` a missing venv fails.
 pub fn python(test: &str) -> Option<PathBuf> {
-    let p = std::env::var_os("KILN_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    let p = std::env::var_os("KILN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
     let ok = p.exists()
-        && Command::new(&p).args(["-c", "import moto.server, boto3"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        && Command::new(&p)
+            .args(["-c", "import moto.server, boto3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
     if ok {
         return Some(p);
     }
@@ -80,7 +93,9 @@ pub fn fuse_available(test: &str) -> bool {
     let dev = Path::new("/dev/fuse").exists();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let fusermount = ["fusermount3", "fusermount"].iter().any(|b| Command::new(b).arg("-V").output().is_ok());
+    let fusermount = ["fusermount3", "fusermount"]
+        .iter()
+        .any(|b| Command::new(b).arg("-V").output().is_ok());
     if dev && (root || fusermount) {
         return true;
     }
@@ -101,19 +116,37 @@ pub struct Moto {
 impl Moto {
     /// Starts moto on a free loopback port and waits until it accepts connections.
     pub fn start(python: &Path) -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         let child = Command::new(python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto");
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Moto { child, endpoint: format!("http://127.0.0.1:{port}"), python: python.to_path_buf() }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            python: python.to_path_buf(),
+        }
     }
 
     /// Creates `bucket` and uploads every file under `root` to `prefix` with 32 boto3 threads.
@@ -133,11 +166,22 @@ with ThreadPoolExecutor(32) as ex:
 print(len(files))
 "#;
         let out = Command::new(&self.python)
-            .args(["-c", script, &self.endpoint, &root.to_string_lossy(), bucket, prefix])
+            .args([
+                "-c",
+                script,
+                &self.endpoint,
+                &root.to_string_lossy(),
+                bucket,
+                prefix,
+            ])
             .envs(aws_env())
             .output()
             .expect("run upload");
-        assert!(out.status.success(), "upload failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "upload failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Sends a signal to the server (SIGSTOP to make it hang, SIGCONT, SIGKILL).
@@ -168,7 +212,12 @@ pub fn aws_env() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Service configuration for `source` with small test sizes.
-pub fn service_config(source: &str, endpoint: Option<&str>, dir: &Path, block_size: u64) -> ServiceConfig {
+pub fn service_config(
+    source: &str,
+    endpoint: Option<&str>,
+    dir: &Path,
+    block_size: u64,
+) -> ServiceConfig {
     ServiceConfig {
         source: SourceConfig {
             spec: SourceSpec::parse(source).expect("source"),

@@ -11,9 +11,13 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
 /// The response stream of ModelStreamInfer.
-pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+pub type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
-async fn run(state: &AppState, req: pb::ModelInferRequest) -> kiln_core::Result<pb::ModelInferResponse> {
+async fn run(
+    state: &AppState,
+    req: pb::ModelInferRequest,
+) -> kiln_core::Result<pb::ModelInferResponse> {
     let received = Instant::now();
     let model = req.model_name.clone();
     let version = req.model_version.clone();
@@ -30,14 +34,20 @@ async fn run(state: &AppState, req: pb::ModelInferRequest) -> kiln_core::Result<
 }
 
 /// One unary inference.
-pub async fn unary(state: &AppState, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, Status> {
+pub async fn unary(
+    state: &AppState,
+    req: pb::ModelInferRequest,
+) -> Result<pb::ModelInferResponse, Status> {
     run(state, req).await.map_err(to_status)
 }
 
 /// Requests on one stream are computed concurrently (so they batch together); each answer, or
 /// its error in `error_message`, goes out on the response stream as soon as it is ready. At
 /// most `IN_FLIGHT` answers wait for the client to read them.
-pub fn stream(state: Arc<AppState>, mut incoming: tonic::Streaming<pb::ModelInferRequest>) -> ResponseStream {
+pub fn stream(
+    state: Arc<AppState>,
+    mut incoming: tonic::Streaming<pb::ModelInferRequest>,
+) -> ResponseStream {
     const IN_FLIGHT: usize = 256;
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
     tokio::spawn(async move {
@@ -57,10 +67,16 @@ pub fn stream(state: Arc<AppState>, mut incoming: tonic::Streaming<pb::ModelInfe
             tokio::spawn(async move {
                 let id = req.id.clone();
                 let answer = match run(&state, req).await {
-                    Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
+                    Ok(r) => pb::ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(r),
+                    },
                     Err(e) => pb::ModelStreamInferResponse {
                         error_message: e.message,
-                        infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                        infer_response: Some(pb::ModelInferResponse {
+                            id,
+                            ..Default::default()
+                        }),
                     },
                 };
                 permit.send(Ok(answer));

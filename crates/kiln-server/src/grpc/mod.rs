@@ -24,7 +24,10 @@ pub struct Service {
 type Rpc<T> = Result<Response<T>, Status>;
 
 fn stat(c: CountNs) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration { count: c.count, ns: c.ns })
+    Some(pb::StatisticDuration {
+        count: c.count,
+        ns: c.ns,
+    })
 }
 
 fn stats_message(v: &ServedVersion) -> pb::ModelStatistics {
@@ -65,8 +68,13 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(pb::ServerLiveResponse { live: true }))
     }
 
-    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Rpc<pb::ServerReadyResponse> {
-        Ok(Response::new(pb::ServerReadyResponse { ready: self.state.ready() }))
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Rpc<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.state.ready(),
+        }))
     }
 
     async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Rpc<pb::ModelReadyResponse> {
@@ -75,7 +83,10 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Rpc<pb::ServerMetadataResponse> {
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Rpc<pb::ServerMetadataResponse> {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: SERVER_NAME.into(),
             version: SERVER_VERSION.into(),
@@ -83,7 +94,10 @@ impl GrpcInferenceService for Service {
         }))
     }
 
-    async fn model_metadata(&self, r: Request<pb::ModelMetadataRequest>) -> Rpc<pb::ModelMetadataResponse> {
+    async fn model_metadata(
+        &self,
+        r: Request<pb::ModelMetadataRequest>,
+    ) -> Rpc<pb::ModelMetadataResponse> {
         let r = r.into_inner();
         let v = self.state.version(&r.name, &r.version).map_err(to_status)?;
         let batched = v.config.max_batch_size > 0;
@@ -98,7 +112,12 @@ impl GrpcInferenceService for Service {
         };
         Ok(Response::new(pb::ModelMetadataResponse {
             name: v.name.clone(),
-            versions: self.state.serving_versions(&v.name).iter().map(|x| x.to_string()).collect(),
+            versions: self
+                .state
+                .serving_versions(&v.name)
+                .iter()
+                .map(|x| x.to_string())
+                .collect(),
             platform: views::platform(&v),
             inputs: v.io().inputs.iter().map(meta).collect(),
             outputs: v.io().outputs.iter().map(meta).collect(),
@@ -106,7 +125,9 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Rpc<pb::ModelInferResponse> {
-        infer::unary(&self.state, r.into_inner()).await.map(Response::new)
+        infer::unary(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type ModelStreamInferStream = infer::ResponseStream;
@@ -115,31 +136,62 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Rpc<Self::ModelStreamInferStream> {
-        Ok(Response::new(infer::stream(self.state.clone(), r.into_inner())))
+        Ok(Response::new(infer::stream(
+            self.state.clone(),
+            r.into_inner(),
+        )))
     }
 
-    async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Rpc<pb::ModelConfigResponse> {
+    async fn model_config(
+        &self,
+        r: Request<pb::ModelConfigRequest>,
+    ) -> Rpc<pb::ModelConfigResponse> {
         let r = r.into_inner();
         let v = self.state.version(&r.name, &r.version).map_err(to_status)?;
-        let mut config = kiln_protocol::model_config_to_grpc(&v.config, v.io(), &views::platform(&v));
+        let mut config =
+            kiln_protocol::model_config_to_grpc(&v.config, v.io(), &views::platform(&v));
         config.name = v.name.clone();
-        Ok(Response::new(pb::ModelConfigResponse { config: Some(config) }))
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(config),
+        }))
     }
 
-    async fn model_statistics(&self, r: Request<pb::ModelStatisticsRequest>) -> Rpc<pb::ModelStatisticsResponse> {
+    async fn model_statistics(
+        &self,
+        r: Request<pb::ModelStatisticsRequest>,
+    ) -> Rpc<pb::ModelStatisticsResponse> {
         let r = r.into_inner();
         let model_stats = if r.name.is_empty() {
-            self.state.repo.serving().iter().map(|v| stats_message(v)).collect()
+            self.state
+                .repo
+                .serving()
+                .iter()
+                .map(|v| stats_message(v))
+                .collect()
         } else if r.version.is_empty() {
             self.state.version(&r.name, "").map_err(to_status)?;
-            self.state.repo.serving().iter().filter(|v| v.name == r.name).map(|v| stats_message(v)).collect()
+            self.state
+                .repo
+                .serving()
+                .iter()
+                .filter(|v| v.name == r.name)
+                .map(|v| stats_message(v))
+                .collect()
         } else {
-            vec![stats_message(self.state.version(&r.name, &r.version).map_err(to_status)?.as_ref())]
+            vec![stats_message(
+                self.state
+                    .version(&r.name, &r.version)
+                    .map_err(to_status)?
+                    .as_ref(),
+            )]
         };
         Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
-    async fn repository_index(&self, r: Request<pb::RepositoryIndexRequest>) -> Rpc<pb::RepositoryIndexResponse> {
+    async fn repository_index(
+        &self,
+        r: Request<pb::RepositoryIndexRequest>,
+    ) -> Rpc<pb::RepositoryIndexResponse> {
         let ready_only = r.into_inner().ready;
         let models = self
             .state
@@ -161,7 +213,11 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<pb::RepositoryModelLoadRequest>,
     ) -> Rpc<pb::RepositoryModelLoadResponse> {
-        self.state.repo.load(&r.into_inner().model_name).await.map_err(to_status)?;
+        self.state
+            .repo
+            .load(&r.into_inner().model_name)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -169,7 +225,11 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Rpc<pb::RepositoryModelUnloadResponse> {
-        self.state.repo.unload(&r.into_inner().model_name).await.map_err(to_status)?;
+        self.state
+            .repo
+            .unload(&r.into_inner().model_name)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }

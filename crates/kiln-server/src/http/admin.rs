@@ -35,7 +35,10 @@ async fn metadata(st: &AppState, model: &str, version: &str) -> Api<Json<Value>>
     Ok(Json(views::model_metadata(&v, &st.serving_versions(model))))
 }
 
-pub async fn model_metadata(State(st): State<Arc<AppState>>, Path(m): Path<String>) -> Api<Json<Value>> {
+pub async fn model_metadata(
+    State(st): State<Arc<AppState>>,
+    Path(m): Path<String>,
+) -> Api<Json<Value>> {
     metadata(&st, &m, "").await
 }
 
@@ -58,11 +61,17 @@ pub async fn model_ready(State(st): State<Arc<AppState>>, Path(m): Path<String>)
     ready_answer(&st, &m, "")
 }
 
-pub async fn model_ready_v(State(st): State<Arc<AppState>>, Path((m, v)): Path<(String, String)>) -> Response {
+pub async fn model_ready_v(
+    State(st): State<Arc<AppState>>,
+    Path((m, v)): Path<(String, String)>,
+) -> Response {
     ready_answer(&st, &m, &v)
 }
 
-pub async fn model_config(State(st): State<Arc<AppState>>, Path(m): Path<String>) -> Api<Json<Value>> {
+pub async fn model_config(
+    State(st): State<Arc<AppState>>,
+    Path(m): Path<String>,
+) -> Api<Json<Value>> {
     Ok(Json(views::model_config(st.version(&m, "")?.as_ref())))
 }
 
@@ -75,7 +84,12 @@ pub async fn model_config_v(
 
 fn stats_for(st: &AppState, model: Option<&str>, version: &str) -> Api<Json<Value>> {
     let list: Vec<Value> = match model {
-        None => st.repo.serving().iter().map(|v| views::model_stats(v)).collect(),
+        None => st
+            .repo
+            .serving()
+            .iter()
+            .map(|v| views::model_stats(v))
+            .collect(),
         Some(m) if version.is_empty() => {
             check_model_name(m)?;
             st.version(m, "")?;
@@ -95,7 +109,10 @@ pub async fn all_stats(State(st): State<Arc<AppState>>) -> Api<Json<Value>> {
     stats_for(&st, None, "")
 }
 
-pub async fn model_stats(State(st): State<Arc<AppState>>, Path(m): Path<String>) -> Api<Json<Value>> {
+pub async fn model_stats(
+    State(st): State<Arc<AppState>>,
+    Path(m): Path<String>,
+) -> Api<Json<Value>> {
     stats_for(&st, Some(&m), "")
 }
 

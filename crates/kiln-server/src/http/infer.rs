@@ -55,7 +55,10 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError(Error::new(ErrorCode::PayloadTooLarge, format!("request body too large: {}", r.body_text())))
+            ApiError(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body too large: {}", r.body_text()),
+            ))
         } else {
             invalid(format!("cannot read request body: {}", r.body_text()))
         }
@@ -66,7 +69,11 @@ async fn handle(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| invalid("header 'inference-header-content-length' must be a non-negative integer"))?,
+                .ok_or_else(|| {
+                    invalid(
+                        "header 'inference-header-content-length' must be a non-negative integer",
+                    )
+                })?,
         ),
     };
     let req = kiln_protocol::decode_request(body, header_len)?;
@@ -79,11 +86,17 @@ async fn handle(
     let h = resp.headers_mut();
     match json_len {
         Some(n) => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             h.insert(HEADER_LEN, HeaderValue::from(n));
         }
         None => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     Ok(resp)

@@ -17,15 +17,30 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v2", get(admin::server_metadata))
         .route("/v2/models/stats", get(admin::all_stats))
         .route("/v2/models/{model}", get(admin::model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(admin::model_metadata_v))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(admin::model_metadata_v),
+        )
         .route("/v2/models/{model}/ready", get(admin::model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(admin::model_ready_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(admin::model_ready_v),
+        )
         .route("/v2/models/{model}/config", get(admin::model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(admin::model_config_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(admin::model_config_v),
+        )
         .route("/v2/models/{model}/stats", get(admin::model_stats))
-        .route("/v2/models/{model}/versions/{version}/stats", get(admin::model_stats_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(admin::model_stats_v),
+        )
         .route("/v2/models/{model}/infer", post(infer::infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer::infer_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer::infer_v),
+        )
         .route("/v2/repository/index", post(admin::repository_index))
         .route("/v2/repository/models/{model}/load", post(admin::load))
         .route("/v2/repository/models/{model}/unload", post(admin::unload))

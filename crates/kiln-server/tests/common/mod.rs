@@ -42,7 +42,9 @@ pub fn fixtures() -> PathBuf {
 
 /// A fixture file (`tests/fixtures/<name>`).
 pub fn fixture_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Copies a directory tree.
@@ -54,7 +56,8 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         if e.file_type().expect("file type").is_dir() {
             copy_dir(&e.path(), &to);
         } else {
-            std::fs::copy(e.path(), &to).unwrap_or_else(|err| panic!("copy to {}: {err}", to.display()));
+            std::fs::copy(e.path(), &to)
+                .unwrap_or_else(|err| panic!("copy to {}: {err}", to.display()));
         }
     }
 }
@@ -64,7 +67,12 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 pub fn copy_models(names: &[&str]) -> TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");
     for name in names {
-        let src = if *name == "pair" { fixtures() } else { examples() }.join(name);
+        let src = if *name == "pair" {
+            fixtures()
+        } else {
+            examples()
+        }
+        .join(name);
         copy_dir(&src, &dir.path().join(name));
     }
     dir
@@ -90,7 +98,11 @@ pub fn write_config(root: &Path, model: &str, text: &str) {
 /// A repository copy with only mlp, configured with these scheduler settings.
 pub fn mlp_repo(delay_us: u64, max_queue: usize, preferred: &[u32], instances: u32) -> TempDir {
     let dir = copy_models(&["mlp"]);
-    write_config(dir.path(), "mlp", &mlp_config(delay_us, max_queue, preferred, instances));
+    write_config(
+        dir.path(),
+        "mlp",
+        &mlp_config(delay_us, max_queue, preferred, instances),
+    );
     dir
 }
 
@@ -104,7 +116,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { mode: ControlMode::None, max_request_bytes: DEFAULT_MAX_BYTES }
+        Options {
+            mode: ControlMode::None,
+            max_request_bytes: DEFAULT_MAX_BYTES,
+        }
     }
 }
 
@@ -157,7 +172,9 @@ impl TestServer {
             metrics_addr: Some(any),
             max_request_bytes: opts.max_request_bytes,
         };
-        let server = Server::bind(config, repo.clone(), registry).await.expect("bind");
+        let server = Server::bind(config, repo.clone(), registry)
+            .await
+            .expect("bind");
         repo.start(opts.mode, &[]).await.expect("start repository");
         let http_addr = server.http_addr();
         let grpc_addr = server.grpc_addr();
@@ -209,7 +226,13 @@ impl TestServer {
 
     /// POST of a JSON body; the status and the body as JSON (`Null` when empty).
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.client.post(self.url(path)).json(body).send().await.expect("POST");
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
         read_json(r).await
     }
 
@@ -241,7 +264,10 @@ impl TestServer {
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.begin_shutdown();
         let task = self.task.take().expect("server task");
-        tokio::time::timeout(PATIENCE, task).await.expect("serve() returns after shutdown").expect("server task")
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("serve() returns after shutdown")
+            .expect("server task")
     }
 
     /// Signals shutdown without waiting.
@@ -270,13 +296,16 @@ pub async fn read_json(r: reqwest::Response) -> (u16, Value) {
     if text.is_empty() {
         return (status, Value::Null);
     }
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
     (status, v)
 }
 
 /// The `error` message of an error body, checked to be a non-empty string.
 pub fn error_of(v: &Value) -> String {
-    let msg = v["error"].as_str().unwrap_or_else(|| panic!("no 'error' in {v}"));
+    let msg = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no 'error' in {v}"));
     assert!(!msg.is_empty(), "empty error message");
     msg.to_string()
 }
@@ -299,10 +328,14 @@ where
 
 /// A deterministic mlp input row (256 values in [-2, 2)).
 pub fn row(seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..256)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
         })
         .collect()
@@ -340,16 +373,26 @@ pub fn output_floats(resp: &Value, name: &str) -> Vec<f32> {
 
 /// Asserts `got` equals `want` element by element within `tol`.
 pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, expected {}",
+        got.len(),
+        want.len()
+    );
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "{what}[{i}]: {g} differs from {w} by more than {tol}");
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: {g} differs from {w} by more than {tol}"
+        );
     }
 }
 
 /// `examples/models/<model>/expected.json`.
 pub fn golden(model: &str) -> Value {
     let p = examples().join(model).join("expected.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).expect("read expected.json")).expect("expected.json")
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("read expected.json"))
+        .expect("expected.json")
 }
 
 /// Little-endian bytes of floats.
@@ -359,8 +402,15 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Floats from little-endian bytes.
 pub fn f32_from(b: &[u8]) -> Vec<f32> {
-    assert_eq!(b.len() % 4, 0, "{} bytes are not whole FP32 values", b.len());
-    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
+    assert_eq!(
+        b.len() % 4,
+        0,
+        "{} bytes are not whole FP32 values",
+        b.len()
+    );
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
 }
 
 /// A body of the binary tensor extension: the JSON part, then `tail`; and the JSON length.
@@ -380,7 +430,11 @@ pub fn split_binary(headers: &reqwest::header::HeaderMap, body: &[u8]) -> (Value
         .expect("ascii")
         .parse()
         .expect("a number");
-    assert!(n <= body.len(), "header length {n} exceeds the body's {}", body.len());
+    assert!(
+        n <= body.len(),
+        "header length {n} exceeds the body's {}",
+        body.len()
+    );
     let json = serde_json::from_slice(&body[..n]).expect("json part");
     (json, body[n..].to_vec())
 }
@@ -406,7 +460,12 @@ pub fn grpc_mlp(rows: &[Vec<f32>], id: &str) -> pb::ModelInferRequest {
 pub fn grpc_floats(r: &pb::ModelInferResponse, i: usize) -> Vec<f32> {
     match r.raw_output_contents.get(i) {
         Some(raw) => f32_from(raw),
-        None => r.outputs[i].contents.as_ref().expect("typed contents").fp32_contents.clone(),
+        None => r.outputs[i]
+            .contents
+            .as_ref()
+            .expect("typed contents")
+            .fp32_contents
+            .clone(),
     }
 }
 
@@ -428,7 +487,10 @@ pub async fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &str) ->
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -441,7 +503,10 @@ pub async fn http_stats(s: &TestServer, model: &str) -> Value {
 
 /// The repository index row of `model` (and `version`, if given).
 pub fn index_row<'a>(index: &'a Value, model: &str, version: Option<&str>) -> Option<&'a Value> {
-    index.as_array()?.iter().find(|e| e["name"] == model && version.is_none_or(|v| e["version"] == v))
+    index
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == model && version.is_none_or(|v| e["version"] == v))
 }
 
 /// `POST /v2/repository/index`.
