@@ -41,12 +41,9 @@ mkdir -p "$OUT"
 # ---------------------------------------------------------------- kiln binary
 log "building kiln-datacache (release)"
 (cd "$ROOT" && cargo build --release -q -p kiln-datacache --example kiln-cache)
+# examples/kiln-cache is `kiln cache` without the rest of the binary (same library code)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-if [ -x "$TARGET/release/kiln" ] && "$TARGET/release/kiln" cache --help >/dev/null 2>&1; then
-  KILN=("$TARGET/release/kiln" cache)
-else
-  KILN=("$TARGET/release/examples/kiln-cache")
-fi
+KILN=("$TARGET/release/examples/kiln-cache")
 
 # ---------------------------------------------------------------- peers and dataset
 "$PEERS" setup

@@ -7,122 +7,24 @@
 //! coalesced by foyer's `get_or_fetch` into one remote request.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use bytes::{Bytes, BytesMut};
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
+    BlockEngineConfig, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
     HybridCacheBuilder, HybridCachePolicy, Load, RecoverMode, Source,
 };
 use opendal::Operator;
+use parking_lot::Mutex;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::block::fetch_block;
+pub use crate::block::{allocated_bytes, Block, BlockKey, FileRef, Tier};
 use crate::error::{DatacacheError, Result};
 use crate::metrics::Metrics;
-
-/// Identity of one cached block: the file's path hash and the block index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BlockKey {
-    /// Path hash of the file ([`crate::meta::path_key`]).
-    pub file: u64,
-    /// Block index inside the file.
-    pub index: u32,
-}
-
-impl Code for BlockKey {
-    fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
-        w.write_all(&self.file.to_le_bytes())
-            .map_err(foyer::Error::io_error)?;
-        w.write_all(&self.index.to_le_bytes())
-            .map_err(foyer::Error::io_error)
-    }
-
-    fn decode(r: &mut impl Read) -> foyer::Result<Self> {
-        let mut b = [0u8; 12];
-        r.read_exact(&mut b).map_err(foyer::Error::io_error)?;
-        let file = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-        let index = u32::from_le_bytes(b[8..].try_into().unwrap_or_default());
-        Ok(Self { file, index })
-    }
-
-    fn estimated_size(&self) -> usize {
-        12
-    }
-}
-
-/// One cached block with what was recorded at fetch time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Block {
-    /// ETag hash of the file when the block was fetched.
-    pub etag: u64,
-    /// File size when the block was fetched.
-    pub file_size: u64,
-    /// xxh3-64 of `data`.
-    pub checksum: u64,
-    /// The bytes.
-    pub data: Bytes,
-}
-
-const BLOCK_HEADER: usize = 28;
-
-impl Code for Block {
-    fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
-        let mut h = [0u8; BLOCK_HEADER];
-        h[..8].copy_from_slice(&self.etag.to_le_bytes());
-        h[8..16].copy_from_slice(&self.file_size.to_le_bytes());
-        h[16..24].copy_from_slice(&self.checksum.to_le_bytes());
-        h[24..].copy_from_slice(&(self.data.len() as u32).to_le_bytes());
-        w.write_all(&h).map_err(foyer::Error::io_error)?;
-        w.write_all(&self.data).map_err(foyer::Error::io_error)
-    }
-
-    fn decode(r: &mut impl Read) -> foyer::Result<Self> {
-        let mut h = [0u8; BLOCK_HEADER];
-        r.read_exact(&mut h).map_err(foyer::Error::io_error)?;
-        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(h[24..].try_into().unwrap_or_default()) as usize;
-        let mut data = vec![0u8; len];
-        r.read_exact(&mut data).map_err(foyer::Error::io_error)?;
-        Ok(Self {
-            etag: u64_at(0),
-            file_size: u64_at(8),
-            checksum: u64_at(16),
-            data: data.into(),
-        })
-    }
-
-    fn estimated_size(&self) -> usize {
-        BLOCK_HEADER + self.data.len()
-    }
-}
-
-/// Where a block came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    /// The memory tier.
-    Memory,
-    /// The disk tier.
-    Disk,
-    /// The remote (a miss).
-    Remote,
-}
-
-/// What the cache needs to know about a file to serve it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileRef {
-    /// Path hash (cache key).
-    pub key: u64,
-    /// Current size from the metadata.
-    pub size: u64,
-    /// Current ETag hash from the metadata.
-    pub etag: u64,
-}
 
 /// Sizes and bounds of the data cache.
 #[derive(Debug, Clone)]
@@ -381,10 +283,32 @@ impl DataCache {
             f.etag,
             f.size,
         );
+        // the read timeout bounds the remote fetch (once, shared by every waiter); disk-tier loads
+        // are local and only get a generous safety bound
         let fut = self.inner.hybrid.get_or_fetch(&key, move || async move {
-            fetch_block(&op, &metrics, &p, start, end, size, etag).await
+            match tokio::time::timeout(
+                timeout,
+                fetch_block(&op, &metrics, &p, start, end, size, etag),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    metrics.read_timeouts.inc();
+                    tracing::warn!(
+                        path = p,
+                        block = index,
+                        timeout_ms = timeout.as_millis() as u64,
+                        "uncached read timed out"
+                    );
+                    Err(DatacacheError::Timeout {
+                        path: p,
+                        after: timeout,
+                    })
+                }
+            }
         });
-        let entry = match tokio::time::timeout(timeout, fut).await {
+        let entry = match tokio::time::timeout(timeout * 3 + Duration::from_secs(30), fut).await {
             Ok(Ok(e)) => e,
             Ok(Err(e)) => {
                 m.read_errors.inc();
@@ -581,64 +505,4 @@ impl DataCache {
             .await
             .map_err(DatacacheError::Cache)
     }
-}
-
-async fn fetch_block(
-    op: &Operator,
-    metrics: &Metrics,
-    path: &str,
-    start: u64,
-    end: u64,
-    file_size: u64,
-    etag: u64,
-) -> Result<Block> {
-    let t = Instant::now();
-    let r = if start == 0 && end == file_size {
-        op.read(path).await
-    } else {
-        op.read_with(path).range(start..end).await
-    };
-    metrics.observe_remote("read", t.elapsed(), r.is_ok());
-    let buf = r.map_err(|source| {
-        tracing::warn!(path, start, end, error = %source, "remote read failed");
-        DatacacheError::Remote {
-            op: "read",
-            path: path.to_string(),
-            source,
-        }
-    })?;
-    let data = buf.to_bytes();
-    if data.len() as u64 != end - start {
-        tracing::warn!(
-            path,
-            expected = end - start,
-            got = data.len(),
-            "remote object size differs from the metadata"
-        );
-        return Err(DatacacheError::SizeMismatch {
-            path: path.to_string(),
-            expected: end - start,
-            got: data.len() as u64,
-        });
-    }
-    metrics.remote_bytes.inc_by(data.len() as u64);
-    Ok(Block {
-        etag,
-        file_size,
-        checksum: xxh3_64(&data),
-        data,
-    })
-}
-
-/// Sum of allocated bytes (st_blocks * 512) of the files in `dir`.
-pub fn allocated_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.blocks() * 512)
-                .sum()
-        })
-        .unwrap_or(0)
 }

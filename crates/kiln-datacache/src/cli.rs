@@ -375,20 +375,19 @@ async fn run_warmup(a: WarmupArgs) -> anyhow::Result<()> {
         warmup_remote(&url, sel, a.threads, show).await?
     } else {
         let svc = match CacheService::open(service_config(&a.source, &a.cache)?).await {
-            Err(crate::DatacacheError::Locked { pid, .. }) => match admin_url(
-                &a.cache.cache_dir,
-                None,
-            ) {
-                Some(url) => {
-                    tracing::info!(pid, admin = %url, "cache directory is held by a running mount; warming through it");
-                    let r = warmup_remote(&url, sel, a.threads, show).await?;
-                    return finish_warmup(r, a.json);
-                }
-                None => bail!(
+            Err(crate::DatacacheError::Locked { pid, .. }) => {
+                match admin_url(&a.cache.cache_dir, None) {
+                    Some(url) => {
+                        tracing::info!(pid, admin = %url, "cache directory is held by a running mount; warming through it");
+                        let r = warmup_remote(&url, sel, a.threads, show).await?;
+                        return finish_warmup(r, a.json);
+                    }
+                    None => bail!(
                     "cache directory {} is in use by pid {pid:?} and no admin endpoint is known",
                     a.cache.cache_dir.display()
                 ),
-            },
+                }
+            }
             other => other?,
         };
         let (_, tree) = svc.meta.current();

@@ -6,7 +6,10 @@
 //! block cache with integrity checks), [`fs`] (the read-only FUSE file system), [`warmup`],
 //! [`admin`] (Prometheus `/metrics`, stats, refresh), [`mount`] (the daemon), and [`cli`] (clap).
 
+#![warn(missing_docs)]
+
 pub mod admin;
+pub mod block;
 pub mod cache;
 pub mod cli;
 pub mod error;

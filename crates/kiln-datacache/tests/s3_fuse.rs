@@ -121,7 +121,6 @@ fn example_binary() -> Option<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure: after the remote-outage phase a large-file read through the mount returns EIO; run with --ignored while fixing"]
 async fn s3_dataset_through_fuse() {
     let test = "s3_dataset_through_fuse";
     let Some(py) = common::python(test) else {
