@@ -143,6 +143,10 @@ impl Backend for OrtBackend {
                 settings.inter_op_threads.to_string(),
             ),
             (
+                "allow_spinning".to_string(),
+                settings.allow_spinning.to_string(),
+            ),
+            (
                 "onnxruntime_library".to_string(),
                 runtime.path.display().to_string(),
             ),

@@ -64,6 +64,14 @@ pub fn build_session(
             b.with_parallel_execution(settings.inter_op_threads > 1)
                 .map_err(Into::into)
         })
+        .and_then(|b| {
+            b.with_intra_op_spinning(settings.allow_spinning)
+                .map_err(Into::into)
+        })
+        .and_then(|b| {
+            b.with_inter_op_spinning(settings.allow_spinning)
+                .map_err(Into::into)
+        })
         .and_then(|b| b.with_execution_providers(&dispatch).map_err(Into::into))
         .map_err(|e: ort::Error| format!("session options: {e}"))?;
     builder.commit_from_file(path).map_err(|e| e.to_string())

@@ -8,6 +8,7 @@
 //! intra_op_threads = 2                  # default: instance_group.threads
 //! inter_op_threads = 1                  # > 1 runs independent branches in parallel
 //! allow_cpu_fallback = true             # an unavailable provider falls back instead of failing
+//! allow_spinning = true                 # pool threads spin before sleeping (the ORT default)
 //! execution_providers = [
 //!   { kind = "tensorrt", device_id = 0, fp16 = true, cache_dir = "/var/cache/kiln/trt" },
 //!   { kind = "cuda", device_id = 0 },
@@ -92,6 +93,8 @@ struct RawParameters {
     execution_providers: Option<Vec<ProviderSpec>>,
     #[serde(default)]
     allow_cpu_fallback: bool,
+    #[serde(default)]
+    allow_spinning: Option<bool>,
 }
 
 /// Resolved settings of one model, defaults filled in.
@@ -109,6 +112,10 @@ pub struct OrtSettings {
     pub providers: Vec<ProviderSpec>,
     /// Whether an unavailable provider is skipped (and reported) instead of failing the load.
     pub allow_cpu_fallback: bool,
+    /// Whether ONNX Runtime's pool threads spin while waiting for work (its default) instead of
+    /// sleeping at once: lower latency on idle cores, but cycles taken from the server's network
+    /// threads when cores are scarce.
+    pub allow_spinning: bool,
 }
 
 impl OrtSettings {
@@ -149,6 +156,7 @@ impl OrtSettings {
             inter_op_threads: raw.inter_op_threads.unwrap_or(1),
             providers,
             allow_cpu_fallback: raw.allow_cpu_fallback,
+            allow_spinning: raw.allow_spinning.unwrap_or(true),
         })
     }
 }
@@ -169,6 +177,7 @@ mod tests {
         assert_eq!(s.optimization, OptimizationLevel::All);
         assert_eq!(s.providers, vec![ProviderSpec::Cpu]);
         assert!(!s.allow_cpu_fallback);
+        assert!(s.allow_spinning);
     }
 
     #[test]
@@ -180,6 +189,7 @@ mod tests {
             intra_op_threads = 2
             inter_op_threads = 2
             allow_cpu_fallback = true
+            allow_spinning = false
             execution_providers = [
               { kind = "tensorrt", device_id = 1, fp16 = true, cache_dir = "/tmp/trt" },
               { kind = "cuda", device_id = 1 },
@@ -189,6 +199,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.optimization, OptimizationLevel::Extended);
+        assert!(!s.allow_spinning);
         assert_eq!(s.intra_op_threads, 2);
         assert_eq!(s.providers.len(), 3);
         assert_eq!(

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Kiln on the ONNX Runtime backend and on tract, driven by perf_analyzer, next to the raw
+# in-process onnxruntime engine, on the mlp and ranker examples; same machine, same run.
+#
+#   bench/ort/run.sh [raw] [kiln]          default: both
+#
+# Env:
+#   MODELS    example models (default "mlp ranker")
+#   BACKENDS  Kiln backends (default "onnxruntime tract")
+#   INSTANCES instance_group.count (default 1)
+#   THREADS   instance_group.threads, i.e. ONNX Runtime intra-op threads; also the raw engine's
+#             intra-op threads (default 2; tract ignores it)
+#   MAX_BATCH max_batch_size (default 64, as the examples); DELAY_US max_queue_delay_us (default 0)
+#   SPIN      onnxruntime models' parameters.allow_spinning (default true, the ORT default)
+#   CONC / MI / TRIALS / BATCHES / PROTOS as in ../shared/peers/README.md (CONC default 8)
+#   SKIP_BUILD use the kiln binary already built; KILN a binary to use instead of target/release/kiln
+# Results: $OUT/results.md (default bench/out/ort-DATE), Kiln's server-side latency quantiles from
+# its own histograms in $OUT/server_side.txt, the load average before and after in $OUT/load.txt.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+PEERS_SH=${PEERS_SH:-$ROOT/../shared/peers/peers.sh}
+OUT=${OUT:-$ROOT/bench/out/ort-$(date +%Y%m%d-%H%M%S)}
+export RESULTS=$OUT/results.md CONC=${CONC:-8}
+KILN=${KILN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln}
+HP=${HTTP_PORT:-18000} GP=${GRPC_PORT:-18001} MP=${METRICS_PORT:-18002}
+THREADS=${THREADS:-2}
+what=${*:-raw kiln}
+mkdir -p "$OUT"
+echo "start: $(uptime)" >>"$OUT/load.txt"
+
+pa_args() { # perf_analyzer fills inputs with random bytes; the ranker's ids are indices
+  case $1 in ranker) echo "--input-data zero" ;; *) echo "" ;; esac
+}
+
+if [[ " $what " == *" raw "* ]]; then
+  for m in ${MODELS:-mlp ranker}; do
+    THREADS=$THREADS "$PEERS_SH" raw --results "$RESULTS" --label "raw onnxruntime $m (intra_op $THREADS)" \
+      "$ROOT/examples/models/$m/1/model.onnx" ${BATCHES:-1 64} | tee -a "$OUT/raw.txt"
+  done
+fi
+
+if [[ " $what " == *" kiln "* ]]; then
+  [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kiln)
+  for backend in ${BACKENDS:-onnxruntime tract}; do
+    repo=$OUT/models-$backend
+    for m in ${MODELS:-mlp ranker}; do
+      mkdir -p "$repo/$m/1"
+      cp "$ROOT/examples/models/$m/1/model.onnx" "$repo/$m/1/model.onnx"
+      cat >"$repo/$m/config.toml" <<TOML
+backend = "$backend"
+max_batch_size = ${MAX_BATCH:-64}
+[dynamic_batching]
+max_queue_delay_us = ${DELAY_US:-0}
+max_queue_size = 4096
+[instance_group]
+count = ${INSTANCES:-1}
+threads = $THREADS
+TOML
+      if [ "$backend" = onnxruntime ]; then
+        printf '[parameters]\nallow_spinning = %s\n' "${SPIN:-true}" >>"$repo/$m/config.toml"
+      fi
+    done
+    rm -f "$OUT/ready.json"
+    "$KILN" serve --model-repository "$repo" --host 127.0.0.1 --http-port "$HP" --grpc-port "$GP" \
+      --metrics-port "$MP" --ready-file "$OUT/ready.json" --log warn >"$OUT/kiln-$backend.log" 2>&1 &
+    kiln_pid=$!
+    trap 'kill $kiln_pid 2>/dev/null || true' EXIT
+    for _ in $(seq 600); do [ -s "$OUT/ready.json" ] && break; sleep 0.1; done
+    [ -s "$OUT/ready.json" ] || { cat "$OUT/kiln-$backend.log"; exit 1; }
+    for m in ${MODELS:-mlp ranker}; do
+      label="kiln-$backend $m"
+      for proto in ${PROTOS:-http grpc}; do
+        for b in ${BATCHES:-1 64}; do
+          curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_before.txt"
+          PA_ARGS=$(pa_args "$m") PROTOS=$proto "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" "$m" "$label" "$b" >/dev/null || true
+          curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_after.txt"
+          { echo "server-side, $label $proto batch $b conc $CONC:"
+            python3 "$ROOT/bench/serve/hist.py" "$OUT/m_before.txt" "$OUT/m_after.txt" "$m"; } | tee -a "$OUT/server_side.txt"
+        done
+      done
+    done
+    kill -TERM "$kiln_pid"; wait "$kiln_pid" || true
+    trap - EXIT
+  done
+fi
+
+echo "end: $(uptime)" >>"$OUT/load.txt"
+echo "== $RESULTS"
+cat "$RESULTS"
+cat "$OUT/load.txt"
