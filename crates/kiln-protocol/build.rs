@@ -2,7 +2,11 @@
 //! compiler, so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/grpc_service.proto", "proto/model_config.proto"];
+    let files = [
+        "proto/grpc_service.proto",
+        "proto/model_config.proto",
+        "proto/kiln_admin.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -12,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
+        .bytes(".kiln.admin.v1.ApplyDeltaRequest.delta")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -48,6 +48,55 @@ pub trait LoadedModel: Send + Sync {
     fn describe(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// The model's online-updatable sparse parameters (embedding tables), if it has any.
+    fn sparse(&self) -> Option<&dyn SparseParameters> {
+        None
+    }
+}
+
+/// Embedding tables of a live model that take sequenced deltas while it serves.
+pub trait SparseParameters: Send + Sync {
+    /// The tables, in the model's order.
+    fn tables(&self) -> Vec<SparseTableInfo>;
+
+    /// Applies one encoded delta (the embedding store's binary delta format) to `table`. The
+    /// next batch executed after this returns sees the change.
+    fn apply_delta(&self, table: &str, encoded: &[u8]) -> Result<DeltaAck>;
+}
+
+/// What a table holds, for the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseTableInfo {
+    /// Table name.
+    pub name: String,
+    /// Elements per row.
+    pub dim: usize,
+    /// Live rows.
+    pub rows: u64,
+    /// Bytes allocated by the table.
+    pub bytes: u64,
+    /// Last applied sequence number per delta source.
+    pub sources: Vec<(String, u64)>,
+}
+
+/// The outcome of one applied delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeltaAck {
+    /// False when the sequence number was already applied (a replay; nothing changed).
+    pub applied: bool,
+    /// Rows written.
+    pub rows: u64,
+    /// Of those, new rows.
+    pub inserted: u64,
+    /// Rows removed by tombstones.
+    pub removed: u64,
+    /// Rows evicted by the memory cap.
+    pub evicted: u64,
+    /// The source's last applied sequence number after this call.
+    pub last_sequence: u64,
+    /// `(expected, got)` when the delta skipped sequence numbers and was applied anyway.
+    pub gap: Option<(u64, u64)>,
 }
 
 /// The state one worker thread runs batches with.

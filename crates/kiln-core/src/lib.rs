@@ -11,7 +11,9 @@ pub mod dtype;
 pub mod error;
 pub mod tensor;
 
-pub use backend::{Backend, LoadedModel, ModelIo};
+pub use backend::{
+    Backend, DeltaAck, LoadedModel, ModelInstance, ModelIo, SparseParameters, SparseTableInfo,
+};
 pub use config::{ModelConfig, TensorSpec, VersionPolicy};
 pub use dtype::DataType;
 pub use error::{Error, ErrorCode, Result};

@@ -13,6 +13,12 @@ pub mod grpc_convert;
 pub mod http;
 mod request;
 
+/// Messages, server and client of `kiln.admin.v1`: the sparse-model control plane.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod admin {
+    tonic::include_proto!("kiln.admin.v1");
+}
+
 /// Messages, server and client of the `inference` protobuf package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod inference {

@@ -10,6 +10,7 @@ mod grpc;
 mod http;
 mod infer;
 mod metrics_http;
+mod sparse;
 mod state;
 mod views;
 
@@ -36,6 +37,8 @@ pub struct ServerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Largest HTTP request body and gRPC message accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Token required by the control plane (embedding deltas); `None` leaves it open.
+    pub admin_token: Option<String>,
 }
 
 /// Errors that stop the server.
@@ -102,7 +105,7 @@ impl Server {
             None => None,
         };
         Ok(Server {
-            state: AppState::new(repo),
+            state: AppState::new(repo, config.admin_token.clone()),
             registry: Arc::new(registry),
             config,
             http,
@@ -168,11 +171,18 @@ impl Server {
         })
         .max_decoding_message_size(self.config.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
+        let admin = kiln_protocol::admin::sparse_admin_server::SparseAdminServer::new(
+            grpc::AdminService {
+                state: self.state.clone(),
+            },
+        )
+        .max_decoding_message_size(self.config.max_request_bytes);
         let incoming =
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(svc)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
         let metrics = self.metrics.map(|l| {

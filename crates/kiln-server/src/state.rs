@@ -23,15 +23,18 @@ pub struct AppState {
     pub accepting: AtomicBool,
     /// False while the start-up models load, so readiness probes wait for them.
     pub started: AtomicBool,
+    /// Token the control plane (`/admin/...`, `kiln.admin.v1`) requires; `None` = open.
+    pub admin_token: Option<String>,
 }
 
 impl AppState {
     /// State over `repo`, accepting traffic.
-    pub fn new(repo: Arc<ModelRepository>) -> Arc<Self> {
+    pub fn new(repo: Arc<ModelRepository>, admin_token: Option<String>) -> Arc<Self> {
         Arc::new(AppState {
             repo,
             accepting: AtomicBool::new(true),
             started: AtomicBool::new(true),
+            admin_token,
         })
     }
 

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Worker threads of the async runtime (network and protocol work; compute has its own).
     #[arg(long, env = "KILN_IO_THREADS")]
     io_threads: Option<usize>,
+    /// Token the control plane (embedding deltas under `/admin/v1`, gRPC `kiln.admin.v1`)
+    /// requires as `Authorization: Bearer <token>`; without it the control plane is open.
+    #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Once listening, write `{"http_port":..,"grpc_port":..,"metrics_port":..}` to this file.
     #[arg(long, env = "KILN_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -99,6 +103,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(RuntimeMetrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
+    let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
+    recsys.collector().register(&mut registry);
+    backends.register(recsys);
     let repo = ModelRepository::new(&args.model_repository, backends, metrics);
 
     let addr = |port| SocketAddr::new(args.host, port);
@@ -107,6 +114,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc_addr: addr(args.grpc_port),
         metrics_addr: (!args.no_metrics).then(|| addr(args.metrics_port)),
         max_request_bytes: args.max_request_bytes,
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
     };
     let server = Server::bind(config, repo.clone(), registry).await?;
     let ports = (

@@ -3,6 +3,9 @@
 //! statistics and repository calls.
 
 mod infer;
+mod sparse;
+
+pub use sparse::AdminService;
 
 use crate::error::to_status;
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};

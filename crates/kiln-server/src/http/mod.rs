@@ -2,6 +2,7 @@
 
 mod admin;
 mod infer;
+mod sparse;
 
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -42,6 +43,19 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
             post(infer::infer_v),
         )
         .route("/v2/repository/index", post(admin::repository_index))
+        .route("/admin/v1/models/{model}/tables", get(sparse::tables))
+        .route(
+            "/admin/v1/models/{model}/versions/{version}/tables",
+            get(sparse::tables_v),
+        )
+        .route(
+            "/admin/v1/models/{model}/tables/{table}/deltas",
+            post(sparse::delta),
+        )
+        .route(
+            "/admin/v1/models/{model}/versions/{version}/tables/{table}/deltas",
+            post(sparse::delta_v),
+        )
         .route("/v2/repository/models/{model}/load", post(admin::load))
         .route("/v2/repository/models/{model}/unload", post(admin::unload))
         .fallback(admin::not_found)

@@ -115,6 +115,8 @@ pub struct Options {
     pub mode: ControlMode,
     /// Largest request accepted.
     pub max_request_bytes: usize,
+    /// Control-plane token.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Options {
@@ -122,6 +124,7 @@ impl Default for Options {
         Options {
             mode: ControlMode::None,
             max_request_bytes: DEFAULT_MAX_BYTES,
+            admin_token: None,
         }
     }
 }
@@ -167,13 +170,18 @@ impl TestServer {
         let metrics = Arc::new(RuntimeMetrics::default());
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
-        let repo = ModelRepository::new(&root, Backends::default(), metrics);
+        let mut backends = Backends::default();
+        let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
+        recsys.collector().register(&mut registry);
+        backends.register(recsys);
+        let repo = ModelRepository::new(&root, backends, metrics);
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let config = ServerConfig {
             http_addr: any,
             grpc_addr: any,
             metrics_addr: Some(any),
             max_request_bytes: opts.max_request_bytes,
+            admin_token: opts.admin_token.clone(),
         };
         let server = Server::bind(config, repo.clone(), registry)
             .await

@@ -1,0 +1,261 @@
+//! Kiln's native recommendation model family (`backend = "recsys"`).
+//!
+//! A model is its `config.toml` [`spec`] plus one safetensors file ([`weights`]): sparse
+//! features, each an INT64 `[N, max_ids]` (or BYTES) input whose ids are looked up in an
+//! embedding table from `kiln-embed` and pooled; a dense FP32 `[N, D]` input through a bottom
+//! MLP; an interaction (concat, or DLRM pairwise dot products); a top MLP and an output
+//! activation. The MLPs run on the `gemm` crate ([`mlp`]); a batch is split into row ranges,
+//! one per instance thread, each running the whole forward pass.
+//!
+//! Tables are live: [`kiln_core::SparseParameters::apply_delta`] applies sequenced deltas
+//! while batches run, and the next batch sees them. Dense weights change by loading a new
+//! version through the repository. A new version whose weights file has no tensor for a table
+//! shares the live table of the version it replaces (deltas applied so far are kept); one that
+//! has it starts from the file.
+
+#![warn(missing_docs)]
+
+pub mod mlp;
+pub mod model;
+pub mod spec;
+pub mod weights;
+
+use kiln_core::{Backend, DataType, Error, LoadedModel, ModelConfig, ModelIo, Result, TensorSpec};
+use kiln_embed::{EmbedCollector, Pooling, Table};
+use model::RecsysModel;
+use parking_lot::Mutex;
+use spec::{Interaction, RecsysSpec};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+use weights::WeightsFile;
+
+/// Rows inserted per write while a table loads.
+const LOAD_CHUNK_ROWS: usize = 16_384;
+
+/// The `recsys` backend. Keeps the live tables of loaded models so a new version can share
+/// them, and the Prometheus collector of their metrics.
+#[derive(Default)]
+pub struct RecsysBackend {
+    live: Mutex<HashMap<String, Weak<Table>>>,
+    collector: EmbedCollector,
+}
+
+impl RecsysBackend {
+    /// A backend with no tables yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The collector of every table's metrics (`kiln_embed_*`); register it once.
+    pub fn collector(&self) -> &EmbedCollector {
+        &self.collector
+    }
+
+    fn table(
+        &self,
+        model: &str,
+        spec: &spec::TableSpec,
+        weights: &WeightsFile,
+    ) -> Result<Arc<Table>> {
+        let full = format!("{model}/{}", spec.name);
+        let tensor = format!("{}.weight", spec.name);
+        if !weights.has(&tensor) {
+            let live = self.live.lock().get(&full).and_then(Weak::upgrade);
+            return live.ok_or_else(|| {
+                Error::invalid(format!(
+                    "table '{}': the weights have no '{tensor}' and no loaded version of '{model}' has this table to share",
+                    spec.name
+                ))
+            });
+        }
+        let shape = weights.shape(&tensor)?;
+        if shape.len() != 2 || shape[1] == 0 {
+            return Err(Error::invalid(format!(
+                "table '{}': '{tensor}' has shape {shape:?}; [rows, dim] expected",
+                spec.name
+            )));
+        }
+        let (rows, dim) = (shape[0], shape[1]);
+        let keys = if weights.has(&format!("{}.keys", spec.name)) {
+            let k = weights.i64(&format!("{}.keys", spec.name))?;
+            if k.len() != rows {
+                return Err(Error::invalid(format!(
+                    "table '{}': {} keys for {rows} rows",
+                    spec.name,
+                    k.len()
+                )));
+            }
+            Some(k)
+        } else {
+            None
+        };
+        let mut config = spec.config.clone();
+        config.name = full.clone();
+        config.dim = dim;
+        config.initial_rows = rows;
+        let table = Table::new(config).map_err(|e| Error::invalid(format!("table '{}': {e}", spec.name)))?;
+        let started = Instant::now();
+        let mut next = 0usize;
+        weights.f32_chunks(&tensor, LOAD_CHUNK_ROWS, |chunk| {
+            let n = chunk.len() / dim;
+            let ks: Vec<u64> = match &keys {
+                Some(k) => k[next..next + n].iter().map(|&k| k as u64).collect(),
+                None => (next as u64..(next + n) as u64).collect(),
+            };
+            table
+                .upsert(&ks, chunk, None)
+                .map_err(|e| Error::invalid(format!("table '{}': {e}", spec.name)))?;
+            next += n;
+            if rows >= 1 << 20 && next % (1 << 20) < n {
+                tracing::info!(table = %full, rows = next, of = rows, "loading table");
+            }
+            Ok(())
+        })?;
+        tracing::info!(table = %full, rows, dim, seconds = started.elapsed().as_secs_f64(), "table loaded");
+        let table = Arc::new(table);
+        self.live.lock().insert(full, Arc::downgrade(&table));
+        Ok(table)
+    }
+}
+
+fn spec_of(name: &str, data_type: DataType, dims: Vec<i64>) -> TensorSpec {
+    TensorSpec {
+        name: name.to_string(),
+        data_type,
+        dims,
+    }
+}
+
+impl Backend for RecsysBackend {
+    fn name(&self) -> &'static str {
+        "recsys"
+    }
+
+    fn load(&self, dir: &Path, config: &ModelConfig) -> Result<Arc<dyn LoadedModel>> {
+        let model = config.model_name().to_string();
+        let spec = RecsysSpec::parse(&config.parameters)?;
+        if config.max_batch_size == 0 {
+            return Err(Error::invalid(
+                "recsys models are batched: set max_batch_size > 0",
+            ));
+        }
+        let path = dir.join(&config.default_model_filename);
+        if !path.is_file() {
+            return Err(Error::invalid(format!(
+                "weights file {} not found",
+                path.display()
+            )));
+        }
+        let weights = WeightsFile::open(&path)?;
+        let bottom = weights.mlp("bottom")?;
+        let top = weights.mlp("top")?;
+        let tables = spec
+            .tables
+            .iter()
+            .map(|t| self.table(&model, t, &weights))
+            .collect::<Result<Vec<_>>>()?;
+        let bw = bottom.last().map(|l| l.outputs).unwrap_or(0);
+        let widths: Vec<usize> = spec
+            .sparse
+            .iter()
+            .map(|f| f.pooling.output_width(tables[f.table].dim()))
+            .collect();
+        let z_width = match spec.interaction {
+            Interaction::Concat => bw + widths.iter().sum::<usize>(),
+            Interaction::Dot => {
+                if let Some((f, w)) = spec.sparse.iter().zip(&widths).find(|(_, &w)| w != bw) {
+                    return Err(Error::invalid(format!(
+                        "interaction dot: feature '{}' pools to {w} values but the bottom MLP gives {bw}; all must be equal",
+                        f.name
+                    )));
+                }
+                let n = widths.len() + 1;
+                bw + n * (n - 1) / 2
+            }
+        };
+        if top[0].inputs != z_width {
+            return Err(Error::invalid(format!(
+                "top.0 takes {} inputs but the {:?} interaction gives {z_width} (bottom {bw} + {} sparse features)",
+                top[0].inputs,
+                spec.interaction,
+                widths.len()
+            )));
+        }
+        let out_dim = top.last().map(|l| l.outputs).unwrap_or(0);
+        let mut inputs = vec![spec_of(
+            &spec.dense_input,
+            DataType::Fp32,
+            vec![bottom[0].inputs as i64],
+        )];
+        for f in &spec.sparse {
+            inputs.push(spec_of(&f.name, f.data_type, vec![f.max_ids as i64]));
+        }
+        let io = ModelIo {
+            inputs,
+            outputs: vec![spec_of(&spec.output, DataType::Fp32, vec![out_dim as i64])],
+        };
+        check_declared(&config.input, &io.inputs, "input")?;
+        check_declared(&config.output, &io.outputs, "output")?;
+        let threads = config.instance_group.threads.max(1) as usize;
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads - 1)
+                    .thread_name(move |i| format!("kiln-recsys-{i}"))
+                    .build()
+                    .map_err(|e| Error::internal(format!("thread pool: {e}")))?,
+            )
+        } else {
+            None
+        };
+        for t in &tables {
+            self.collector.add(t.metrics().clone());
+        }
+        let pooling = |p: Pooling| match p {
+            Pooling::Sum => "sum".to_string(),
+            Pooling::Mean => "mean".to_string(),
+            Pooling::Concat { k } => format!("concat{k}"),
+        };
+        let describe = vec![
+            ("interaction".to_string(), format!("{:?}", spec.interaction).to_lowercase()),
+            ("tables".to_string(), tables.len().to_string()),
+            (
+                "table_rows".to_string(),
+                tables.iter().map(|t| t.len()).sum::<usize>().to_string(),
+            ),
+            (
+                "pooling".to_string(),
+                spec.sparse.first().map(|f| pooling(f.pooling)).unwrap_or_default(),
+            ),
+            ("threads".to_string(), threads.to_string()),
+            ("gemm".to_string(), "gemm crate, f32".to_string()),
+        ];
+        Ok(Arc::new(RecsysModel {
+            io,
+            spec,
+            bottom,
+            top,
+            tables,
+            widths,
+            z_width,
+            threads,
+            pool,
+            collector: self.collector.clone(),
+            describe,
+        }))
+    }
+}
+
+fn check_declared(declared: &[TensorSpec], actual: &[TensorSpec], what: &str) -> Result<()> {
+    if declared.is_empty() {
+        return Ok(());
+    }
+    if declared != actual {
+        return Err(Error::invalid(format!(
+            "config.toml [[{what}]] {declared:?} does not match the model's {what}s {actual:?}"
+        )));
+    }
+    Ok(())
+}

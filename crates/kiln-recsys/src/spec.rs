@@ -1,0 +1,350 @@
+//! The `[parameters]` of a recsys model's `config.toml`: features, tables, interaction, output.
+//!
+//! ```toml
+//! backend = "recsys"
+//! default_model_filename = "model.safetensors"
+//! max_batch_size = 4096
+//!
+//! [parameters]
+//! interaction = "concat"          # or "dot" (DLRM pairwise dot products)
+//! output = "prob"                 # output tensor name
+//! output_activation = "sigmoid"   # or "none"
+//! dense_input = "dense"           # FP32 [N, D]; D is the bottom MLP's input width
+//!
+//! [[parameters.sparse]]
+//! name = "sparse_0"               # INT64 [N, max_ids] input, -1 = padding
+//! table = "emb.0"                 # rows from tensor "emb.0.weight" (row r = id r)
+//! max_ids = 20
+//! pooling = "sum"                 # "sum", "mean", or "concat" with concat_k
+//! hash = "none"                   # "none": ids are keys; "xxh3": raw ids/strings hashed
+//! # buckets = 1000000             # optional: key = hash % buckets
+//! # data_type = "BYTES"           # string ids (empty string = padding), needs hash = "xxh3"
+//!
+//! [parameters.table_defaults]     # for every table; [parameters.tables."emb.0"] overrides
+//! storage = "f32"                 # or "f16"
+//! default_row = "zeros"           # or "hash" (deterministic hash-seeded init, hash_scale)
+//! # memory_cap_mb = 4096, ttl_s = 86400, shards = 64, gap_policy = "reject" | "apply"
+//! ```
+
+use kiln_core::{DataType, Error, Result};
+use kiln_embed::{DefaultRow, GapPolicy, Pooling, StorageType, TableConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How pooled vectors and the bottom MLP's output are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interaction {
+    /// `[bottom, pooled_0, ..., pooled_{T-1}]` side by side.
+    Concat,
+    /// `[bottom, v_a . v_b for a in 1..=T, b in 0..a]` with `v_0 = bottom` (DLRM).
+    Dot,
+}
+
+/// The activation applied to the top MLP's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `1 / (1 + e^-x)`.
+    #[default]
+    Sigmoid,
+    /// The raw logits.
+    None,
+}
+
+/// How a feature's raw ids become table keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Hashing {
+    /// INT64 ids are the keys.
+    #[default]
+    None,
+    /// xxh3-64 of the id's 8 little-endian bytes (INT64) or of the string (BYTES).
+    Xxh3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum PoolingName {
+    #[default]
+    Sum,
+    Mean,
+    Concat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSparse {
+    name: String,
+    table: String,
+    max_ids: usize,
+    #[serde(default)]
+    pooling: PoolingName,
+    #[serde(default)]
+    concat_k: Option<usize>,
+    #[serde(default)]
+    hash: Hashing,
+    #[serde(default)]
+    buckets: Option<u64>,
+    #[serde(default)]
+    data_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    storage: Option<String>,
+    default_row: Option<String>,
+    hash_scale: Option<f32>,
+    hash_seed: Option<u64>,
+    memory_cap_mb: Option<u64>,
+    ttl_s: Option<u64>,
+    shards: Option<usize>,
+    gap_policy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParams {
+    interaction: Interaction,
+    #[serde(default = "default_output")]
+    output: String,
+    #[serde(default)]
+    output_activation: Activation,
+    #[serde(default = "default_dense")]
+    dense_input: String,
+    #[serde(default)]
+    sparse: Vec<RawSparse>,
+    #[serde(default)]
+    table_defaults: RawTable,
+    #[serde(default)]
+    tables: BTreeMap<String, RawTable>,
+}
+
+fn default_output() -> String {
+    "prob".into()
+}
+fn default_dense() -> String {
+    "dense".into()
+}
+
+/// One sparse feature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseFeature {
+    /// Input tensor name.
+    pub name: String,
+    /// Table (index into [`RecsysSpec::tables`]).
+    pub table: usize,
+    /// Ids per row (the input's second dimension).
+    pub max_ids: usize,
+    /// Pooling of the ids' rows.
+    pub pooling: Pooling,
+    /// Raw id to key.
+    pub hash: Hashing,
+    /// Key space size after hashing, if bounded.
+    pub buckets: Option<u64>,
+    /// `INT64` or `BYTES`.
+    pub data_type: DataType,
+}
+
+/// A table's name and store settings.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Name in the config and the weights (`<name>.weight`).
+    pub name: String,
+    /// Store settings except name and dim (filled in from the weights).
+    pub config: TableConfig,
+}
+
+/// A parsed recsys model definition.
+#[derive(Debug, Clone)]
+pub struct RecsysSpec {
+    /// Interaction of pooled vectors and the bottom MLP's output.
+    pub interaction: Interaction,
+    /// Output tensor name.
+    pub output: String,
+    /// Output activation.
+    pub activation: Activation,
+    /// Dense input name.
+    pub dense_input: String,
+    /// Sparse features, in input order (after the dense input).
+    pub sparse: Vec<SparseFeature>,
+    /// Tables in order of first use.
+    pub tables: Vec<TableSpec>,
+}
+
+fn bad(m: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("recsys parameters: {m}"))
+}
+
+impl RecsysSpec {
+    /// Reads the `[parameters]` table of a model config.
+    pub fn parse(params: &toml::Table) -> Result<Self> {
+        let raw: RawParams = toml::Value::Table(params.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.message()))?;
+        if raw.sparse.is_empty() {
+            return Err(bad("at least one [[parameters.sparse]] feature is needed"));
+        }
+        let mut names = std::collections::HashSet::new();
+        names.insert(raw.dense_input.clone());
+        names.insert(raw.output.clone());
+        if names.len() != 2 {
+            return Err(bad("dense_input and output must have different names"));
+        }
+        for t in raw.tables.keys() {
+            if !raw.sparse.iter().any(|s| &s.table == t) {
+                return Err(bad(format!(
+                    "tables.\"{t}\" is not the table of any sparse feature"
+                )));
+            }
+        }
+        let mut tables: Vec<TableSpec> = Vec::new();
+        let mut sparse = Vec::new();
+        for s in raw.sparse {
+            let ctx = |m: String| bad(format!("sparse feature '{}': {m}", s.name));
+            if !names.insert(s.name.clone()) {
+                return Err(ctx("the name is used twice".into()));
+            }
+            if s.max_ids == 0 {
+                return Err(ctx("max_ids must be at least 1".into()));
+            }
+            let pooling = match (s.pooling, s.concat_k) {
+                (PoolingName::Sum, None) => Pooling::Sum,
+                (PoolingName::Mean, None) => Pooling::Mean,
+                (PoolingName::Concat, Some(k)) if k >= 1 => Pooling::Concat { k },
+                (PoolingName::Concat, _) => {
+                    return Err(ctx("pooling = \"concat\" needs concat_k >= 1".into()))
+                }
+                (_, Some(_)) => return Err(ctx("concat_k is only for pooling = \"concat\"".into())),
+            };
+            let data_type = match s.data_type.as_deref() {
+                None | Some("INT64") | Some("TYPE_INT64") => DataType::Int64,
+                Some("BYTES") | Some("TYPE_STRING") => DataType::Bytes,
+                Some(o) => return Err(ctx(format!("data_type must be INT64 or BYTES, got {o}"))),
+            };
+            if data_type == DataType::Bytes && s.hash != Hashing::Xxh3 {
+                return Err(ctx("BYTES ids need hash = \"xxh3\"".into()));
+            }
+            if s.buckets == Some(0) {
+                return Err(ctx("buckets must be at least 1".into()));
+            }
+            let table = match tables.iter().position(|t| t.name == s.table) {
+                Some(i) => i,
+                None => {
+                    let over = raw.tables.get(&s.table).cloned().unwrap_or_default();
+                    let config = table_config(&s.table, &raw.table_defaults, &over)?;
+                    tables.push(TableSpec {
+                        name: s.table.clone(),
+                        config,
+                    });
+                    tables.len() - 1
+                }
+            };
+            sparse.push(SparseFeature {
+                name: s.name,
+                table,
+                max_ids: s.max_ids,
+                pooling,
+                hash: s.hash,
+                buckets: s.buckets,
+                data_type,
+            });
+        }
+        Ok(RecsysSpec {
+            interaction: raw.interaction,
+            output: raw.output,
+            activation: raw.output_activation,
+            dense_input: raw.dense_input,
+            sparse,
+            tables,
+        })
+    }
+}
+
+fn table_config(name: &str, defaults: &RawTable, over: &RawTable) -> Result<TableConfig> {
+    let ctx = |m: String| bad(format!("table '{name}': {m}"));
+    let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+    // dim is filled in from the weights; 1 passes validation meanwhile
+    let mut c = TableConfig::new(name, 1);
+    c.storage = match pick(&over.storage, &defaults.storage).as_deref() {
+        None | Some("f32") => StorageType::F32,
+        Some("f16") => StorageType::F16,
+        Some(o) => return Err(ctx(format!("storage must be f32 or f16, got {o}"))),
+    };
+    let scale = over.hash_scale.or(defaults.hash_scale).unwrap_or(0.01);
+    let seed = over.hash_seed.or(defaults.hash_seed).unwrap_or(0);
+    c.default_row = match pick(&over.default_row, &defaults.default_row).as_deref() {
+        None | Some("zeros") => DefaultRow::Zeros,
+        Some("hash") => DefaultRow::HashInit { seed, scale },
+        Some(o) => return Err(ctx(format!("default_row must be zeros or hash, got {o}"))),
+    };
+    c.gap_policy = match pick(&over.gap_policy, &defaults.gap_policy).as_deref() {
+        None | Some("reject") => GapPolicy::Reject,
+        Some("apply") => GapPolicy::ApplyAndReport,
+        Some(o) => return Err(ctx(format!("gap_policy must be reject or apply, got {o}"))),
+    };
+    if let Some(mb) = over.memory_cap_mb.or(defaults.memory_cap_mb) {
+        c.memory_cap_bytes = Some(mb << 20);
+    }
+    if let Some(s) = over.ttl_s.or(defaults.ttl_s) {
+        c.ttl = Some(Duration::from_secs(s));
+    }
+    if let Some(s) = over.shards.or(defaults.shards) {
+        c.shards = s;
+    }
+    c.validate().map_err(|e| ctx(e.to_string()))?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<RecsysSpec> {
+        RecsysSpec::parse(&toml::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn reads_features_and_tables() {
+        let s = parse(
+            r#"
+            interaction = "dot"
+            [[sparse]]
+            name = "a"
+            table = "t"
+            max_ids = 3
+            [[sparse]]
+            name = "b"
+            table = "t"
+            max_ids = 2
+            pooling = "mean"
+            hash = "xxh3"
+            buckets = 100
+            [tables.t]
+            storage = "f16"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.tables.len(), 1);
+        assert_eq!(s.tables[0].config.storage, StorageType::F16);
+        assert_eq!(s.sparse[1].pooling, Pooling::Mean);
+        assert_eq!(s.sparse[1].buckets, Some(100));
+        assert_eq!(s.interaction, Interaction::Dot);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("interaction = \"concat\"\n[[sparse]]\nname=\"a\"\ntable=\"t\"\nmax_ids=0\n")
+            .unwrap_err();
+        assert!(e.message.contains("max_ids"), "{e:?}");
+        let e = parse("interaction = \"cross\"\n").unwrap_err();
+        assert!(e.message.contains("cross"), "{e:?}");
+        let e = parse(
+            "interaction = \"concat\"\n[[sparse]]\nname=\"a\"\ntable=\"t\"\nmax_ids=1\ndata_type=\"BYTES\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("xxh3"), "{e:?}");
+    }
+}

@@ -1,0 +1,93 @@
+//! `kiln.admin.v1.SparseAdmin`: embedding deltas and table listings over gRPC.
+
+use crate::error::to_status;
+use crate::sparse;
+use crate::state::AppState;
+use kiln_protocol::admin as pb;
+use kiln_protocol::admin::sparse_admin_server::SparseAdmin;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct AdminService {
+    /// Shared server state.
+    pub state: Arc<AppState>,
+}
+
+fn authorize<T>(st: &AppState, r: &Request<T>) -> Result<(), Status> {
+    let token = r
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    sparse::authorize(st, token).map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl SparseAdmin for AdminService {
+    async fn apply_delta(
+        &self,
+        r: Request<pb::ApplyDeltaRequest>,
+    ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
+        authorize(&self.state, &r)?;
+        let req = r.into_inner();
+        let st = self.state.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            sparse::apply_delta(
+                &st,
+                &req.model_name,
+                &req.model_version,
+                &req.table,
+                &req.delta,
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(format!("delta task: {e}")))?
+        .map_err(to_status)?;
+        Ok(Response::new(pb::ApplyDeltaResponse {
+            results: results
+                .into_iter()
+                .map(|(v, a)| pb::DeltaResult {
+                    version: v,
+                    applied: a.applied,
+                    rows: a.rows,
+                    inserted: a.inserted,
+                    removed: a.removed,
+                    evicted: a.evicted,
+                    last_sequence: a.last_sequence,
+                    gap_expected: a.gap.map(|g| g.0).unwrap_or(0),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_tables(
+        &self,
+        r: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        authorize(&self.state, &r)?;
+        let req = r.into_inner();
+        let tables = sparse::list_tables(&self.state, &req.model_name, &req.model_version)
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListTablesResponse {
+            tables: tables
+                .into_iter()
+                .map(|(v, t)| pb::TableInfo {
+                    version: v,
+                    name: t.name,
+                    dim: t.dim as u64,
+                    rows: t.rows,
+                    bytes: t.bytes,
+                    sources: t
+                        .sources
+                        .into_iter()
+                        .map(|(source, last_sequence)| pb::SourceSequence {
+                            source,
+                            last_sequence,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+}
