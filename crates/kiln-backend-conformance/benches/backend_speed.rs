@@ -10,8 +10,8 @@
 //! as `peers.sh raw`), BATCHES (default `1 64`), BACKENDS (default `onnxruntime tract`), SPIN
 //! (onnxruntime's `allow_spinning`, default its own default, true).
 
-use kiln_backend_conformance::suite::{config_of, model_dir};
 use kiln_backend_conformance::locate_ort_library;
+use kiln_backend_conformance::suite::{config_of, model_dir};
 use kiln_core::backend::Backend;
 use kiln_core::{DataType, Tensor};
 use std::time::{Duration, Instant};
@@ -51,10 +51,23 @@ fn inputs(io: &kiln_core::backend::ModelIo, rows: usize) -> Vec<Tensor> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let models = if args.is_empty() { vec!["mlp".to_string(), "ranker".to_string()] } else { args };
-    let threads: u32 = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
-    let batches: Vec<usize> = env_list("BATCHES", "1 64").iter().map(|b| b.parse().unwrap()).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let models = if args.is_empty() {
+        vec!["mlp".to_string(), "ranker".to_string()]
+    } else {
+        args
+    };
+    let threads: u32 = std::env::var("THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let batches: Vec<usize> = env_list("BATCHES", "1 64")
+        .iter()
+        .map(|b| b.parse().unwrap())
+        .collect();
     for backend_name in env_list("BACKENDS", "onnxruntime tract") {
         let backend: Box<dyn Backend> = match backend_name.as_str() {
             "tract" => Box::new(kiln_backend_tract::TractBackend),
@@ -73,12 +86,22 @@ fn main() {
             config.instance_group.threads = threads;
             if let (Ok(spin), "onnxruntime") = (std::env::var("SPIN"), backend_name.as_str()) {
                 let spin = spin == "true" || spin == "1";
-                config.parameters.insert("allow_spinning".into(), toml::Value::Boolean(spin));
+                config
+                    .parameters
+                    .insert("allow_spinning".into(), toml::Value::Boolean(spin));
             }
-            let model = backend.load(&dir.join("1"), &config).unwrap_or_else(|e| panic!("{m}: {e}"));
-            let mut inst = model.create_instance().expect("an instance").expect("instance");
+            let model = backend
+                .load(&dir.join("1"), &config)
+                .unwrap_or_else(|e| panic!("{m}: {e}"));
+            let mut inst = model
+                .create_instance()
+                .expect("an instance")
+                .expect("instance");
             println!("{backend_name} {m} (threads {threads}):");
-            println!("{:>6} {:>10} {:>9} {:>9} {:>9}", "batch", "rows/s", "calls/s", "p50_us", "p99_us");
+            println!(
+                "{:>6} {:>10} {:>9} {:>9} {:>9}",
+                "batch", "rows/s", "calls/s", "p50_us", "p99_us"
+            );
             for &b in &batches {
                 let x = inputs(model.io(), b);
                 let warm = Instant::now();
@@ -100,8 +123,15 @@ fn main() {
                 rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
                 lats.sort();
                 let rps = rates[2];
-                let p = |q: f64| lats[((lats.len() as f64 * q) as usize).min(lats.len() - 1)].as_secs_f64() * 1e6;
-                println!("{b:>6} {rps:>10.0} {:>9.0} {:>9.1} {:>9.1}", rps / b as f64, p(0.5), p(0.99));
+                let p = |q: f64| {
+                    lats[((lats.len() as f64 * q) as usize).min(lats.len() - 1)].as_secs_f64() * 1e6
+                };
+                println!(
+                    "{b:>6} {rps:>10.0} {:>9.0} {:>9.1} {:>9.1}",
+                    rps / b as f64,
+                    p(0.5),
+                    p(0.99)
+                );
             }
         }
     }

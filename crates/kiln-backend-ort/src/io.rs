@@ -70,11 +70,13 @@ fn file_spec(kind: &str, t: &FileTensor, max_batch: i64) -> Result<TensorSpec, S
                     "{kind} '{name}' is a scalar but max_batch_size > 0 needs a batch dimension"
                 ))
             }
-            Some(&d) if d >= 0 && !(d == 1 && max_batch == 1) => return Err(format!(
+            Some(&d) if d >= 0 && !(d == 1 && max_batch == 1) => {
+                return Err(format!(
                 "{kind} '{name}': the model file fixes the first dimension to {d}, so it cannot \
                      be batched up to max_batch_size {max_batch}; export it with a symbolic batch \
                      dimension or set max_batch_size = 0"
-            )),
+            ))
+            }
             Some(_) => {
                 dims.remove(0);
             }

@@ -32,7 +32,10 @@ impl Rng {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().expect("usage: bench_model MODEL_DIR [--threads N] [--batches 1,64]"));
+    let dir = PathBuf::from(
+        args.next()
+            .expect("usage: bench_model MODEL_DIR [--threads N] [--batches 1,64]"),
+    );
     let mut threads = 2u32;
     let mut batches = vec![1usize, 64, 512, 4096];
     while let Some(a) = args.next() {
@@ -56,7 +59,11 @@ fn main() {
     let t0 = Instant::now();
     let backend = RecsysBackend::new();
     let model = backend.load(&version, &config).expect("load");
-    eprintln!("loaded {} in {:.1} s", dir.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} in {:.1} s",
+        dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
     let io = model.io().clone();
     let dense_dim = io.inputs[0].dims[0] as usize;
     let rows_per_table: u64 = model
@@ -110,7 +117,9 @@ fn main() {
             let mut calls = 0;
             while calls < 3 || start.elapsed() < Duration::from_millis(400) {
                 let t = Instant::now();
-                model.execute(&prepared[i % prepared.len()]).expect("execute");
+                model
+                    .execute(&prepared[i % prepared.len()])
+                    .expect("execute");
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
                 i += 1;
                 calls += 1;

@@ -95,7 +95,8 @@ impl RecsysBackend {
         config.name = full.clone();
         config.dim = dim;
         config.initial_rows = rows;
-        let table = Table::new(config).map_err(|e| Error::invalid(format!("table '{}': {e}", spec.name)))?;
+        let table = Table::new(config)
+            .map_err(|e| Error::invalid(format!("table '{}': {e}", spec.name)))?;
         let started = Instant::now();
         let mut next = 0usize;
         weights.f32_chunks(&tensor, LOAD_CHUNK_ROWS, |chunk| {
@@ -219,7 +220,10 @@ impl Backend for RecsysBackend {
             Pooling::Concat { k } => format!("concat{k}"),
         };
         let describe = vec![
-            ("interaction".to_string(), format!("{:?}", spec.interaction).to_lowercase()),
+            (
+                "interaction".to_string(),
+                format!("{:?}", spec.interaction).to_lowercase(),
+            ),
             ("tables".to_string(), tables.len().to_string()),
             (
                 "table_rows".to_string(),
@@ -227,7 +231,10 @@ impl Backend for RecsysBackend {
             ),
             (
                 "pooling".to_string(),
-                spec.sparse.first().map(|f| pooling(f.pooling)).unwrap_or_default(),
+                spec.sparse
+                    .first()
+                    .map(|f| pooling(f.pooling))
+                    .unwrap_or_default(),
             ),
             ("threads".to_string(), threads.to_string()),
             ("gemm".to_string(), "gemm crate, f32".to_string()),

@@ -339,13 +339,9 @@ impl LoadedModel for RecsysModel {
                 )));
             }
         }
-        if let Some((f, feat)) = self
-            .spec
-            .sparse
-            .iter()
-            .enumerate()
-            .find(|(f, feat)| feat.data_type == DataType::Bytes && inputs[1 + f].byte_elements().is_err())
-        {
+        if let Some((f, feat)) = self.spec.sparse.iter().enumerate().find(|(f, feat)| {
+            feat.data_type == DataType::Bytes && inputs[1 + f].byte_elements().is_err()
+        }) {
             let _ = f;
             return Err(Error::invalid(format!(
                 "input '{}': malformed BYTES elements",

@@ -217,7 +217,9 @@ impl RecsysSpec {
                 (PoolingName::Concat, _) => {
                     return Err(ctx("pooling = \"concat\" needs concat_k >= 1".into()))
                 }
-                (_, Some(_)) => return Err(ctx("concat_k is only for pooling = \"concat\"".into())),
+                (_, Some(_)) => {
+                    return Err(ctx("concat_k is only for pooling = \"concat\"".into()))
+                }
             };
             let data_type = match s.data_type.as_deref() {
                 None | Some("INT64") | Some("TYPE_INT64") => DataType::Int64,

@@ -171,12 +171,11 @@ impl Server {
         })
         .max_decoding_message_size(self.config.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
-        let admin = kiln_protocol::admin::sparse_admin_server::SparseAdminServer::new(
-            grpc::AdminService {
+        let admin =
+            kiln_protocol::admin::sparse_admin_server::SparseAdminServer::new(grpc::AdminService {
                 state: self.state.clone(),
-            },
-        )
-        .max_decoding_message_size(self.config.max_request_bytes);
+            })
+            .max_decoding_message_size(self.config.max_request_bytes);
         let incoming =
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = tonic::transport::Server::builder()

@@ -30,7 +30,10 @@ pub fn authorize(state: &AppState, presented: Option<&str>) -> Result<()> {
             "admin token required: send 'Authorization: Bearer <token>'",
         ))
     } else {
-        Err(Error::new(ErrorCode::Unauthenticated, "admin token is wrong"))
+        Err(Error::new(
+            ErrorCode::Unauthenticated,
+            "admin token is wrong",
+        ))
     }
 }
 
@@ -87,7 +90,15 @@ pub fn apply_delta(
     for v in &versions {
         let sp = v.model.sparse().ok_or_else(|| no_tables(v))?;
         let ack = sp.apply_delta(table, delta)?;
-        tracing::debug!(model, version = v.version, table, applied = ack.applied, rows = ack.rows, seq = ack.last_sequence, "delta");
+        tracing::debug!(
+            model,
+            version = v.version,
+            table,
+            applied = ack.applied,
+            rows = ack.rows,
+            seq = ack.last_sequence,
+            "delta"
+        );
         out.push((v.version, ack));
     }
     Ok(out)

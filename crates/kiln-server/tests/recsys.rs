@@ -104,7 +104,9 @@ fn golden(root: &Path) -> Golden {
     let prob = f32s("prob");
     Golden {
         dense: f32s("dense"),
-        sparse: (0..FEATURES).map(|i| i64s(&format!("sparse_{i}"))).collect(),
+        sparse: (0..FEATURES)
+            .map(|i| i64s(&format!("sparse_{i}")))
+            .collect(),
         rows: prob.len(),
         prob,
         prob_after: f32s("prob_after_delta"),
@@ -131,12 +133,13 @@ impl Golden {
     }
 
     fn grpc_request(&self) -> pb::ModelInferRequest {
-        let tensor = |name: String, dt: &str, dims: usize| pb::model_infer_request::InferInputTensor {
-            name,
-            datatype: dt.into(),
-            shape: vec![self.rows as i64, dims as i64],
-            ..Default::default()
-        };
+        let tensor =
+            |name: String, dt: &str, dims: usize| pb::model_infer_request::InferInputTensor {
+                name,
+                datatype: dt.into(),
+                shape: vec![self.rows as i64, dims as i64],
+                ..Default::default()
+            };
         let mut inputs = vec![tensor("dense".into(), "FP32", 13)];
         let mut raw = vec![f32_bytes(&self.dense).into()];
         for (i, ids) in self.sparse.iter().enumerate() {
@@ -157,7 +160,12 @@ fn delta_url(model: &str, table: &str) -> String {
     format!("/admin/v1/models/{model}/tables/{table}/deltas")
 }
 
-async fn post_delta(s: &TestServer, table: &str, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {
+async fn post_delta(
+    s: &TestServer,
+    table: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> (u16, Value) {
     let mut r = s.client.post(s.url(&delta_url("dlrm", table))).body(body);
     if let Some(t) = token {
         r = r.header("Authorization", format!("Bearer {t}"));
@@ -182,19 +190,37 @@ async fn golden_outputs_over_http_and_grpc_and_metadata() {
     assert_close(&output_floats(&v, "prob"), &g.prob, TOL, "HTTP golden");
 
     let mut c = s.grpc().await;
-    let r = c.model_infer(g.grpc_request()).await.expect("grpc infer").into_inner();
+    let r = c
+        .model_infer(g.grpc_request())
+        .await
+        .expect("grpc infer")
+        .into_inner();
     assert_eq!(r.outputs[0].name, "prob");
     assert_eq!(r.outputs[0].shape, vec![g.rows as i64, 1]);
-    assert_close(&f32_from(&r.raw_output_contents[0]), &g.prob, TOL, "gRPC golden");
+    assert_close(
+        &f32_from(&r.raw_output_contents[0]),
+        &g.prob,
+        TOL,
+        "gRPC golden",
+    );
 
     // metadata and config describe the inputs so clients can build requests
     let (st, meta) = s.get("/v2/models/dlrm").await;
     assert_eq!(st, 200, "{meta}");
     let inputs = meta["inputs"].as_array().expect("inputs");
     assert_eq!(inputs.len(), 1 + FEATURES);
-    assert_eq!(inputs[0], json!({"name": "dense", "datatype": "FP32", "shape": [-1, 13]}));
-    assert_eq!(inputs[1], json!({"name": "sparse_0", "datatype": "INT64", "shape": [-1, 20]}));
-    assert_eq!(meta["outputs"][0], json!({"name": "prob", "datatype": "FP32", "shape": [-1, 1]}));
+    assert_eq!(
+        inputs[0],
+        json!({"name": "dense", "datatype": "FP32", "shape": [-1, 13]})
+    );
+    assert_eq!(
+        inputs[1],
+        json!({"name": "sparse_0", "datatype": "INT64", "shape": [-1, 20]})
+    );
+    assert_eq!(
+        meta["outputs"][0],
+        json!({"name": "prob", "datatype": "FP32", "shape": [-1, 1]})
+    );
     let (st, cfg) = s.get("/v2/models/dlrm/config").await;
     assert_eq!(st, 200, "{cfg}");
     assert_eq!(cfg["max_batch_size"], 4096);
@@ -278,7 +304,10 @@ async fn delta_during_load_changes_the_next_predictions() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["versions"][0]["applied"], true, "{v}");
     assert_eq!(v["versions"][0]["rows"], g.delta_keys.len() as u64, "{v}");
-    assert_eq!(v["versions"][0]["inserted"], 2, "two of the keys are new rows: {v}");
+    assert_eq!(
+        v["versions"][0]["inserted"], 2,
+        "two of the keys are new rows: {v}"
+    );
     assert_eq!(v["versions"][0]["last_sequence"], 1);
 
     // the next request sees the delta, exactly as the reference computes it
@@ -306,7 +335,11 @@ async fn delta_during_load_changes_the_next_predictions() {
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during the delta");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the delta"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +393,9 @@ async fn bad_deltas_are_refused_and_change_nothing() {
         assert_eq!(st, 400, "delta named for another table: {v}");
     }
 
-    let (st, v) = s.post("/admin/v1/models/mlp/tables/t/deltas", &json!({})).await;
+    let (st, v) = s
+        .post("/admin/v1/models/mlp/tables/t/deltas", &json!({}))
+        .await;
     assert!(st == 401 || st == 404, "{st} {v}");
 
     let after = output_floats(&s.infer_ok("dlrm", &g.request(0, g.rows)).await, "prob");
@@ -382,7 +417,10 @@ async fn bad_deltas_are_refused_and_change_nothing() {
             .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
         r
     };
-    let e = admin.apply_delta(authed(wrong_dim.encode())).await.unwrap_err();
+    let e = admin
+        .apply_delta(authed(wrong_dim.encode()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     let ok = admin
         .apply_delta(authed(good(1).encode()))
@@ -401,7 +439,87 @@ async fn bad_deltas_are_refused_and_change_nothing() {
     r.metadata_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     let tables = admin.list_tables(r).await.expect("list").into_inner();
-    let t = tables.tables.iter().find(|t| t.name == table).expect("table listed");
+    let t = tables
+        .tables
+        .iter()
+        .find(|t| t.name == table)
+        .expect("table listed");
     assert_eq!(t.rows, 10_002);
     assert_eq!(t.sources[0].last_sequence, 1);
+}
+
+/// A new version whose weights hold only the dense layers shares the live tables of the
+/// version it replaces: deltas applied before the reload stay applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dense_only_version_shares_the_live_tables() {
+    let Some(dir) = reference_repo() else { return };
+    let g = golden(dir.path());
+    let v1 = dir.path().join("dlrm/1/model.safetensors");
+    let opts = Options {
+        mode: kiln_runtime::ControlMode::Poll(std::time::Duration::from_millis(200)),
+        admin_token: Some(TOKEN.into()),
+        ..Options::default()
+    };
+    let s = TestServer::temp(dir, opts).await;
+    let delta = Delta {
+        source: "trainer-0".into(),
+        seq: 1,
+        dim: 64,
+        keys: g.delta_keys.clone(),
+        values: g.delta_values.clone(),
+        ..Default::default()
+    };
+    let (st, v) = post_delta(&s, &g.delta_table, delta.encode(), Some(TOKEN)).await;
+    assert_eq!(st, 200, "{v}");
+
+    // version 2: the same dense weights, no embedding tensors
+    let bytes = std::fs::read(&v1).expect("v1 weights");
+    let st1 = SafeTensors::deserialize(&bytes).expect("v1");
+    let dense: Vec<(String, safetensors::tensor::TensorView<'_>)> = st1
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("bottom.") || n.starts_with("top."))
+        .collect();
+    assert!(dense.len() >= 16, "{} dense tensors", dense.len());
+    let v2 = s.root.join("dlrm/2");
+    std::fs::create_dir_all(&v2).unwrap();
+    safetensors::serialize_to_file(dense, None, &v2.join("model.safetensors.tmp"))
+        .expect("write v2");
+    std::fs::rename(
+        v2.join("model.safetensors.tmp"),
+        v2.join("model.safetensors"),
+    )
+    .unwrap();
+
+    eventually("version 2 serving", || {
+        let s = &s;
+        async move {
+            let (st, _) = s.get("/v2/models/dlrm/versions/2/ready").await;
+            st == 200
+        }
+    })
+    .await;
+    let (st, v) = s
+        .post("/v2/models/dlrm/versions/2/infer", &g.request(0, g.rows))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_close(
+        &output_floats(&v, "prob"),
+        &g.prob_after,
+        TOL,
+        "version 2 keeps the delta",
+    );
+
+    // the shared table continues the same sequence
+    let mut next = delta.clone();
+    next.seq = 2;
+    let (st, v) = post_delta(&s, &g.delta_table, next.encode(), Some(TOKEN)).await;
+    assert_eq!(st, 200, "{v}");
+    let applied: Vec<bool> = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["applied"].as_bool().unwrap())
+        .collect();
+    assert!(applied.contains(&true), "{v}");
 }

@@ -30,7 +30,10 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- kiln serve log ---\n{}", fs::read_to_string(&self.log).unwrap_or_default());
+            eprintln!(
+                "--- kiln serve log ---\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
     }
 }
@@ -45,7 +48,14 @@ fn serve(repo: &Path, scratch: &Path, args: &[&str]) -> Server {
         .arg("serve")
         .arg("--model-repository")
         .arg(repo)
-        .args(["--http-port", "0", "--grpc-port", "0", "--no-metrics", "--ready-file"])
+        .args([
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--no-metrics",
+            "--ready-file",
+        ])
         .arg(&ready)
         .args(args)
         .current_dir(scratch) // no ./.venv here: only the flags and the environment count
@@ -58,7 +68,11 @@ fn serve(repo: &Path, scratch: &Path, args: &[&str]) -> Server {
         .stderr(out)
         .spawn()
         .expect("start kiln serve");
-    let mut server = Server { child, log, http: 0 };
+    let mut server = Server {
+        child,
+        log,
+        http: 0,
+    };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         if let Ok(text) = fs::read_to_string(&ready) {
@@ -72,7 +86,10 @@ fn serve(repo: &Path, scratch: &Path, args: &[&str]) -> Server {
                 return server;
             }
         }
-        assert!(server.child.try_wait().unwrap().is_none(), "kiln serve exited early");
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "kiln serve exited early"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("kiln serve did not get ready");
@@ -82,11 +99,22 @@ fn serve(repo: &Path, scratch: &Path, args: &[&str]) -> Server {
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
-    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -94,9 +122,16 @@ fn http(port: u16, method: &str, path: &str) -> (u16, String) {
 fn mixed_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("models");
     let examples = repo_root().join("examples/models");
-    for (from, to, head) in [("mlp", "mlp", ""), ("ranker", "ranker_ort", "backend = \"onnxruntime\"\n")] {
+    for (from, to, head) in [
+        ("mlp", "mlp", ""),
+        ("ranker", "ranker_ort", "backend = \"onnxruntime\"\n"),
+    ] {
         fs::create_dir_all(repo.join(to).join("1")).unwrap();
-        fs::copy(examples.join(from).join("1/model.onnx"), repo.join(to).join("1/model.onnx")).unwrap();
+        fs::copy(
+            examples.join(from).join("1/model.onnx"),
+            repo.join(to).join("1/model.onnx"),
+        )
+        .unwrap();
         let config = fs::read_to_string(examples.join(from).join("config.toml")).unwrap();
         fs::write(repo.join(to).join("config.toml"), format!("{head}{config}")).unwrap();
     }
@@ -107,13 +142,23 @@ fn mixed_repo(dir: &Path) -> PathBuf {
 fn without_the_library_tract_serves_and_onnxruntime_models_say_how_to_get_it() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = mixed_repo(tmp.path());
-    let server = serve(&repo, tmp.path(), &["--ort-library", "/nonexistent/libonnxruntime.so.1.32.0"]);
+    let server = serve(
+        &repo,
+        tmp.path(),
+        &["--ort-library", "/nonexistent/libonnxruntime.so.1.32.0"],
+    );
     assert_eq!(http(server.http, "GET", "/v2/models/mlp/ready").0, 200);
     let (_, config) = http(server.http, "GET", "/v2/models/mlp/config");
     assert!(config.contains("\"platform\":\"tract_onnx\""), "{config}");
-    assert_ne!(http(server.http, "GET", "/v2/models/ranker_ort/ready").0, 200);
+    assert_ne!(
+        http(server.http, "GET", "/v2/models/ranker_ort/ready").0,
+        200
+    );
     let (_, index) = http(server.http, "POST", "/v2/repository/index");
-    assert!(index.contains("pip install onnxruntime==1.32.0") && index.contains("--ort-library"), "{index}");
+    assert!(
+        index.contains("pip install onnxruntime==1.32.0") && index.contains("--ort-library"),
+        "{index}"
+    );
 }
 
 #[cfg(feature = "ort")]
@@ -123,13 +168,24 @@ fn venv_library() -> Option<PathBuf> {
     let found = fs::read_dir(&capi).ok().and_then(|it| {
         it.filter_map(|e| e.ok())
             .map(|e| e.path().join("site-packages/onnxruntime/capi"))
-            .find_map(|d| fs::read_dir(d).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so."))
-            }))
+            .find_map(|d| {
+                fs::read_dir(d)
+                    .ok()?
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .find(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+                    })
+            })
     });
     if found.is_none() {
         let why = "no onnxruntime library in .venv; run scripts/setup-python.sh";
-        assert!(std::env::var_os("CI").is_none(), "onnxruntime serve test: {why}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "onnxruntime serve test: {why}"
+        );
         let _ = writeln!(std::io::stderr(), "SKIPPED onnxruntime serve test: {why}");
     }
     found
@@ -143,14 +199,33 @@ fn with_the_library_onnx_models_default_to_onnxruntime() {
     let repo = mixed_repo(tmp.path());
     let server = serve(&repo, tmp.path(), &["--ort-library", lib.to_str().unwrap()]);
     for model in ["mlp", "ranker_ort"] {
-        assert_eq!(http(server.http, "GET", &format!("/v2/models/{model}/ready")).0, 200, "{model}");
+        assert_eq!(
+            http(server.http, "GET", &format!("/v2/models/{model}/ready")).0,
+            200,
+            "{model}"
+        );
         let (_, config) = http(server.http, "GET", &format!("/v2/models/{model}/config"));
-        assert!(config.contains("\"platform\":\"onnxruntime_onnx\""), "{config}");
-        assert!(config.contains("\"execution_provider\":{\"string_value\":\"cpu\"}"), "{config}");
+        assert!(
+            config.contains("\"platform\":\"onnxruntime_onnx\""),
+            "{config}"
+        );
+        assert!(
+            config.contains("\"execution_provider\":{\"string_value\":\"cpu\"}"),
+            "{config}"
+        );
     }
     drop(server);
     // --default-onnx-backend tract overrides auto
-    let server = serve(&repo, tmp.path(), &["--ort-library", lib.to_str().unwrap(), "--default-onnx-backend", "tract"]);
+    let server = serve(
+        &repo,
+        tmp.path(),
+        &[
+            "--ort-library",
+            lib.to_str().unwrap(),
+            "--default-onnx-backend",
+            "tract",
+        ],
+    );
     let (_, config) = http(server.http, "GET", "/v2/models/mlp/config");
     assert!(config.contains("\"platform\":\"tract_onnx\""), "{config}");
 }

@@ -30,11 +30,10 @@ async fn apply(
     // decoding and writing rows is CPU work: keep it off the I/O threads
     let st2 = st.clone();
     let (m, t) = (model.clone(), table.clone());
-    let results = tokio::task::spawn_blocking(move || {
-        sparse::apply_delta(&st2, &m, &version, &t, &body)
-    })
-    .await
-    .map_err(|e| ApiError(kiln_core::Error::internal(format!("delta task: {e}"))))??;
+    let results =
+        tokio::task::spawn_blocking(move || sparse::apply_delta(&st2, &m, &version, &t, &body))
+            .await
+            .map_err(|e| ApiError(kiln_core::Error::internal(format!("delta task: {e}"))))??;
     let versions: Vec<Value> = results
         .iter()
         .map(|(v, a)| {
@@ -50,7 +49,9 @@ async fn apply(
             })
         })
         .collect();
-    Ok(Json(json!({ "model": model, "table": table, "versions": versions })))
+    Ok(Json(
+        json!({ "model": model, "table": table, "versions": versions }),
+    ))
 }
 
 pub async fn delta(
