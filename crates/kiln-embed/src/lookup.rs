@@ -137,7 +137,11 @@ pub struct LookupStats {
     pub misses: usize,
 }
 
-const CHUNK: usize = 16;
+const CHUNK: usize = 8;
+/// Chunks between resolving a chunk (prefetching its rows) and accumulating it.
+const ROW_AHEAD: usize = 2;
+/// Further chunks between prefetching a chunk's index buckets and resolving it.
+const BUCKET_AHEAD: usize = 2;
 const MISS: u32 = u32::MAX;
 
 impl Table {
@@ -309,25 +313,32 @@ impl Table {
                     shard.index.prefetch(hashes[e as usize]);
                 }
             };
-            let mut chunks = group.chunks(CHUNK);
-            let mut cur_chunk = chunks.next().unwrap_or(&[]);
-            prefetch_buckets(cur_chunk);
-            let mut cur = [MISS; CHUNK];
-            let mut next = [MISS; CHUNK];
-            resolve(cur_chunk, &mut cur);
-            let mut next_chunk = chunks.next();
-            if let Some(c) = next_chunk {
-                prefetch_buckets(c);
+            // Software pipeline over chunks of CHUNK keys: the index buckets of chunk
+            // i + ROW_AHEAD + BUCKET_AHEAD are prefetched, chunk i + ROW_AHEAD is resolved
+            // (its rows prefetched), and chunk i is accumulated, so each miss has several
+            // chunks of work to arrive in.
+            let n = group.len();
+            let nchunks = n.div_ceil(CHUNK);
+            let chunk = |i: usize| &group[i * CHUNK..((i + 1) * CHUNK).min(n)];
+            let mut ring = [[MISS; CHUNK]; ROW_AHEAD + 1];
+            for i in 0..nchunks.min(ROW_AHEAD + BUCKET_AHEAD) {
+                prefetch_buckets(chunk(i));
             }
-            loop {
-                if let Some(c) = next_chunk {
-                    resolve(c, &mut next);
+            for i in 0..nchunks.min(ROW_AHEAD) {
+                resolve(chunk(i), &mut ring[i % (ROW_AHEAD + 1)]);
+            }
+            for i in 0..nchunks {
+                if i + ROW_AHEAD + BUCKET_AHEAD < nchunks {
+                    prefetch_buckets(chunk(i + ROW_AHEAD + BUCKET_AHEAD));
                 }
-                let after = chunks.next();
-                if let Some(c) = after {
-                    prefetch_buckets(c);
+                if i + ROW_AHEAD < nchunks {
+                    resolve(
+                        chunk(i + ROW_AHEAD),
+                        &mut ring[(i + ROW_AHEAD) % (ROW_AHEAD + 1)],
+                    );
                 }
-                for (&slot, &e) in cur.iter().zip(cur_chunk) {
+                let cur = &ring[i % (ROW_AHEAD + 1)];
+                for (&slot, &e) in cur.iter().zip(chunk(i)) {
                     let e = e as usize;
                     let d = dest[e] as usize * dim;
                     let o = &mut out[d..d + dim];
@@ -342,14 +353,6 @@ impl Table {
                             add_assign(o, tmp);
                         }
                     }
-                }
-                match next_chunk {
-                    Some(c) => {
-                        cur_chunk = c;
-                        std::mem::swap(&mut cur, &mut next);
-                        next_chunk = after;
-                    }
-                    None => break,
                 }
             }
         }
