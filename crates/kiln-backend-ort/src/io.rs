@@ -86,6 +86,7 @@ fn file_spec(kind: &str, t: &FileTensor, max_batch: i64) -> Result<TensorSpec, S
         name: name.clone(),
         data_type: dtype,
         dims,
+        allow_ragged_batch: false,
     })
 }
 

@@ -90,6 +90,7 @@ impl Backend for TractBackend {
                 name: name.clone(),
                 data_type: dtype,
                 dims,
+                allow_ragged_batch: false,
             });
         }
         let (outputs, output_index) = select_outputs(&model_outputs, &config.output)
@@ -210,6 +211,7 @@ fn pin_inputs(
             name,
             data_type: dtype,
             dims: spec_dims,
+            allow_ragged_batch: false,
         });
     }
     if seen != config.input.len() {

@@ -65,6 +65,15 @@ pub struct TensorSpec {
     pub data_type: DataType,
     /// Dimensions, without the batch dimension when batching; `-1` is variable.
     pub dims: Vec<i64>,
+    /// A ragged input (Triton's `allow_ragged_batch`): each request sends a 1-D tensor whose
+    /// length need not be its batch size (e.g. the values of variable-length id lists, with
+    /// their lengths in another input); batching concatenates them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_ragged_batch: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Which versions of a model are served (`latest = n`, `all = true` or `specific = [..]`).

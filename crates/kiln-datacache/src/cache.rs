@@ -112,17 +112,12 @@ impl DataCache {
             .with_block_size(ENGINE_BLOCK)
             .with_flushers(2)
             .with_buffer_pool_size(64 << 20)
-            // queued disk writes above this are dropped by foyer (the block then lives only in
-            // memory); a burst of cold reads must not lose its blocks from the disk tier
-            .with_submit_queue_size_threshold(cfg.memory_bytes.max(1 << 30));
+            .with_submit_queue_size_threshold(256 << 20);
         let started = Instant::now();
         let hybrid = HybridCacheBuilder::new()
             .with_name("kiln-datacache")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
-            // Disk writes are best-effort while serving (foyer drops them when its submit queue
-            // is over the threshold, to protect read latency); on close, whatever the memory
-            // tier holds is written out so a restart finds it in the disk tier.
-            .with_flush_on_close(true)
+            .with_flush_on_close(false)
             .with_event_listener(Arc::new(EvictionCounter(metrics.clone())))
             .memory(cfg.memory_bytes.max(1 << 20))
             .with_shards(16)

@@ -149,6 +149,7 @@ pub fn model_config_to_grpc(config: &ModelConfig, io: &ModelIo, platform: &str) 
                 name: s.name.clone(),
                 data_type: s.data_type.triton_config_enum(),
                 dims: s.dims.clone(),
+                allow_ragged_batch: s.allow_ragged_batch,
                 ..Default::default()
             })
             .collect(),

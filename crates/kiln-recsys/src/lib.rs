@@ -126,6 +126,7 @@ fn spec_of(name: &str, data_type: DataType, dims: Vec<i64>) -> TensorSpec {
         name: name.to_string(),
         data_type,
         dims,
+        allow_ragged_batch: false,
     }
 }
 
@@ -190,8 +191,21 @@ impl Backend for RecsysBackend {
             DataType::Fp32,
             vec![bottom[0].inputs as i64],
         )];
+        let mut input_index = Vec::new();
         for f in &spec.sparse {
-            inputs.push(spec_of(&f.name, f.data_type, vec![f.max_ids as i64]));
+            input_index.push(inputs.len());
+            if f.ragged {
+                let mut values = spec_of(&format!("{}_values", f.name), DataType::Int64, vec![]);
+                values.allow_ragged_batch = true;
+                inputs.push(values);
+                inputs.push(spec_of(
+                    &format!("{}_lengths", f.name),
+                    DataType::Int32,
+                    vec![],
+                ));
+            } else {
+                inputs.push(spec_of(&f.name, f.data_type, vec![f.max_ids as i64]));
+            }
         }
         let io = ModelIo {
             inputs,
@@ -246,6 +260,7 @@ impl Backend for RecsysBackend {
             top,
             tables,
             widths,
+            input_index,
             z_width,
             threads,
             pool,

@@ -27,6 +27,8 @@ pub struct RecsysModel {
     pub(crate) tables: Vec<Arc<Table>>,
     /// Pooled width of each sparse feature.
     pub(crate) widths: Vec<usize>,
+    /// Index of each sparse feature's (first) input.
+    pub(crate) input_index: Vec<usize>,
     pub(crate) z_width: usize,
     pub(crate) threads: usize,
     pub(crate) pool: Option<rayon::ThreadPool>,
@@ -65,6 +67,12 @@ enum Ids<'a> {
     Keys(std::borrow::Cow<'a, [u64]>),
     /// BYTES ids, one slice per element (empty = padding).
     Strings(Vec<&'a [u8]>),
+    /// Ragged INT64 ids: all values, ids per row, and each row's start (`rows + 1` entries).
+    Ragged {
+        values: std::borrow::Cow<'a, [u64]>,
+        lengths: Vec<u32>,
+        offsets: Vec<usize>,
+    },
 }
 
 fn f32s(t: &Tensor) -> std::borrow::Cow<'_, [f32]> {
@@ -154,22 +162,42 @@ impl RecsysModel {
             let table = &self.tables[feat.table];
             let k = feat.max_ids;
             let range = r0 * k..(r0 + rows) * k;
+            if let Ids::Ragged {
+                values,
+                lengths,
+                offsets,
+            } = &ids[f]
+            {
+                let vals = &values[offsets[r0]..offsets[r0 + rows]];
+                let keys: &[u64] = if feat.hash == Hashing::None && feat.buckets.is_none() {
+                    vals
+                } else {
+                    s.keys.clear();
+                    s.keys
+                        .extend(vals.iter().map(|&id| hash_key(id, feat.hash, feat.buckets)));
+                    &s.keys
+                };
+                let input = MultiHot::Ragged {
+                    values: keys,
+                    lengths: &lengths[r0..r0 + rows],
+                    padding: Some(u64::MAX),
+                };
+                let dst = &mut s.pooled[off * rows..(off + w) * rows];
+                table
+                    .lookup(&input, feat.pooling, dst, &mut s.lookup)
+                    .map_err(|e| embed_err(&feat.name, e))?;
+                off += w;
+                continue;
+            }
             let keys: &[u64] = match (&ids[f], feat.hash) {
                 (Ids::Keys(all), Hashing::None) if feat.buckets.is_none() => &all[range],
                 (Ids::Keys(all), h) => {
                     s.keys.clear();
-                    s.keys.extend(all[range].iter().map(|&id| {
-                        if id == u64::MAX {
-                            return u64::MAX;
-                        }
-                        let key = match h {
-                            Hashing::None => id,
-                            Hashing::Xxh3 => xxh3_64(&id.to_le_bytes()),
-                        };
-                        feat.buckets.map_or(key, |b| key % b)
-                    }));
+                    s.keys
+                        .extend(all[range].iter().map(|&id| hash_key(id, h, feat.buckets)));
                     &s.keys
                 }
+                (Ids::Ragged { .. }, _) => unreachable!("handled above"),
                 (Ids::Strings(all), _) => {
                     s.keys.clear();
                     s.keys.extend(all[range].iter().map(|b| {
@@ -288,20 +316,67 @@ impl RecsysModel {
         Ok(())
     }
 
-    fn decode_ids<'a>(&self, inputs: &'a [Tensor]) -> Vec<Ids<'a>> {
+    /// Decodes every feature's ids, checking ragged values against their lengths.
+    fn decode_ids<'a>(&self, inputs: &'a [Tensor], rows: usize) -> Result<Vec<Ids<'a>>> {
         self.spec
             .sparse
             .iter()
             .enumerate()
             .map(|(f, feat)| {
-                let t = &inputs[1 + f];
-                match feat.data_type {
-                    DataType::Bytes => Ids::Strings(t.byte_elements().unwrap_or_default()),
-                    _ => Ids::Keys(u64s(t)),
+                let t = &inputs[self.input_index[f]];
+                if feat.ragged {
+                    let lt = &inputs[self.input_index[f] + 1];
+                    let mut lengths = Vec::with_capacity(rows);
+                    let mut offsets = Vec::with_capacity(rows + 1);
+                    offsets.push(0usize);
+                    for b in lt.data.chunks_exact(4) {
+                        let l = i32::from_le_bytes(b.try_into().expect("4 bytes"));
+                        if l < 0 || l as usize > feat.max_ids {
+                            return Err(Error::invalid(format!(
+                                "input '{}': length {l} is outside 0..={}",
+                                lt.name, feat.max_ids
+                            )));
+                        }
+                        lengths.push(l as u32);
+                        offsets.push(offsets.last().copied().unwrap_or(0) + l as usize);
+                    }
+                    let values = u64s(t);
+                    let total = offsets.last().copied().unwrap_or(0);
+                    if total != values.len() {
+                        return Err(Error::invalid(format!(
+                            "input '{}': lengths add up to {total} but {} values were given",
+                            t.name,
+                            values.len()
+                        )));
+                    }
+                    return Ok(Ids::Ragged {
+                        values,
+                        lengths,
+                        offsets,
+                    });
                 }
+                Ok(match feat.data_type {
+                    DataType::Bytes => Ids::Strings(t.byte_elements().map_err(|_| {
+                        Error::invalid(format!("input '{}': malformed BYTES elements", t.name))
+                    })?),
+                    _ => Ids::Keys(u64s(t)),
+                })
             })
             .collect()
     }
+}
+
+/// The table key of an INT64 id (`-1`, i.e. `u64::MAX`, stays the padding id).
+#[inline]
+fn hash_key(id: u64, h: Hashing, buckets: Option<u64>) -> u64 {
+    if id == u64::MAX {
+        return u64::MAX;
+    }
+    let key = match h {
+        Hashing::None => id,
+        Hashing::Xxh3 => xxh3_64(&id.to_le_bytes()),
+    };
+    buckets.map_or(key, |b| key % b)
 }
 
 #[inline]
@@ -330,7 +405,7 @@ impl LoadedModel for RecsysModel {
     fn execute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let rows = inputs.first().map(|t| t.rows()).unwrap_or(0);
         for (t, spec) in inputs.iter().zip(&self.io.inputs) {
-            if t.rows() != rows {
+            if !spec.allow_ragged_batch && t.rows() != rows {
                 return Err(Error::invalid(format!(
                     "input '{}' has {} rows, '{}' has {rows}",
                     spec.name,
@@ -339,17 +414,8 @@ impl LoadedModel for RecsysModel {
                 )));
             }
         }
-        if let Some((f, feat)) = self.spec.sparse.iter().enumerate().find(|(f, feat)| {
-            feat.data_type == DataType::Bytes && inputs[1 + f].byte_elements().is_err()
-        }) {
-            let _ = f;
-            return Err(Error::invalid(format!(
-                "input '{}': malformed BYTES elements",
-                feat.name
-            )));
-        }
         let dense = f32s(&inputs[0]);
-        let ids = self.decode_ids(inputs);
+        let ids = self.decode_ids(inputs, rows)?;
         let out_dim = self.out_dim();
         let mut out = vec![0.0f32; rows * out_dim];
         let parts = (rows / MIN_ROWS_PER_THREAD).clamp(1, self.threads);

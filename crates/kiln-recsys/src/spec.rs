@@ -19,6 +19,7 @@
 //! hash = "none"                   # "none": ids are keys; "xxh3": raw ids/strings hashed
 //! # buckets = 1000000             # optional: key = hash % buckets
 //! # data_type = "BYTES"           # string ids (empty string = padding), needs hash = "xxh3"
+//! # input = "ragged"              # sparse_0_values INT64 [L] + sparse_0_lengths INT32 [N]
 //!
 //! [parameters.table_defaults]     # for every table; [parameters.tables."emb.0"] overrides
 //! storage = "f32"                 # or "f16"
@@ -89,6 +90,16 @@ struct RawSparse {
     buckets: Option<u64>,
     #[serde(default)]
     data_type: Option<String>,
+    #[serde(default)]
+    input: InputForm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum InputForm {
+    #[default]
+    Padded,
+    Ragged,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -146,6 +157,9 @@ pub struct SparseFeature {
     pub buckets: Option<u64>,
     /// `INT64` or `BYTES`.
     pub data_type: DataType,
+    /// Values + lengths inputs (`<name>_values` INT64 ragged, `<name>_lengths` INT32 `[N]`)
+    /// instead of one padded `[N, max_ids]` input.
+    pub ragged: bool,
 }
 
 /// A table's name and store settings.
@@ -229,6 +243,9 @@ impl RecsysSpec {
             if data_type == DataType::Bytes && s.hash != Hashing::Xxh3 {
                 return Err(ctx("BYTES ids need hash = \"xxh3\"".into()));
             }
+            if s.input == InputForm::Ragged && data_type == DataType::Bytes {
+                return Err(ctx("input = \"ragged\" takes INT64 ids only".into()));
+            }
             if s.buckets == Some(0) {
                 return Err(ctx("buckets must be at least 1".into()));
             }
@@ -252,6 +269,7 @@ impl RecsysSpec {
                 hash: s.hash,
                 buckets: s.buckets,
                 data_type,
+                ragged: s.input == InputForm::Ragged,
             });
         }
         Ok(RecsysSpec {

@@ -234,7 +234,16 @@ impl ServedVersion {
                     t.name, t.dtype, spec.data_type
                 )));
             }
-            let dims = if max_batch > 0 {
+            let dims = if max_batch > 0 && spec.allow_ragged_batch {
+                // ragged: a 1-D tensor of any length; the batch size comes from the other inputs
+                if t.shape.len() != 1 {
+                    return Err(Error::invalid(format!(
+                        "input '{}': ragged input must be 1-D, got shape {:?}",
+                        t.name, t.shape
+                    )));
+                }
+                &t.shape[1..]
+            } else if max_batch > 0 {
                 let r = match t.shape.first() {
                     Some(&r) if r >= 1 => r as usize,
                     _ => {
@@ -294,6 +303,12 @@ impl ServedVersion {
                     extra.name, self.name
                 )
             }));
+        }
+        if max_batch > 0 && rows.is_none() && !ordered.is_empty() {
+            return Err(Error::invalid(format!(
+                "model '{}': every input is ragged, so no input gives the batch size",
+                self.name
+            )));
         }
         Ok((ordered, rows.unwrap_or(1)))
     }

@@ -4,7 +4,8 @@
 use kiln_core::backend::LoadedModel;
 use kiln_core::{DataType, ModelConfig, Result, Tensor};
 
-/// Runs one batch of a single row (variable dims as 1) through `model`.
+/// Runs one batch of a single row (variable dims as 1) through `model`. Ragged inputs are sent
+/// empty (a row with no values), so their companion lengths of zero stay consistent.
 pub fn warm_up(model: &dyn LoadedModel, config: &ModelConfig) -> Result<()> {
     let inputs: Vec<Tensor> = model
         .io()
@@ -17,7 +18,7 @@ pub fn warm_up(model: &dyn LoadedModel, config: &ModelConfig) -> Result<()> {
                 .map(|&d| if d < 0 { 1 } else { d })
                 .collect();
             if config.max_batch_size > 0 {
-                shape.insert(0, 1);
+                shape.insert(0, if spec.allow_ragged_batch { 0 } else { 1 });
             }
             let n: i64 = shape.iter().product();
             let data = match spec.data_type.size() {

@@ -53,7 +53,13 @@ pub fn model_metadata(v: &ServedVersion, versions: &[u64]) -> Value {
 pub fn model_config(v: &ServedVersion) -> Value {
     let c = &v.config;
     let io = v.io();
-    let tensor = |s: &TensorSpec| json!({ "name": s.name, "data_type": s.data_type.triton_config_name(), "dims": s.dims });
+    let tensor = |s: &TensorSpec| {
+        let mut t = json!({ "name": s.name, "data_type": s.data_type.triton_config_name(), "dims": s.dims });
+        if s.allow_ragged_batch {
+            t["allow_ragged_batch"] = json!(true);
+        }
+        t
+    };
     let policy = if c.version_policy.all == Some(true) {
         json!({ "all": {} })
     } else if let Some(s) = &c.version_policy.specific {

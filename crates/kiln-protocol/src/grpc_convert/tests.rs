@@ -409,11 +409,13 @@ fn model_config_message() {
             name: "x".into(),
             data_type: DataType::Fp32,
             dims: vec![16],
+            allow_ragged_batch: false,
         }],
         outputs: vec![TensorSpec {
             name: "y".into(),
             data_type: DataType::Bytes,
             dims: vec![-1],
+            allow_ragged_batch: false,
         }],
     };
     let c = model_config_to_grpc(&config, &io, "onnxruntime_onnx");
