@@ -162,62 +162,58 @@ impl RecsysModel {
             let table = &self.tables[feat.table];
             let k = feat.max_ids;
             let range = r0 * k..(r0 + rows) * k;
-            if let Ids::Ragged {
-                values,
-                lengths,
-                offsets,
-            } = &ids[f]
-            {
-                let vals = &values[offsets[r0]..offsets[r0 + rows]];
-                let keys: &[u64] = if feat.hash == Hashing::None && feat.buckets.is_none() {
-                    vals
-                } else {
-                    s.keys.clear();
-                    s.keys
-                        .extend(vals.iter().map(|&id| hash_key(id, feat.hash, feat.buckets)));
-                    &s.keys
-                };
-                let input = MultiHot::Ragged {
-                    values: keys,
-                    lengths: &lengths[r0..r0 + rows],
-                    padding: Some(u64::MAX),
-                };
-                let dst = &mut s.pooled[off * rows..(off + w) * rows];
-                table
-                    .lookup(&input, feat.pooling, dst, &mut s.lookup)
-                    .map_err(|e| embed_err(&feat.name, e))?;
-                off += w;
-                continue;
-            }
-            let keys: &[u64] = match (&ids[f], feat.hash) {
-                (Ids::Keys(all), Hashing::None) if feat.buckets.is_none() => &all[range],
-                (Ids::Keys(all), h) => {
-                    s.keys.clear();
-                    s.keys
-                        .extend(all[range].iter().map(|&id| hash_key(id, h, feat.buckets)));
-                    &s.keys
+            let (hashed, pooled, lookup) = (&mut s.keys, &mut s.pooled, &mut s.lookup);
+            // the keys of this row range (hashed into the scratch buffer when the config asks)
+            let mut hash_ints = |ids: &[u64]| {
+                hashed.clear();
+                hashed.extend(ids.iter().map(|&id| hash_key(id, feat.hash, feat.buckets)));
+            };
+            let plain = feat.hash == Hashing::None && feat.buckets.is_none();
+            let input = match &ids[f] {
+                Ids::Ragged {
+                    values,
+                    lengths,
+                    offsets,
+                } => {
+                    let vals = &values[offsets[r0]..offsets[r0 + rows]];
+                    if !plain {
+                        hash_ints(vals);
+                    }
+                    MultiHot::Ragged {
+                        values: if plain { vals } else { &hashed[..] },
+                        lengths: &lengths[r0..r0 + rows],
+                        padding: Some(u64::MAX),
+                    }
                 }
-                (Ids::Ragged { .. }, _) => unreachable!("handled above"),
-                (Ids::Strings(all), _) => {
-                    s.keys.clear();
-                    s.keys.extend(all[range].iter().map(|b| {
+                Ids::Keys(all) => {
+                    if !plain {
+                        hash_ints(&all[range.clone()]);
+                    }
+                    MultiHot::Padded {
+                        ids: if plain { &all[range] } else { &hashed[..] },
+                        width: k,
+                        padding: Some(u64::MAX),
+                    }
+                }
+                Ids::Strings(all) => {
+                    hashed.clear();
+                    hashed.extend(all[range].iter().map(|b| {
                         if b.is_empty() {
                             return u64::MAX;
                         }
                         let key = xxh3_64(b);
                         feat.buckets.map_or(key, |n| key % n)
                     }));
-                    &s.keys
+                    MultiHot::Padded {
+                        ids: &hashed[..],
+                        width: k,
+                        padding: Some(u64::MAX),
+                    }
                 }
             };
-            let input = MultiHot::Padded {
-                ids: keys,
-                width: k,
-                padding: Some(u64::MAX),
-            };
-            let dst = &mut s.pooled[off * rows..(off + w) * rows];
+            let dst = &mut pooled[off * rows..(off + w) * rows];
             table
-                .lookup(&input, feat.pooling, dst, &mut s.lookup)
+                .lookup(&input, feat.pooling, dst, lookup)
                 .map_err(|e| embed_err(&feat.name, e))?;
             off += w;
         }

@@ -117,6 +117,18 @@ fn golden(root: &Path) -> Golden {
 }
 
 impl Golden {
+    /// The generator's delta as sequence number `seq` of source `trainer-0`.
+    fn delta(&self, seq: u64) -> Delta {
+        Delta {
+            source: "trainer-0".into(),
+            seq,
+            dim: 64,
+            keys: self.delta_keys.clone(),
+            values: self.delta_values.clone(),
+            ..Default::default()
+        }
+    }
+
     /// A JSON request for rows `r0..r1`.
     fn request(&self, r0: usize, r1: usize) -> Value {
         let mut inputs = vec![json!({
@@ -292,14 +304,7 @@ async fn delta_during_load_changes_the_next_predictions() {
     })
     .await;
 
-    let delta = Delta {
-        source: "trainer-0".into(),
-        seq: 1,
-        dim: 64,
-        keys: g.delta_keys.clone(),
-        values: g.delta_values.clone(),
-        ..Default::default()
-    };
+    let delta = g.delta(1);
     let (st, v) = post_delta(&s, &g.delta_table, delta.encode(), Some(TOKEN)).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["versions"][0]["applied"], true, "{v}");
@@ -346,14 +351,7 @@ async fn delta_during_load_changes_the_next_predictions() {
 async fn bad_deltas_are_refused_and_change_nothing() {
     let Some((s, g)) = start().await else { return };
     let before = output_floats(&s.infer_ok("dlrm", &g.request(0, g.rows)).await, "prob");
-    let good = |seq: u64| Delta {
-        source: "trainer-0".into(),
-        seq,
-        dim: 64,
-        keys: g.delta_keys.clone(),
-        values: g.delta_values.clone(),
-        ..Default::default()
-    };
+    let good = |seq: u64| g.delta(seq);
     let table = g.delta_table.as_str();
 
     let (st, v) = post_delta(&s, table, good(1).encode(), None).await;
@@ -461,14 +459,7 @@ async fn dense_only_version_shares_the_live_tables() {
         ..Options::default()
     };
     let s = TestServer::temp(dir, opts).await;
-    let delta = Delta {
-        source: "trainer-0".into(),
-        seq: 1,
-        dim: 64,
-        keys: g.delta_keys.clone(),
-        values: g.delta_values.clone(),
-        ..Default::default()
-    };
+    let delta = g.delta(1);
     let (st, v) = post_delta(&s, &g.delta_table, delta.encode(), Some(TOKEN)).await;
     assert_eq!(st, 200, "{v}");
 
