@@ -51,7 +51,7 @@ pub fn resolve(
         .map(|t| file_spec("output", t, max_batch))
         .collect::<Result<Vec<_>, _>>()?;
     let inputs = select_inputs(&model_inputs, &config.input)?;
-    let (outputs, index) = select_outputs(&model_outputs, &config.output)?;
+    let (outputs, index) = kiln_core::backend::select_outputs(&model_outputs, &config.output)?;
     Ok((ModelIo { inputs, outputs }, index))
 }
 
@@ -90,14 +90,6 @@ fn file_spec(kind: &str, t: &FileTensor, max_batch: i64) -> Result<TensorSpec, S
     })
 }
 
-fn dims_match(file: &[i64], config: &[i64]) -> bool {
-    file.len() == config.len()
-        && file
-            .iter()
-            .zip(config)
-            .all(|(&a, &b)| a == -1 || b == -1 || a == b)
-}
-
 /// The inputs in the file's order: the config's specs (checked against the file) or the file's.
 fn select_inputs(
     model: &[TensorSpec],
@@ -133,7 +125,7 @@ fn select_inputs(
                 c.name, c.data_type, m.data_type
             ));
         }
-        if !dims_match(&m.dims, &c.dims) {
+        if !kiln_core::backend::dims_compatible(&m.dims, &c.dims) {
             return Err(format!(
                 "input '{}': config.toml dims {:?} do not match the model file's {:?}",
                 c.name, c.dims, m.dims
@@ -142,46 +134,6 @@ fn select_inputs(
         specs.push(c.clone());
     }
     Ok(specs)
-}
-
-/// The served outputs: the config's list (checked against the file) or every output; with, for
-/// each, its index among the model's outputs.
-fn select_outputs(
-    model: &[TensorSpec],
-    configured: &[TensorSpec],
-) -> Result<(Vec<TensorSpec>, Vec<usize>), String> {
-    if configured.is_empty() {
-        return Ok((model.to_vec(), (0..model.len()).collect()));
-    }
-    let mut specs = Vec::with_capacity(configured.len());
-    let mut index = Vec::with_capacity(configured.len());
-    for c in configured {
-        let (i, m) = model
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.name == c.name)
-            .ok_or_else(|| {
-                format!(
-                    "config.toml [[output]] '{}' is not an output of the model file",
-                    c.name
-                )
-            })?;
-        if m.data_type != c.data_type {
-            return Err(format!(
-                "output '{}': config.toml says {} but the model file produces {}",
-                c.name, c.data_type, m.data_type
-            ));
-        }
-        if !dims_match(&m.dims, &c.dims) {
-            return Err(format!(
-                "output '{}': config.toml dims {:?} do not match the model file's {:?}",
-                c.name, c.dims, m.dims
-            ));
-        }
-        specs.push(c.clone());
-        index.push(i);
-    }
-    Ok((specs, index))
 }
 
 #[cfg(test)]

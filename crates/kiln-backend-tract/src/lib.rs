@@ -93,8 +93,9 @@ impl Backend for TractBackend {
                 allow_ragged_batch: false,
             });
         }
-        let (outputs, output_index) = select_outputs(&model_outputs, &config.output)
-            .map_err(|m| Error::invalid(format!("{}: {m}", path.display())))?;
+        let (outputs, output_index) =
+            kiln_core::backend::select_outputs(&model_outputs, &config.output)
+                .map_err(|m| Error::invalid(format!("{}: {m}", path.display())))?;
         let plan = typed
             .into_runnable()
             .map_err(|e| fail("cannot build the execution plan", e))?;
@@ -226,52 +227,6 @@ fn pin_inputs(
         )));
     }
     Ok(specs)
-}
-
-/// Chooses the served outputs: the config's list (checked against the file) or every output.
-/// Returns the specs and, for each, its index among the model's outputs.
-fn select_outputs(
-    model: &[TensorSpec],
-    configured: &[TensorSpec],
-) -> Result<(Vec<TensorSpec>, Vec<usize>), String> {
-    if configured.is_empty() {
-        return Ok((model.to_vec(), (0..model.len()).collect()));
-    }
-    let mut specs = Vec::new();
-    let mut index = Vec::new();
-    for c in configured {
-        let (i, m) = model
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.name == c.name)
-            .ok_or_else(|| {
-                format!(
-                    "config.toml [[output]] '{}' is not an output of the model file",
-                    c.name
-                )
-            })?;
-        if m.data_type != c.data_type {
-            return Err(format!(
-                "output '{}': config.toml says {} but the model file produces {}",
-                c.name, c.data_type, m.data_type
-            ));
-        }
-        let rank_ok = m.dims.len() == c.dims.len();
-        let dims_ok = rank_ok
-            && m.dims
-                .iter()
-                .zip(&c.dims)
-                .all(|(&a, &b)| a == -1 || b == -1 || a == b);
-        if !dims_ok {
-            return Err(format!(
-                "output '{}': config.toml dims {:?} do not match the model file's {:?}",
-                c.name, c.dims, m.dims
-            ));
-        }
-        specs.push(c.clone());
-        index.push(i);
-    }
-    Ok((specs, index))
 }
 
 struct Inner {

@@ -113,3 +113,54 @@ impl ModelInstance for SharedInstance {
         self.0.execute(inputs)
     }
 }
+
+/// Whether a model file's dims and a config's dims agree (`-1` on either side matches anything).
+pub fn dims_compatible(file: &[i64], config: &[i64]) -> bool {
+    file.len() == config.len()
+        && file
+            .iter()
+            .zip(config)
+            .all(|(&a, &b)| a == -1 || b == -1 || a == b)
+}
+
+/// The served outputs of a model file: the config's `[[output]]` list (each checked against the
+/// file by name, datatype and dims) or, when the config lists none, every output of the file.
+/// Returns the specs and, for each, its index among the file's outputs. Shared by the backends
+/// that read outputs from a model file.
+pub fn select_outputs(
+    model: &[TensorSpec],
+    configured: &[TensorSpec],
+) -> std::result::Result<(Vec<TensorSpec>, Vec<usize>), String> {
+    if configured.is_empty() {
+        return Ok((model.to_vec(), (0..model.len()).collect()));
+    }
+    let mut specs = Vec::with_capacity(configured.len());
+    let mut index = Vec::with_capacity(configured.len());
+    for c in configured {
+        let (i, m) = model
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.name == c.name)
+            .ok_or_else(|| {
+                format!(
+                    "config.toml [[output]] '{}' is not an output of the model file",
+                    c.name
+                )
+            })?;
+        if m.data_type != c.data_type {
+            return Err(format!(
+                "output '{}': config.toml says {} but the model file produces {}",
+                c.name, c.data_type, m.data_type
+            ));
+        }
+        if !dims_compatible(&m.dims, &c.dims) {
+            return Err(format!(
+                "output '{}': config.toml dims {:?} do not match the model file's {:?}",
+                c.name, c.dims, m.dims
+            ));
+        }
+        specs.push(c.clone());
+        index.push(i);
+    }
+    Ok((specs, index))
+}
