@@ -1,7 +1,9 @@
 //! Memory of the metadata cache per million files, measured with a counting allocator: the
 //! resident tree after the build, and the transient peak while building it from a listing.
+//! Only the test thread's allocations count: the harness's own threads allocate at any time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kiln_datacache::meta::{MetaTree, RawEntry};
@@ -11,16 +13,30 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    static MEASURED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn measured() -> bool {
+    MEASURED.try_with(Cell::get).unwrap_or(false)
+}
+
 // SAFETY: forwards to the system allocator and only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if !measured() {
+            // SAFETY: same layout contract as the caller's.
+            return unsafe { System.alloc(l) };
+        }
         let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
         PEAK.fetch_max(now, Ordering::Relaxed);
         // SAFETY: same layout contract as the caller's.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        if measured() {
+            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        }
         // SAFETY: `p` was allocated by `System` with `l`.
         unsafe { System.dealloc(p, l) }
     }
@@ -46,9 +62,11 @@ fn metadata_bytes_per_million_files() {
         etag: Some(format!("\"{:032x}\"", i)),
     });
     PEAK.store(base, Ordering::Relaxed);
+    MEASURED.set(true);
     let tree = MetaTree::build(entries);
-    let resident = LIVE.load(Ordering::Relaxed) - base;
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    MEASURED.set(false);
+    let resident = LIVE.load(Ordering::Relaxed).wrapping_sub(base);
+    let peak = PEAK.load(Ordering::Relaxed).wrapping_sub(base);
     assert_eq!(tree.file_count(), N as u64);
     let per_file = resident as f64 / N as f64;
     eprintln!(
