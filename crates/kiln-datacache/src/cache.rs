@@ -23,6 +23,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::block::fetch_block;
 pub use crate::block::{allocated_bytes, Block, BlockKey, FileRef, Tier};
+use crate::engine::OrderedEngineConfig;
 use crate::error::{DatacacheError, Result};
 use crate::metrics::Metrics;
 
@@ -123,7 +124,7 @@ impl DataCache {
             .with_shards(16)
             .with_weighter(|_k: &BlockKey, v: &Block| v.data.len() + 96)
             .storage()
-            .with_engine_config(engine)
+            .with_engine_config(OrderedEngineConfig(engine))
             .with_recover_mode(RecoverMode::Quiet)
             .build()
             .await

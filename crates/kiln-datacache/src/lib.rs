@@ -3,7 +3,7 @@
 //!
 //! Layers, bottom up: [`source`] (OpenDAL under-storage with timeouts and retries), [`meta`] and
 //! [`listing`] (the metadata cache and its on-disk snapshot), [`cache`] (foyer hybrid memory + disk
-//! block cache with integrity checks), [`fs`] (the read-only FUSE file system), [`warmup`],
+//! block cache with integrity checks, on the [`engine`] wrapper), [`fs`] (the read-only FUSE file system), [`warmup`],
 //! [`admin`] (Prometheus `/metrics`, stats, refresh), [`mount`] (the daemon), and [`cli`] (clap).
 
 #![warn(missing_docs)]
@@ -12,6 +12,7 @@ pub mod admin;
 pub mod block;
 pub mod cache;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod fs;
 pub mod listing;

@@ -121,7 +121,6 @@ fn example_binary() -> Option<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: after the remote is stopped and the mount restarted, some blocks are missing from the disk tier (foyer drops queued disk writes under load) and their reads fail with EIO; run with --ignored"]
 async fn s3_dataset_through_fuse() {
     let test = "s3_dataset_through_fuse";
     let Some(py) = common::python(test) else {
