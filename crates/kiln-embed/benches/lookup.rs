@@ -9,8 +9,10 @@
 //! through, so key generation is not measured and consecutive batches touch different rows.
 //! All keys are present (no misses).
 //!
-//! Variants: `kiln` (one thread), `kiln_2threads` (the batch split in two halves on two
-//! scoped threads, each with its own scratch; includes the thread spawn cost) and `hashmap`
+//! Variants: `kiln` (one thread, hashed layout), `kiln_2threads` (the batch split in two
+//! halves on two scoped threads, each with its own scratch; includes the thread spawn cost),
+//! the same two for the direct layout (`key_space = rows`: keys are row numbers, as for ids
+//! bucketized into the table), and `hashmap`
 //! (SipHash `HashMap::get` per key and an in-order sum, one thread). Throughput is reported
 //! as elements = keys per iteration.
 
@@ -36,10 +38,12 @@ impl Rng {
     }
 }
 
-fn build(rows: u64) -> (Table, HashMap<u64, Vec<f32>>) {
+fn build(rows: u64) -> (Table, Table, HashMap<u64, Vec<f32>>) {
     let mut cfg = TableConfig::new("bench", DIM);
     cfg.initial_rows = rows as usize;
-    let table = Table::new(cfg).unwrap();
+    let table = Table::new(cfg.clone()).unwrap();
+    cfg.key_space = Some(rows);
+    let direct = Table::new(cfg).unwrap();
     let mut map = HashMap::with_capacity(rows as usize);
     let chunk = 16_384u64;
     let mut start = 0;
@@ -50,12 +54,13 @@ fn build(rows: u64) -> (Table, HashMap<u64, Vec<f32>>) {
             .flat_map(|&k| (0..DIM).map(move |j| ((k + j as u64) % 97) as f32 * 0.01))
             .collect();
         table.upsert(&keys, &values, None).unwrap();
+        direct.upsert(&keys, &values, None).unwrap();
         for (k, row) in keys.iter().zip(values.chunks_exact(DIM)) {
             map.insert(*k, row.to_vec());
         }
         start += chunk;
     }
-    (table, map)
+    (table, direct, map)
 }
 
 fn uniform_keys(rows: u64, n: usize) -> Vec<u64> {
@@ -105,7 +110,7 @@ fn hashmap_sum(map: &HashMap<u64, Vec<f32>>, ids: &[u64], out: &mut [f32]) {
 }
 
 fn bench_rows(c: &mut Criterion, rows: u64, label: &str) {
-    let (table, map) = build(rows);
+    let (table, direct, map) = build(rows);
     let keys_per_batch = BATCH * IDS;
     for (dist, keys) in [
         ("uniform", uniform_keys(rows, POOL * keys_per_batch)),
@@ -119,54 +124,55 @@ fn bench_rows(c: &mut Criterion, rows: u64, label: &str) {
         let batches: Vec<&[u64]> = keys.chunks_exact(keys_per_batch).collect();
         let mut out = vec![0f32; BATCH * DIM];
 
-        let mut scratch = LookupScratch::default();
-        let mut i = 0;
-        g.bench_function(BenchmarkId::new("kiln", dist), |b| {
-            b.iter(|| {
-                let ids = batches[i % POOL];
-                i += 1;
-                let input = MultiHot::Padded {
-                    ids,
-                    width: IDS,
-                    padding: None,
-                };
-                table
-                    .lookup(&input, Pooling::Sum, &mut out, &mut scratch)
-                    .unwrap();
-                black_box(&out);
-            })
-        });
-
-        let mut scratches = [LookupScratch::default(), LookupScratch::default()];
-        let mut i = 0;
-        g.bench_function(BenchmarkId::new("kiln_2threads", dist), |b| {
-            b.iter(|| {
-                let ids = batches[i % POOL];
-                i += 1;
-                let (ids_a, ids_b) = ids.split_at(ids.len() / 2);
-                let half = out.len() / 2;
-                let (out_a, out_b) = out.split_at_mut(half);
-                let [sa, sb] = &mut scratches;
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        let input = MultiHot::Padded {
-                            ids: ids_b,
-                            width: IDS,
-                            padding: None,
-                        };
-                        table.lookup(&input, Pooling::Sum, out_b, sb).unwrap();
-                    });
+        for (name, table) in [("kiln", &table), ("kiln_direct", &direct)] {
+            let mut scratch = LookupScratch::default();
+            let mut i = 0;
+            g.bench_function(BenchmarkId::new(name, dist), |b| {
+                b.iter(|| {
+                    let ids = batches[i % POOL];
+                    i += 1;
                     let input = MultiHot::Padded {
-                        ids: ids_a,
+                        ids,
                         width: IDS,
                         padding: None,
                     };
-                    table.lookup(&input, Pooling::Sum, out_a, sa).unwrap();
-                });
-                black_box(&out);
-            })
-        });
+                    table
+                        .lookup(&input, Pooling::Sum, &mut out, &mut scratch)
+                        .unwrap();
+                    black_box(&out);
+                })
+            });
 
+            let mut scratches = [LookupScratch::default(), LookupScratch::default()];
+            let mut i = 0;
+            g.bench_function(BenchmarkId::new(format!("{name}_2threads"), dist), |b| {
+                b.iter(|| {
+                    let ids = batches[i % POOL];
+                    i += 1;
+                    let (ids_a, ids_b) = ids.split_at(ids.len() / 2);
+                    let half = out.len() / 2;
+                    let (out_a, out_b) = out.split_at_mut(half);
+                    let [sa, sb] = &mut scratches;
+                    std::thread::scope(|s| {
+                        s.spawn(|| {
+                            let input = MultiHot::Padded {
+                                ids: ids_b,
+                                width: IDS,
+                                padding: None,
+                            };
+                            table.lookup(&input, Pooling::Sum, out_b, sb).unwrap();
+                        });
+                        let input = MultiHot::Padded {
+                            ids: ids_a,
+                            width: IDS,
+                            padding: None,
+                        };
+                        table.lookup(&input, Pooling::Sum, out_a, sa).unwrap();
+                    });
+                    black_box(&out);
+                })
+            });
+        }
         let mut i = 0;
         g.bench_function(BenchmarkId::new("hashmap", dist), |b| {
             b.iter(|| {

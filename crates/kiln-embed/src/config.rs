@@ -79,6 +79,12 @@ pub struct TableConfig {
     pub shards: usize,
     /// Rows to reserve room for at creation (spread over the shards).
     pub initial_rows: usize,
+    /// Direct layout: keys are row numbers in `0..key_space` (ids already bucketized into
+    /// the table, as in a DLRM trained with `id % rows`). Rows live at fixed positions
+    /// (shard `key % shards`, slot `key / shards`) allocated up front, so a lookup needs no
+    /// hash probe: one presence bit and the row. Writes of keys outside the range are
+    /// refused; lookups of them get the default row. `None`: hashed layout, any u64 key.
+    pub key_space: Option<u64>,
     /// What a missing key yields.
     pub default_row: DefaultRow,
     /// Rows whose last update is older than this are removed by [`crate::Table::maintain`].
@@ -105,6 +111,7 @@ impl TableConfig {
             storage: StorageType::F32,
             shards: 64,
             initial_rows: 0,
+            key_space: None,
             default_row: DefaultRow::Zeros,
             ttl: None,
             memory_cap_bytes: None,
@@ -125,6 +132,22 @@ impl TableConfig {
                 "shards must be a power of two up to 4096, got {}",
                 self.shards
             ));
+        }
+        if let Some(r) = self.key_space {
+            if r == 0 {
+                return bad("key_space must be at least 1".into());
+            }
+            if r.div_ceil(self.shards as u64) >= u32::MAX as u64 {
+                return bad(format!(
+                    "key_space {r} needs more than 2^32 - 1 rows per shard; use more shards"
+                ));
+            }
+            if self.memory_cap_bytes.is_some() {
+                return bad(
+                    "a memory cap needs the hashed layout: a direct table's memory is fixed by its key space"
+                        .into(),
+                );
+            }
         }
         if !(self.evict_to > 0.0 && self.evict_to < 1.0) {
             return bad(format!("evict_to must be in (0, 1), got {}", self.evict_to));

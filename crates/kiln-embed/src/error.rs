@@ -22,6 +22,16 @@ pub enum EmbedError {
         /// Number of values given.
         values: usize,
     },
+    /// A row was written with a key outside a direct table's key space.
+    #[error("key {key} is outside table {table}'s key space 0..{key_space}")]
+    KeyOutOfRange {
+        /// Table name.
+        table: String,
+        /// The first key out of range.
+        key: u64,
+        /// The table's key space.
+        key_space: u64,
+    },
     /// A delta names another table.
     #[error("delta for table {delta_table:?} sent to table {table:?}")]
     WrongTable {

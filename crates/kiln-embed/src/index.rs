@@ -1,11 +1,12 @@
-//! A shard's key index: open addressing with linear probing and backward-shift deletion.
+//! A shard's key index: for hashed tables, open addressing with linear probing and
+//! backward-shift deletion; for direct tables (keys are row numbers), a presence bitmap.
 //!
-//! A plain table of 16-byte buckets (key, slot) rather than a general-purpose map, so the
+//! The hashed index is a plain table of 16-byte buckets (key, slot) rather than a general-purpose map, so the
 //! lookup path can compute a key's home bucket ahead of time and prefetch it: four buckets
 //! share a cache line, and at the load factor kept here (at most 1/2) a probe almost always
 //! stays within that line.
 
-use crate::hash::{mix64, prefetch};
+use crate::hash::{huge_vec, mix64, prefetch};
 
 /// Marks an empty bucket.
 const EMPTY: u32 = u32::MAX;
@@ -25,27 +26,153 @@ const EMPTY_BUCKET: Bucket = Bucket {
 };
 
 /// Maps keys to row slots within one shard.
-pub(crate) struct Index {
-    buckets: Vec<Bucket>,
-    mask: usize,
+pub(crate) enum Index {
+    /// Any u64 key; slots allocated on insert.
+    Hashed(HashIndex),
+    /// Key `k` lives in slot `k >> shift` (the low bits chose the shard); a bit per slot says
+    /// whether it holds a row.
+    Direct(DirectIndex),
+}
+
+/// Presence bits of a direct shard's fixed slots.
+pub(crate) struct DirectIndex {
+    present: Vec<u64>,
+    slots: usize,
+    shift: u32,
     len: usize,
 }
 
 impl Index {
-    /// An index sized for `rows` keys without growing.
+    /// A hashed index sized for `rows` keys without growing.
     pub fn with_capacity(rows: usize) -> Self {
-        let n = (rows.saturating_mul(2)).max(16).next_power_of_two();
-        Index {
-            buckets: vec![EMPTY_BUCKET; n],
-            mask: n - 1,
+        Index::Hashed(HashIndex::with_capacity(rows))
+    }
+
+    /// A direct index of `slots` slots for keys whose shard is chosen by their low `shift` bits.
+    pub fn direct(slots: usize, shift: u32) -> Self {
+        Index::Direct(DirectIndex {
+            present: vec![0; slots.div_ceil(64)],
+            slots,
+            shift,
             len: 0,
+        })
+    }
+
+    /// Whether this is a direct index.
+    pub fn is_direct(&self) -> bool {
+        matches!(self, Index::Direct(_))
+    }
+
+    /// The hash a key is routed by (the key itself for a direct index).
+    #[inline(always)]
+    pub fn hash_of(&self, key: u64) -> u64 {
+        match self {
+            Index::Hashed(_) => mix64(key),
+            Index::Direct(_) => key,
+        }
+    }
+
+    /// The fixed slot of `key` in a direct index (`None` for a hashed one).
+    #[inline]
+    pub fn direct_slot(&self, key: u64) -> Option<u32> {
+        match self {
+            Index::Hashed(_) => None,
+            Index::Direct(d) => {
+                let s = key >> d.shift;
+                assert!(s < d.slots as u64, "key {key} outside the direct table");
+                Some(s as u32)
+            }
         }
     }
 
     /// Number of keys.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.len
+        match self {
+            Index::Hashed(h) => h.len,
+            Index::Direct(d) => d.len,
+        }
+    }
+
+    /// Bytes held by the index.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Index::Hashed(h) => h.heap_bytes(),
+            Index::Direct(d) => d.present.len() * 8,
+        }
+    }
+
+    /// Starts loading what [`Index::find`] will read for `hash`.
+    #[inline(always)]
+    pub fn prefetch(&self, hash: u64) {
+        match self {
+            Index::Hashed(h) => h.prefetch(hash),
+            Index::Direct(d) => {
+                let w = (hash >> d.shift) as usize / 64;
+                prefetch(d.present.as_ptr().wrapping_add(w));
+            }
+        }
+    }
+
+    /// The slot of `key` (whose hash is `hash`), if present.
+    #[inline]
+    pub fn find(&self, key: u64, hash: u64) -> Option<u32> {
+        match self {
+            Index::Hashed(h) => h.find(key, hash),
+            Index::Direct(d) => {
+                let s = key >> d.shift;
+                let w = d.present.get(s as usize / 64)?;
+                (s < d.slots as u64 && w >> (s % 64) & 1 == 1).then_some(s as u32)
+            }
+        }
+    }
+
+    /// Inserts `key` -> `slot`; `key` must not be present (and, when direct, `slot` must be
+    /// its fixed slot).
+    pub fn insert_new(&mut self, key: u64, hash: u64, slot: u32) {
+        match self {
+            Index::Hashed(h) => h.insert_new(key, hash, slot),
+            Index::Direct(d) => {
+                debug_assert_eq!(key >> d.shift, slot as u64);
+                d.present[slot as usize / 64] |= 1 << (slot % 64);
+                d.len += 1;
+            }
+        }
+    }
+
+    /// Removes `key`, returning its slot.
+    pub fn remove(&mut self, key: u64, hash: u64) -> Option<u32> {
+        match self {
+            Index::Hashed(h) => h.remove(key, hash),
+            Index::Direct(_) => {
+                let s = self.find(key, hash)?;
+                let Index::Direct(d) = self else {
+                    unreachable!()
+                };
+                d.present[s as usize / 64] &= !(1 << (s % 64));
+                d.len -= 1;
+                Some(s)
+            }
+        }
+    }
+}
+
+/// Open-addressing key -> slot map of a hashed shard.
+pub(crate) struct HashIndex {
+    buckets: Vec<Bucket>,
+    mask: usize,
+    len: usize,
+}
+
+impl HashIndex {
+    /// An index sized for `rows` keys without growing.
+    pub fn with_capacity(rows: usize) -> Self {
+        let n = (rows.saturating_mul(2)).max(16).next_power_of_two();
+        HashIndex {
+            buckets: huge_vec(n, EMPTY_BUCKET),
+            mask: n - 1,
+            len: 0,
+        }
     }
 
     /// Bytes held by the bucket array.
@@ -135,7 +262,7 @@ impl Index {
 
     fn grow(&mut self) {
         let n = self.buckets.len() * 2;
-        let old = std::mem::replace(&mut self.buckets, vec![EMPTY_BUCKET; n]);
+        let old = std::mem::replace(&mut self.buckets, huge_vec(n, EMPTY_BUCKET));
         self.mask = n - 1;
         for b in old.into_iter().filter(|b| b.slot != EMPTY) {
             let mut i = self.home(mix64(b.key));

@@ -96,6 +96,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod buf;
 mod config;
 mod delta;
 mod error;

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::DefaultRow;
 use crate::error::{EmbedError, Result};
-use crate::hash::{mix64, unit_value};
+use crate::hash::unit_value;
 use crate::shard::add_assign;
 use crate::table::Table;
 
@@ -143,6 +143,8 @@ const ROW_AHEAD: usize = 2;
 /// Further chunks between prefetching a chunk's index buckets and resolving it.
 const BUCKET_AHEAD: usize = 2;
 const MISS: u32 = u32::MAX;
+/// Entries between prefetching a row of a direct table and adding it.
+const DIRECT_AHEAD: usize = 8;
 
 impl Table {
     /// Looks up and pools `input` into `out` (`rows * pooling.output_width(dim)` floats,
@@ -171,7 +173,12 @@ impl Table {
         }
         out.fill(0.0);
         self.collect_entries(input, pooling, scratch);
-        let misses = self.gather_grouped(out, scratch);
+        let misses = if self.direct_shift.is_some() {
+            self.gather_direct(out, scratch)
+        } else {
+            self.sort_entries_by_shard(scratch);
+            self.gather_grouped(out, scratch)
+        };
         if pooling == Pooling::Mean {
             for (row, &c) in out.chunks_exact_mut(dim).zip(&scratch.counts) {
                 if c > 1 {
@@ -226,7 +233,7 @@ impl Table {
                     if rank == k_max {
                         break;
                     }
-                    let h = mix64(id);
+                    let (h, shard) = self.route(id);
                     let dest = match pooling {
                         Pooling::Concat { k } => sample * k + rank,
                         _ => sample,
@@ -234,7 +241,7 @@ impl Table {
                     s.keys.push(id);
                     s.hashes.push(h);
                     s.dest.push(dest as u32);
-                    s.shard.push(self.shard_of(h) as u32);
+                    s.shard.push(shard as u32);
                     rank += 1;
                 }
                 s.counts.push(rank as u32);
@@ -261,7 +268,10 @@ impl Table {
                 }
             }
         }
-        // Pass 2: counting sort of entry indices by shard.
+    }
+
+    /// Pass 2 (hashed tables): counting sort of entry indices by shard.
+    fn sort_entries_by_shard(&self, s: &mut LookupScratch) {
         let n_shards = self.shards.len();
         s.starts.clear();
         s.starts.resize(n_shards + 1, 0);
@@ -280,6 +290,71 @@ impl Table {
             let c = &mut s.cursor[sh as usize];
             s.order[*c] = e as u32;
             *c += 1;
+        }
+    }
+
+    /// Direct tables: every shard's read lock taken once for the batch, then the entries in
+    /// input order, each row prefetched `DIRECT_AHEAD` entries before it is added. A row's
+    /// address is computed from its key alone, so there is nothing to resolve first and no
+    /// reason to group by shard; in input order a sample's rows add into the same output row
+    /// back to back. Returns the number of misses.
+    fn gather_direct(&self, out: &mut [f32], s: &mut LookupScratch) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { self.gather_direct_avx2(out, s) };
+        }
+        self.gather_direct_body(out, s)
+    }
+
+    /// [`Table::gather_direct`] compiled for AVX2: the row additions run 8 floats wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn gather_direct_avx2(&self, out: &mut [f32], s: &mut LookupScratch) -> usize {
+        self.gather_direct_body(out, s)
+    }
+
+    #[inline(always)]
+    fn gather_direct_body(&self, out: &mut [f32], s: &mut LookupScratch) -> usize {
+        let dim = self.config.dim;
+        s.tmp.resize(dim, 0.0);
+        let shards: Vec<_> = self.shards.iter().map(|sh| sh.0.read()).collect();
+        let (keys, dest, tmp) = (&s.keys, &s.dest, &mut s.tmp);
+        let (mask, shift) = (self.shard_mask, self.direct_shift.unwrap_or(0));
+        // a hint only: past-the-end slots prefetch nothing useful but never fault
+        let prefetch = |k: u64| shards[k as usize & mask].prefetch_row((k >> shift) as u32);
+        let n = keys.len();
+        for &k in &keys[..n.min(DIRECT_AHEAD)] {
+            prefetch(k);
+        }
+        let mut misses = 0;
+        for e in 0..n {
+            if let Some(&k) = keys.get(e + DIRECT_AHEAD) {
+                prefetch(k);
+            }
+            let k = keys[e];
+            let shard = &shards[k as usize & mask];
+            let d = dest[e] as usize * dim;
+            let o = &mut out[d..d + dim];
+            match shard.find(k, k) {
+                Some(slot) => shard.add_row(slot, o, tmp),
+                None => {
+                    misses += 1;
+                    self.add_default_row(k, o, tmp);
+                }
+            }
+        }
+        misses
+    }
+
+    /// Adds the default row of a missing `key` to `o` (nothing for zeros).
+    #[inline]
+    fn add_default_row(&self, key: u64, o: &mut [f32], tmp: &mut [f32]) {
+        if let DefaultRow::HashInit { seed, scale } = self.config.default_row {
+            for (j, t) in tmp.iter_mut().enumerate() {
+                *t = scale * unit_value(seed, key, j);
+            }
+            add_assign(o, tmp);
         }
     }
 
@@ -346,12 +421,7 @@ impl Table {
                         shard.add_row(slot, o, tmp);
                     } else {
                         misses += 1;
-                        if let DefaultRow::HashInit { seed, scale } = self.config.default_row {
-                            for (j, t) in tmp.iter_mut().enumerate() {
-                                *t = scale * unit_value(seed, keys[e], j);
-                            }
-                            add_assign(o, tmp);
-                        }
+                        self.add_default_row(keys[e], o, tmp);
                     }
                 }
             }

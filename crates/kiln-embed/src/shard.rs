@@ -3,14 +3,17 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use std::sync::Arc;
+
+use crate::buf::{Buf, Region};
 use crate::config::StorageType;
-use crate::hash::prefetch_range;
+use crate::hash::{huge_vec, prefetch_range};
 use crate::index::Index;
 
 /// Row elements of every slot, contiguous (`slot * dim ..`).
 enum Data {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+    F32(Buf<f32>),
+    F16(Buf<f16>),
 }
 
 /// Row storage of one shard. Every access happens under the shard's lock.
@@ -29,17 +32,43 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    /// An empty shard with room for `rows` rows.
+    /// An empty hashed shard with room for `rows` rows before it grows.
     pub fn new(dim: usize, storage: StorageType, rows: usize) -> Self {
         let data = match storage {
-            StorageType::F32 => Data::F32(Vec::with_capacity(rows * dim)),
-            StorageType::F16 => Data::F16(Vec::with_capacity(rows * dim)),
+            StorageType::F32 => Data::F32(Buf::growable(rows * dim)),
+            StorageType::F16 => Data::F16(Buf::growable(rows * dim)),
         };
         Shard {
             index: Index::with_capacity(rows),
             keys: Vec::with_capacity(rows),
             ticks: Vec::with_capacity(rows),
             updated: Vec::with_capacity(rows),
+            data,
+            free: Vec::new(),
+            dim,
+        }
+    }
+
+    /// An empty direct shard: slot `key >> shift` holds the row of `key`, for `rows` slots
+    /// allocated up front (zeroed, not yet touched).
+    /// Its rows are `rows * dim` elements of `region` from byte `offset`.
+    pub fn new_direct(
+        dim: usize,
+        storage: StorageType,
+        rows: usize,
+        shift: u32,
+        region: &Arc<Region>,
+        offset: usize,
+    ) -> Self {
+        let data = match storage {
+            StorageType::F32 => Data::F32(Buf::fixed(region, offset, rows * dim)),
+            StorageType::F16 => Data::F16(Buf::fixed(region, offset, rows * dim)),
+        };
+        Shard {
+            index: Index::direct(rows, shift),
+            keys: huge_vec(rows, 0),
+            ticks: huge_vec(rows, 0),
+            updated: huge_vec(rows, 0),
             data,
             free: Vec::new(),
             dim,
@@ -54,8 +83,8 @@ impl Shard {
     /// Bytes allocated by this shard.
     pub fn heap_bytes(&self) -> usize {
         let data = match &self.data {
-            Data::F32(v) => v.capacity() * 4,
-            Data::F16(v) => v.capacity() * 2,
+            Data::F32(v) => v.capacity_bytes(),
+            Data::F16(v) => v.capacity_bytes(),
         };
         data + self.index.heap_bytes() + self.keys.capacity() * 20 + self.free.capacity() * 4
     }
@@ -131,7 +160,7 @@ impl Shard {
         let (slot, inserted) = match self.index.find(key, hash) {
             Some(s) => (s, false),
             None => {
-                let s = self.alloc_slot();
+                let s = self.new_slot(key);
                 self.index.insert_new(key, hash, s);
                 (s, true)
             }
@@ -150,7 +179,7 @@ impl Shard {
 
     /// Inserts a row from its stored little-endian bytes (snapshot restore). `key` must be absent.
     pub fn insert_raw(&mut self, key: u64, hash: u64, raw: &[u8], tick: u64, secs: u32) {
-        let slot = self.alloc_slot();
+        let slot = self.new_slot(key);
         self.index.insert_new(key, hash, slot);
         let i = slot as usize;
         self.keys[i] = key;
@@ -190,7 +219,18 @@ impl Shard {
 
     fn release_slot(&mut self, slot: u32) {
         self.ticks[slot as usize] = 0;
-        self.free.push(slot);
+        if !self.index.is_direct() {
+            self.free.push(slot);
+        }
+    }
+
+    /// The slot for a key about to be inserted: its fixed slot in a direct shard (the table
+    /// has checked the key is in range), a free or new one in a hashed shard.
+    fn new_slot(&mut self, key: u64) -> u32 {
+        match self.index.direct_slot(key) {
+            Some(s) => s,
+            None => self.alloc_slot(),
+        }
     }
 
     fn alloc_slot(&mut self) -> u32 {
@@ -202,9 +242,10 @@ impl Shard {
         self.keys.push(0);
         self.ticks.push(0);
         self.updated.push(0);
+        let dim = self.dim;
         match &mut self.data {
-            Data::F32(v) => v.resize(v.len() + self.dim, 0.0),
-            Data::F16(v) => v.resize(v.len() + self.dim, f16::ZERO),
+            Data::F32(v) => v.grow(dim, 0.0),
+            Data::F16(v) => v.grow(dim, f16::ZERO),
         }
         s as u32
     }
@@ -231,7 +272,7 @@ impl Shard {
             let tick = self.ticks[slot];
             if tick != 0 && evict(tick, self.updated[slot]) {
                 let key = self.keys[slot];
-                let gone = self.index.remove(key, crate::hash::mix64(key));
+                let gone = self.index.remove(key, self.index.hash_of(key));
                 debug_assert_eq!(gone, Some(slot as u32));
                 self.release_slot(slot as u32);
                 removed.push(key);

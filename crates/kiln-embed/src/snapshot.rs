@@ -31,7 +31,6 @@ use half::f16;
 
 use crate::config::{Clock, StorageType, SystemClock, TableConfig};
 use crate::error::{EmbedError, Result};
-use crate::hash::mix64;
 use crate::table::Table;
 
 const MAGIC: &[u8; 8] = b"KEMBSNAP";
@@ -273,8 +272,15 @@ impl Table {
             let key = u64::from_le_bytes(rec[0..8].try_into().expect("8"));
             let tick = u64::from_le_bytes(rec[8..16].try_into().expect("8"));
             let secs = u32::from_le_bytes(rec[16..20].try_into().expect("4"));
-            let h = mix64(key);
-            let mut shard = table.shards[table.shard_of(h)].0.write();
+            if let Err(e) = table.check_keys(&[key]) {
+                return Err(EmbedError::SnapshotMismatch {
+                    path: path.to_path_buf(),
+                    table: table.config.name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            let (h, s) = table.route(key);
+            let mut shard = table.shards[s].0.write();
             if shard.find(key, h).is_some() {
                 return Err(corrupt(format!("key {key} appears twice")));
             }

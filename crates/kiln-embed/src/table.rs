@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::admission::AdmissionFilter;
+use crate::buf::Region;
 use crate::config::{Clock, SystemClock, TableConfig};
 use crate::error::{EmbedError, Result};
 use crate::hash::mix64;
@@ -65,6 +66,8 @@ pub struct Table {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<EmbedMetrics>,
     pub(crate) row_cost: u64,
+    /// Low key bits that choose the shard of a direct table (`None`: hashed).
+    pub(crate) direct_shift: Option<u32>,
 }
 
 impl std::fmt::Debug for Table {
@@ -85,16 +88,40 @@ impl Table {
     /// An empty table reading time from `clock`.
     pub fn with_clock(config: TableConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         config.validate()?;
-        let per_shard = config.initial_rows.div_ceil(config.shards);
-        let shards = (0..config.shards)
-            .map(|_| {
-                PaddedShard(RwLock::new(Shard::new(
-                    config.dim,
-                    config.storage,
-                    per_shard,
-                )))
-            })
-            .collect();
+        let direct_shift = config.key_space.map(|_| config.shards.trailing_zeros());
+        let shards = match config.key_space {
+            Some(r) => {
+                // shard s holds the keys k with k % shards == s, in slots 0..ceil((r - s) / shards)
+                let n = config.shards as u64;
+                let slots = |s: usize| r.saturating_sub(s as u64).div_ceil(n) as usize;
+                let row_bytes = config.dim * config.storage.size();
+                let region = Region::zeroed(r as usize * row_bytes);
+                let mut offset = 0;
+                (0..config.shards)
+                    .map(|s| {
+                        let shard = Shard::new_direct(
+                            config.dim,
+                            config.storage,
+                            slots(s),
+                            config.shards.trailing_zeros(),
+                            &region,
+                            offset,
+                        );
+                        offset += slots(s) * row_bytes;
+                        PaddedShard(RwLock::new(shard))
+                    })
+                    .collect()
+            }
+            None => (0..config.shards)
+                .map(|_| {
+                    PaddedShard(RwLock::new(Shard::new(
+                        config.dim,
+                        config.storage,
+                        config.initial_rows.div_ceil(config.shards),
+                    )))
+                })
+                .collect(),
+        };
         let row_cost = (config.dim * config.storage.size()) as u64 + ROW_OVERHEAD_BYTES;
         Ok(Table {
             shard_mask: config.shards - 1,
@@ -108,6 +135,7 @@ impl Table {
             clock,
             metrics: Arc::new(EmbedMetrics::new(config.name.clone())),
             row_cost,
+            direct_shift,
             config,
         })
     }
@@ -152,19 +180,22 @@ impl Table {
         self.shards.iter().map(|s| s.0.read().heap_bytes()).sum()
     }
 
+    /// The hash a key is found by and its shard: the mixed key and high bits of it (hashed),
+    /// or the key itself and its low bits (direct).
     #[inline(always)]
-    pub(crate) fn shard_of(&self, hash: u64) -> usize {
-        (hash >> 40) as usize & self.shard_mask
+    pub(crate) fn route(&self, key: u64) -> (u64, usize) {
+        if self.direct_shift.is_some() {
+            (key, key as usize & self.shard_mask)
+        } else {
+            let h = mix64(key);
+            (h, (h >> 40) as usize & self.shard_mask)
+        }
     }
 
     /// Whether `key` has a row.
     pub fn contains(&self, key: u64) -> bool {
-        let h = mix64(key);
-        self.shards[self.shard_of(h)]
-            .0
-            .read()
-            .find(key, h)
-            .is_some()
+        let (h, s) = self.route(key);
+        self.shards[s].0.read().find(key, h).is_some()
     }
 
     /// Copies the row of `key` into `out` (`dim` floats); returns false, leaving `out`
@@ -176,8 +207,8 @@ impl Table {
                 got: out.len(),
             });
         }
-        let h = mix64(key);
-        let shard = self.shards[self.shard_of(h)].0.read();
+        let (h, s) = self.route(key);
+        let shard = self.shards[s].0.read();
         Ok(match shard.find(key, h) {
             Some(slot) => {
                 shard.copy_row(slot, out);
@@ -224,6 +255,20 @@ impl Table {
                 values: values.len(),
             });
         }
+        self.check_keys(keys)
+    }
+
+    /// Refuses keys outside a direct table's key space.
+    pub(crate) fn check_keys(&self, keys: &[u64]) -> Result<()> {
+        if let Some(r) = self.config.key_space {
+            if let Some(&key) = keys.iter().find(|&&k| k >= r) {
+                return Err(EmbedError::KeyOutOfRange {
+                    table: self.config.name.clone(),
+                    key,
+                    key_space: r,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -233,7 +278,7 @@ impl Table {
         let mut starts = vec![0usize; self.shards.len() + 1];
         let shard_ids: Vec<u32> = keys
             .iter()
-            .map(|&k| self.shard_of(mix64(k)) as u32)
+            .map(|&k| self.route(k).1 as u32)
             .collect();
         for &s in &shard_ids {
             starts[s as usize + 1] += 1;
@@ -272,7 +317,7 @@ impl Table {
             let mut shard = shard.0.write();
             for &pos in group {
                 let pos = pos as usize;
-                let (key, h) = (keys[pos], mix64(keys[pos]));
+                let (key, h) = (keys[pos], self.route(keys[pos]).0);
                 if let Some(f) = filter {
                     if shard.find(key, h).is_none() && !f.admits(key) {
                         report.rejected += 1;
@@ -306,7 +351,7 @@ impl Table {
             let mut shard = shard.0.write();
             for &pos in group {
                 let key = keys[pos as usize];
-                removed += shard.remove(key, mix64(key)) as usize;
+                removed += shard.remove(key, self.route(key).0) as usize;
             }
         }
         w.rows -= removed as u64;

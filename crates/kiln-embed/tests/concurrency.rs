@@ -12,10 +12,11 @@ use kiln_embed::{LookupScratch, MultiHot, Pooling, StorageType, Table};
 const DIM: usize = 64;
 const KEYS: u64 = 2000;
 
-fn run(storage: StorageType) {
+fn run(storage: StorageType, direct: bool) {
     let mut cfg = config(DIM);
     cfg.storage = storage;
     cfg.shards = 16;
+    cfg.key_space = direct.then_some(KEYS);
     let table = Arc::new(Table::new(cfg).unwrap());
     let all: Vec<u64> = (0..KEYS).collect();
     table
@@ -81,10 +82,20 @@ fn run(storage: StorageType) {
 
 #[test]
 fn no_torn_rows_f32() {
-    run(StorageType::F32);
+    run(StorageType::F32, false);
 }
 
 #[test]
 fn no_torn_rows_f16() {
-    run(StorageType::F16);
+    run(StorageType::F16, false);
+}
+
+#[test]
+fn no_torn_rows_direct_f32() {
+    run(StorageType::F32, true);
+}
+
+#[test]
+fn no_torn_rows_direct_f16() {
+    run(StorageType::F16, true);
 }

@@ -75,9 +75,12 @@ proptest! {
         half in any::<bool>(),
         hash_default in any::<bool>(),
         shards in prop_oneof![Just(1usize), Just(4), Just(64)],
+        direct in any::<bool>(),
     ) {
         let mut c = config(dim);
         c.shards = shards;
+        // direct layout over keys 0..50: looked-up ids 50..60 are outside it and miss
+        c.key_space = direct.then_some(50);
         c.storage = if half { StorageType::F16 } else { StorageType::F32 };
         if hash_default {
             c.default_row = DefaultRow::HashInit { seed: 7, scale: 0.5 };
