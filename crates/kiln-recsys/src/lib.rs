@@ -24,7 +24,7 @@ use kiln_core::{Backend, DataType, Error, LoadedModel, ModelConfig, ModelIo, Res
 use kiln_embed::{EmbedCollector, Pooling, Table};
 use model::RecsysModel;
 use parking_lot::Mutex;
-use spec::{Interaction, RecsysSpec};
+use spec::{Interaction, Layout, RecsysSpec};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Weak};
@@ -95,6 +95,19 @@ impl RecsysBackend {
         config.name = full.clone();
         config.dim = dim;
         config.initial_rows = rows;
+        let direct = match spec.layout {
+            Layout::Hashed => false,
+            Layout::Direct if keys.is_some() => {
+                return Err(Error::invalid(format!(
+                    "table '{}': layout = \"direct\" addresses row k by key k, but the weights carry '{}.keys'; use layout = \"hashed\"",
+                    spec.name, spec.name
+                )))
+            }
+            Layout::Direct => true,
+        };
+        if direct {
+            config.key_space = Some(rows.max(1) as u64);
+        }
         let table = Table::new(config)
             .map_err(|e| Error::invalid(format!("table '{}': {e}", spec.name)))?;
         let started = Instant::now();

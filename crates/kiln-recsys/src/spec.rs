@@ -25,6 +25,9 @@
 //! storage = "f32"                 # or "f16"
 //! default_row = "zeros"           # or "hash" (deterministic hash-seeded init, hash_scale)
 //! # memory_cap_mb = 4096, ttl_s = 86400, shards = 64, gap_policy = "reject" | "apply"
+//! # layout = "hashed"            # any u64 key, deltas may add rows; "direct": ids are row
+//! #                               # numbers 0..rows (bucketized), no hash probe, deltas
+//! #                               # writing other keys are refused
 //! ```
 
 use kiln_core::{DataType, Error, Result};
@@ -113,6 +116,7 @@ struct RawTable {
     ttl_s: Option<u64>,
     shards: Option<usize>,
     gap_policy: Option<String>,
+    layout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +166,16 @@ pub struct SparseFeature {
     pub ragged: bool,
 }
 
+/// How a table's rows are addressed (see `kiln_embed::TableConfig::key_space`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Key `k` is row `k` of the weights; keys outside `0..rows` are misses and deltas
+    /// writing them are refused.
+    Direct,
+    /// Any u64 key, through a hash index; deltas may add rows.
+    Hashed,
+}
+
 /// A table's name and store settings.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
@@ -169,6 +183,8 @@ pub struct TableSpec {
     pub name: String,
     /// Store settings except name and dim (filled in from the weights).
     pub config: TableConfig,
+    /// Row addressing.
+    pub layout: Layout,
 }
 
 /// A parsed recsys model definition.
@@ -253,10 +269,11 @@ impl RecsysSpec {
                 Some(i) => i,
                 None => {
                     let over = raw.tables.get(&s.table).cloned().unwrap_or_default();
-                    let config = table_config(&s.table, &raw.table_defaults, &over)?;
+                    let (config, layout) = table_config(&s.table, &raw.table_defaults, &over)?;
                     tables.push(TableSpec {
                         name: s.table.clone(),
                         config,
+                        layout,
                     });
                     tables.len() - 1
                 }
@@ -283,7 +300,11 @@ impl RecsysSpec {
     }
 }
 
-fn table_config(name: &str, defaults: &RawTable, over: &RawTable) -> Result<TableConfig> {
+fn table_config(
+    name: &str,
+    defaults: &RawTable,
+    over: &RawTable,
+) -> Result<(TableConfig, Layout)> {
     let ctx = |m: String| bad(format!("table '{name}': {m}"));
     let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
     // dim is filled in from the weights; 1 passes validation meanwhile
@@ -314,8 +335,19 @@ fn table_config(name: &str, defaults: &RawTable, over: &RawTable) -> Result<Tabl
     if let Some(s) = over.shards.or(defaults.shards) {
         c.shards = s;
     }
+    let layout = match pick(&over.layout, &defaults.layout).as_deref() {
+        None | Some("hashed") => Layout::Hashed,
+        Some("direct") => Layout::Direct,
+        Some(o) => return Err(ctx(format!("layout must be hashed or direct, got {o}"))),
+    };
+    if layout == Layout::Direct && c.memory_cap_bytes.is_some() {
+        return Err(ctx(
+            "memory_cap_mb needs layout = \"hashed\" (a direct table's memory is fixed by its rows)"
+                .into(),
+        ));
+    }
     c.validate().map_err(|e| ctx(e.to_string()))?;
-    Ok(c)
+    Ok((c, layout))
 }
 
 #[cfg(test)]
@@ -366,5 +398,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("xxh3"), "{e:?}");
+    }
+
+    #[test]
+    fn table_layout() {
+        let base = "interaction = \"concat\"\n[[sparse]]\nname=\"a\"\ntable=\"t\"\nmax_ids=1\n";
+        assert_eq!(parse(base).unwrap().tables[0].layout, Layout::Hashed);
+        let s = parse(&format!("{base}[table_defaults]\nlayout=\"direct\"\n")).unwrap();
+        assert_eq!(s.tables[0].layout, Layout::Direct);
+        let e = parse(&format!("{base}[tables.t]\nlayout=\"tree\"\n")).unwrap_err();
+        assert!(e.message.contains("layout"), "{e:?}");
+        let e = parse(&format!(
+            "{base}[tables.t]\nlayout=\"direct\"\nmemory_cap_mb=64\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("memory_cap_mb"), "{e:?}");
     }
 }

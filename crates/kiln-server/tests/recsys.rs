@@ -514,3 +514,49 @@ async fn dense_only_version_shares_the_live_tables() {
         .collect();
     assert!(applied.contains(&true), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_layout_serves_the_golden_outputs_and_refuses_keys_outside_its_rows() {
+    let Some(dir) = reference_repo() else { return };
+    let g = golden(dir.path());
+    let cfg = dir.path().join("dlrm/config.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[parameters.table_defaults]\nlayout = \"direct\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let opts = Options {
+        admin_token: Some(TOKEN.into()),
+        ..Options::default()
+    };
+    let s = TestServer::temp(dir, opts).await;
+    // the golden inputs hold ids 10000 and 10007, past the 10,000 rows: misses, as before
+    let before = output_floats(&s.infer_ok("dlrm", &g.request(0, g.rows)).await, "prob");
+    assert_close(&before, &g.prob, TOL, "direct layout");
+
+    // the generator's delta adds rows 10000 and 10007: a direct table refuses it whole
+    let (st, v) = post_delta(&s, &g.delta_table, g.delta(1).encode(), Some(TOKEN)).await;
+    assert_eq!(st, 400, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("key space"), "{v}");
+    let again = output_floats(&s.infer_ok("dlrm", &g.request(0, g.rows)).await, "prob");
+    assert_eq!(again, before, "a refused delta changes nothing");
+
+    // its first 8 rows are rows of the table; with those alone every prediction that does
+    // not read the two new ids (golden rows 2, 3 and 4) matches the reference after the delta
+    let mut d = g.delta(1);
+    d.keys.truncate(8);
+    d.values.truncate(8 * 64);
+    assert!(d.keys.iter().all(|&k| k < 10_000));
+    let (st, v) = post_delta(&s, &g.delta_table, d.encode(), Some(TOKEN)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["versions"][0]["inserted"], 0, "{v}");
+    let after = output_floats(&s.infer_ok("dlrm", &g.request(0, g.rows)).await, "prob");
+    for (r, (a, want)) in after.iter().zip(&g.prob_after).enumerate() {
+        if !(2..=4).contains(&r) {
+            assert!((a - want).abs() <= TOL, "row {r}: {a} vs {want}");
+        }
+    }
+    assert!(
+        after.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-3),
+        "the delta changed no prediction"
+    );
+}
