@@ -9,7 +9,9 @@
 #      MODELS_DIR (default ~/.cache/kiln-bench/r$ROWS; the model is generated there if missing),
 #      THREADS (default 2), BATCHES (default "1 64 512 4096"; serve uses SERVE_BATCHES, default
 #      "1 64 512"), CONC (perf_analyzer concurrency, default 2), ENGINES (peer engines, default
-#      "eager bf16 ort"), OUT (default bench/out/recsys-DATE).
+#      "eager bf16 ort"), LAYOUT (the tables' layout, "direct" (default: ids are row numbers,
+#      as in the peers' dense arrays) or "hashed"; written into the model's config.toml),
+#      OUT (default bench/out/recsys-DATE).
 # Results: $OUT/results.md; Kiln's own histograms in $OUT/server_side.txt.
 set -euo pipefail
 
@@ -35,6 +37,18 @@ if [ ! -f "$MODELS_DIR/dlrm/1/model.safetensors" ]; then
   "$ROOT/.venv/bin/python" "$ROOT/examples/gen_dlrm.py" --out "$MODELS_DIR" --rows-per-table "$ROWS"
 fi
 WEIGHTS=$MODELS_DIR/dlrm/1/model.safetensors
+LAYOUT=${LAYOUT:-direct}
+log "table layout: $LAYOUT"
+"$ROOT/.venv/bin/python" - "$MODELS_DIR/dlrm/config.toml" "$LAYOUT" <<'PY'
+import sys
+path, layout = sys.argv[1], sys.argv[2]
+if layout not in ("direct", "hashed"):
+    sys.exit(f"LAYOUT must be direct or hashed, got {layout!r}")
+marker = "\n# table layout, set by bench/recsys/run.sh\n"
+text = open(path).read().split(marker)[0]
+text += marker + f'[parameters.table_defaults]\nlayout = "{layout}"\n'
+open(path, "w").write(text)
+PY
 (cd "$ROOT" && cargo build --release -q -p kiln -p kiln-recsys --examples --bins)
 
 if [[ " $what " == *" inproc "* ]]; then

@@ -43,6 +43,17 @@
 //! which lasts for that shard's part of one delta. Writers are serialized by a separate
 //! mutex that readers never take.
 //!
+//! # Direct layout
+//!
+//! With [`TableConfig::key_space`] `= Some(R)` keys are row numbers in `0..R` (ids already
+//! bucketized into the table, as PyTorch's `EmbeddingBag` expects): key `k` lives at slot
+//! `k / shards` of shard `k % shards`, in one zeroed mapping per table that is aligned to 2 MiB
+//! and advised for transparent huge pages before first touch. A lookup needs no hash probe,
+//! only a presence bit and the row; up to 512 MB of rows a batch is read in input order under
+//! all shard read locks at once, larger tables use the per-shard pipeline below for its TLB
+//! locality. Writes outside `0..R` are refused ([`EmbedError::KeyOutOfRange`]); a memory cap
+//! is refused (the memory is fixed by `R`).
+//!
 //! # Lookups
 //!
 //! [`Table::lookup`] pools multi-hot inputs ([`MultiHot`]: `[N, K]` ids with a padding id,

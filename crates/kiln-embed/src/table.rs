@@ -170,6 +170,11 @@ impl Table {
         self.len() == 0
     }
 
+    /// Bytes of one row's elements.
+    pub(crate) fn row_bytes(&self) -> u64 {
+        (self.config.dim * self.config.storage.size()) as u64
+    }
+
     /// Bytes accounted per row against the memory cap: `dim * element size + 56`.
     pub fn row_cost_bytes(&self) -> u64 {
         self.row_cost
