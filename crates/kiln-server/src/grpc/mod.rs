@@ -26,6 +26,29 @@ pub struct Service {
 
 type Rpc<T> = Result<Response<T>, Status>;
 
+/// tonic answers a message over `max_decoding_message_size` with OUT_OF_RANGE; gRPC's core
+/// implementations, and so Triton, answer RESOURCE_EXHAUSTED for a message over the receive
+/// limit, which is the code clients handle. The refusal is a trailers-only response (the
+/// status in its headers, the message percent-encoded), rewritten here; every other response
+/// passes untouched.
+pub fn oversize_is_resource_exhausted<B>(
+    mut resp: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let h = resp.headers_mut();
+    let oversize = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if oversize {
+        h.insert(
+            "grpc-status",
+            axum::http::HeaderValue::from_static("8"), // RESOURCE_EXHAUSTED
+        );
+    }
+    resp
+}
+
 fn stat(c: CountNs) -> Option<pb::StatisticDuration> {
     Some(pb::StatisticDuration {
         count: c.count,
