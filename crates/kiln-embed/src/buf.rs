@@ -185,9 +185,7 @@ impl<T> DerefMut for Buf<T> {
         match self {
             Buf::Heap(v) => v,
             // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
-            Buf::Fixed { ptr, len, .. } => unsafe {
-                std::slice::from_raw_parts_mut(*ptr, *len)
-            },
+            Buf::Fixed { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(*ptr, *len) },
         }
     }
 }

@@ -68,7 +68,11 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>) {
             // SAFETY: the range lies within `v`'s allocation; MADV_HUGEPAGE only changes how
             // the kernel backs those pages, never their contents.
             unsafe {
-                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
             }
         }
     }

@@ -281,10 +281,7 @@ impl Table {
     /// `order[starts[s]..starts[s + 1]]`, positions ascending within a shard.
     fn group_by_shard(&self, keys: &[u64]) -> (Vec<u32>, Vec<usize>) {
         let mut starts = vec![0usize; self.shards.len() + 1];
-        let shard_ids: Vec<u32> = keys
-            .iter()
-            .map(|&k| self.route(k).1 as u32)
-            .collect();
+        let shard_ids: Vec<u32> = keys.iter().map(|&k| self.route(k).1 as u32).collect();
         for &s in &shard_ids {
             starts[s as usize + 1] += 1;
         }

@@ -52,8 +52,12 @@ fn lookups_match_the_hashed_layout() {
         let n = 512 * pooling.output_width(DIM);
         let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
         let mut scratch = LookupScratch::default();
-        let sa = direct.lookup(&input, pooling, &mut a, &mut scratch).unwrap();
-        let sb = hashed.lookup(&input, pooling, &mut b, &mut scratch).unwrap();
+        let sa = direct
+            .lookup(&input, pooling, &mut a, &mut scratch)
+            .unwrap();
+        let sb = hashed
+            .lookup(&input, pooling, &mut b, &mut scratch)
+            .unwrap();
         assert_eq!(sa, sb, "{pooling:?}");
         assert!(sa.misses > 0);
         // integer halves: every sum is exact, so the order of summation cannot matter
@@ -73,8 +77,15 @@ fn keys_outside_the_key_space_are_refused_and_change_nothing() {
         "{err}"
     );
     assert!(err.to_string().contains("key space"), "{err}");
-    assert!(!t.contains(3) && !t.contains(4), "nothing of the refused delta applied");
-    assert_eq!(t.last_sequence("trainer"), Some(1), "the refused delta was not consumed");
+    assert!(
+        !t.contains(3) && !t.contains(4),
+        "nothing of the refused delta applied"
+    );
+    assert_eq!(
+        t.last_sequence("trainer"),
+        Some(1),
+        "the refused delta was not consumed"
+    );
     t.apply(&delta("trainer", 2, DIM, &[3, 4], fill)).unwrap();
     assert!(t.upsert(&[u64::MAX], &[0.0; DIM], None).is_err());
     assert_eq!(t.len(), 4);
@@ -90,7 +101,8 @@ fn ttl_and_tombstones_free_fixed_slots_for_reuse() {
     c.ttl = Some(Duration::from_secs(60));
     c.journal_evictions = true;
     let t = Table::with_clock(c, clock.clone()).unwrap();
-    t.apply(&delta("trainer", 1, DIM, &[10, 11, 12], fill)).unwrap();
+    t.apply(&delta("trainer", 1, DIM, &[10, 11, 12], fill))
+        .unwrap();
     clock.advance(Duration::from_secs(50));
     t.apply(&delta("trainer", 2, DIM, &[12], |_| 9.0)).unwrap();
     clock.advance(Duration::from_secs(20));

@@ -300,11 +300,7 @@ impl RecsysSpec {
     }
 }
 
-fn table_config(
-    name: &str,
-    defaults: &RawTable,
-    over: &RawTable,
-) -> Result<(TableConfig, Layout)> {
+fn table_config(name: &str, defaults: &RawTable, over: &RawTable) -> Result<(TableConfig, Layout)> {
     let ctx = |m: String| bad(format!("table '{name}': {m}"));
     let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
     // dim is filled in from the weights; 1 passes validation meanwhile

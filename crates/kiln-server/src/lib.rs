@@ -179,7 +179,9 @@ impl Server {
         let incoming =
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(grpc::oversize_is_resource_exhausted))
+            .layer(tower::util::MapResponseLayer::new(
+                grpc::oversize_is_resource_exhausted,
+            ))
             .add_service(health_service)
             .add_service(svc)
             .add_service(admin)

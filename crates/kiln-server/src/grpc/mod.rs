@@ -36,8 +36,7 @@ pub fn oversize_is_resource_exhausted<B>(
 ) -> axum::http::Response<B> {
     let h = resp.headers_mut();
     let oversize = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h
-            .get("grpc-message")
+        && h.get("grpc-message")
             .and_then(|m| m.to_str().ok())
             .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
     if oversize {
