@@ -49,9 +49,8 @@ impl Shard {
         }
     }
 
-    /// An empty direct shard: slot `key >> shift` holds the row of `key`, for `rows` slots
-    /// allocated up front (zeroed, not yet touched).
-    /// Its rows are `rows * dim` elements of `region` from byte `offset`.
+    /// An empty direct shard: slot `key >> shift` holds the row of `key`. Its `rows` slots
+    /// are `rows * dim` elements of `region` from byte `offset`, zeroed and not yet touched.
     pub fn new_direct(
         dim: usize,
         storage: StorageType,
