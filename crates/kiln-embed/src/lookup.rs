@@ -467,3 +467,54 @@ impl Table {
 fn input_err_too_large(rows: usize) -> EmbedError {
     input(&format!("batch of {rows} rows is too large"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TableConfig;
+
+    /// Direct tables over `IN_ORDER_MAX_BYTES` take the per-shard pass; tables that large are
+    /// for benchmarks, so both passes are compared here on a small one. Integer-valued rows make
+    /// every sum exact, so the different summation orders must agree exactly.
+    #[test]
+    fn direct_tables_give_the_same_sums_in_either_pass() {
+        let mut c = TableConfig::new("t", 8);
+        c.shards = 8;
+        c.key_space = Some(1000);
+        let t = Table::new(c).unwrap();
+        let keys: Vec<u64> = (0..1000).filter(|k| k % 7 != 0).collect();
+        let values: Vec<f32> = keys
+            .iter()
+            .flat_map(|&k| (0..8).map(move |j| ((k * 31 + j) % 17) as f32 - 8.0))
+            .collect();
+        t.upsert(&keys, &values, None).unwrap();
+        let mut x = 5u64;
+        let ids: Vec<u64> = (0..64 * 20)
+            .map(|_| {
+                x = crate::hash::mix64(x + 1);
+                match x % 10 {
+                    0 => u64::MAX,
+                    1 => 1000 + x % 50,
+                    _ => x % 1000,
+                }
+            })
+            .collect();
+        let input = MultiHot::Padded {
+            ids: &ids,
+            width: 20,
+            padding: Some(u64::MAX),
+        };
+        for pooling in [Pooling::Sum, Pooling::Concat { k: 4 }] {
+            let n = 64 * pooling.output_width(8);
+            let mut s = LookupScratch::default();
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            t.collect_entries(&input, pooling, &mut s);
+            let misses_a = t.gather_in_order(&mut a, &mut s);
+            t.sort_entries_by_shard(&mut s);
+            let misses_b = t.gather_grouped(&mut b, &mut s);
+            assert_eq!(misses_a, misses_b);
+            assert!(misses_a > 0);
+            assert_eq!(a, b, "{pooling:?}");
+        }
+    }
+}
