@@ -5,12 +5,15 @@
 
 Prints, for the request, queue, compute and overhead (request minus compute) histograms of
 MODEL (default mlp), the count of requests between the scrapes and the p50 / p90 / p99 in
-microseconds, interpolated linearly inside the bucket (buckets double from 2 us).
+microseconds, interpolated linearly inside the bucket (buckets double from 2 us). For a recsys
+model it adds "lookup": the embedding store's lookup calls (one per sparse feature and thread
+part of a batch; kiln_embed_lookup_duration_seconds summed over the model's tables).
 """
 import re
 import sys
 
 LINE = re.compile(r'^(kiln_inference_(\w+)_duration_seconds)_bucket\{le="([^"]+)",model="([^"]+)",version="[^"]+"\} (\S+)$')
+LOOKUP = re.compile(r'^kiln_embed_lookup_duration_seconds_bucket\{le="([^"]+)",table="([^"]+)"\} (\S+)$')
 
 
 def buckets(path, model):
@@ -20,6 +23,14 @@ def buckets(path, model):
         if m and m.group(4) == model:
             le = float("inf") if m.group(3) == "+Inf" else float(m.group(3))
             out.setdefault(m.group(2), []).append((le, float(m.group(5))))
+            continue
+        m = LOOKUP.match(line.strip())
+        if m and m.group(2).startswith(model + "/"):
+            le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+            look = out.setdefault("lookup", {})
+            look[le] = look.get(le, 0.0) + float(m.group(3))
+    if "lookup" in out:
+        out["lookup"] = list(out["lookup"].items())
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -41,7 +52,7 @@ def quantile(bs, q):
 def main():
     before, after = buckets(sys.argv[1], sys.argv[3] if len(sys.argv) > 3 else "mlp"), None
     after = buckets(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "mlp")
-    for name in ("request", "queue", "compute", "overhead"):
+    for name in ("request", "queue", "compute", "overhead", "lookup"):
         a = after.get(name, [])
         b = dict(before.get(name, []))
         diff = [(le, c - b.get(le, 0.0)) for le, c in a]

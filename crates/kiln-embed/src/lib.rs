@@ -127,6 +127,9 @@ pub use delta::{ApplyOutcome, Delta, SequenceGap};
 pub use error::{EmbedError, Result};
 pub use hash::mix64;
 pub use lookup::{keys_from_i64, LookupScratch, LookupStats, MultiHot, Pooling};
-pub use metrics::{EmbedCollector, EmbedMetrics, MetricsSnapshot};
+pub use metrics::{
+    EmbedCollector, EmbedMetrics, HistogramSnapshot, LatencyHistogram, MetricsSnapshot,
+    LATENCY_BUCKETS,
+};
 pub use snapshot::SnapshotInfo;
 pub use table::{MaintainReport, Table, UpsertReport};

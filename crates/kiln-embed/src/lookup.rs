@@ -18,6 +18,7 @@
 //! keys: a batched lookup equals the same samples looked up one by one, bit for bit.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use crate::config::DefaultRow;
 use crate::error::{EmbedError, Result};
@@ -182,6 +183,7 @@ impl Table {
         {
             return Err(input_err_too_large(rows));
         }
+        let started = Instant::now();
         out.fill(0.0);
         self.collect_entries(input, pooling, scratch);
         let direct_bytes = self.config.key_space.map(|r| r * self.row_bytes());
@@ -202,6 +204,7 @@ impl Table {
         let keys = scratch.keys.len();
         self.metrics.lookup_keys.fetch_add(keys as u64, Relaxed);
         self.metrics.lookup_batches.fetch_add(1, Relaxed);
+        self.metrics.lookup_seconds.observe(started.elapsed());
         if misses > 0 {
             self.metrics.misses.fetch_add(misses as u64, Relaxed);
         }

@@ -8,6 +8,7 @@
 //! | `kiln_embed_table_memory_bytes` | gauge | accounted bytes (rows x row cost) |
 //! | `kiln_embed_lookup_keys_total` | counter | non-padding keys looked up |
 //! | `kiln_embed_lookup_batches_total` | counter | lookup calls |
+//! | `kiln_embed_lookup_duration_seconds` | histogram | time of one lookup call (a batch of keys) |
 //! | `kiln_embed_lookup_misses_total` | counter | default rows served for missing keys |
 //! | `kiln_embed_evicted_rows_total{reason}` | counter | rows evicted, `reason` = `ttl` or `cap` |
 //! | `kiln_embed_admission_rejected_rows_total` | counter | new rows refused by the admission filter |
@@ -20,12 +21,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Live counters and gauges of one table; every field is updated with relaxed atomics.
@@ -65,6 +68,74 @@ pub struct EmbedMetrics {
     pub last_sequence: AtomicU64,
     /// Lag of the last applied delta in seconds, as `f64::to_bits`.
     pub lag_seconds_bits: AtomicU64,
+    /// Durations of lookup calls.
+    pub lookup_seconds: LatencyHistogram,
+}
+
+/// Upper bounds, in seconds, of [`LatencyHistogram`]'s buckets (a last one is unbounded).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+    250e-3,
+];
+
+/// A fixed-bucket latency histogram on relaxed atomics: one increment per observation, no lock
+/// on the lookup path (prometheus-client's `Histogram` takes a mutex per observation).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.partition_point(|&b| b < secs);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    /// Per-bucket counts (not cumulative; the last is the unbounded bucket) and the sum in
+    /// seconds.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
+            sum_seconds: self.sum_ns.load(Relaxed) as f64 * 1e-9,
+        }
+    }
+}
+
+/// A point-in-time copy of a [`LatencyHistogram`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket of [`LATENCY_BUCKETS`], then the unbounded bucket.
+    pub counts: Vec<u64>,
+    /// Sum of the observations, seconds.
+    pub sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+impl EncodeMetric for HistogramSnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().copied())
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(self.sum_seconds, self.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// A point-in-time copy of [`EmbedMetrics`].
@@ -102,6 +173,8 @@ pub struct MetricsSnapshot {
     pub last_sequence: u64,
     /// Lag of the last applied delta, seconds.
     pub lag_seconds: f64,
+    /// Durations of lookup calls.
+    pub lookup_seconds: HistogramSnapshot,
 }
 
 impl MetricsSnapshot {
@@ -139,6 +212,7 @@ impl EmbedMetrics {
             delta_tombstones: self.delta_tombstones.load(Relaxed),
             last_sequence: self.last_sequence.load(Relaxed),
             lag_seconds: f64::from_bits(self.lag_seconds_bits.load(Relaxed)),
+            lookup_seconds: self.lookup_seconds.snapshot(),
         }
     }
 
@@ -319,6 +393,16 @@ impl Collector for EmbedCollector {
         )?;
         for (table, s) in &snaps {
             ConstGauge::new(s.lag_seconds)
+                .encode(me.encode_family(&[("table", table.as_str())])?)?;
+        }
+        let mut me = encoder.encode_descriptor(
+            "kiln_embed_lookup_duration_seconds",
+            "Time of one lookup call (a batch of keys, pooled)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (table, s) in &snaps {
+            s.lookup_seconds
                 .encode(me.encode_family(&[("table", table.as_str())])?)?;
         }
         Ok(())

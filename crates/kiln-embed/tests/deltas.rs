@@ -223,6 +223,15 @@ fn lag_and_prometheus_metrics() {
     assert_eq!(t.metrics().snapshot().lag_seconds, 2.5);
     clock.advance(Duration::from_secs(1));
 
+    // two lookup calls: the latency histogram counts calls, whatever their size
+    let mut out = vec![0f32; 3 * DIM];
+    let mut scratch = kiln_embed::LookupScratch::default();
+    t.gather(&[1, 2, 9], &mut out, &mut scratch).unwrap();
+    t.gather(&[1], &mut out[..DIM], &mut scratch).unwrap();
+    let h = t.metrics().snapshot().lookup_seconds;
+    assert_eq!(h.count(), 2);
+    assert!(h.sum_seconds > 0.0);
+
     let collector = EmbedCollector::default();
     collector.add(t.metrics().clone());
     let t2 = Table::new(kiln_embed::TableConfig::new("other", 8)).unwrap();
@@ -240,6 +249,10 @@ fn lag_and_prometheus_metrics() {
         "kiln_embed_delta_lag_seconds{table=\"t\"} 2.5",
         "kiln_embed_table_rows{table=\"other\"} 0",
         "kiln_embed_lookup_misses_total{table=\"other\"} 0",
+        "# TYPE kiln_embed_lookup_duration_seconds histogram",
+        "kiln_embed_lookup_duration_seconds_count{table=\"t\"} 2",
+        "kiln_embed_lookup_duration_seconds_bucket{le=\"+Inf\",table=\"t\"} 2",
+        "kiln_embed_lookup_duration_seconds_count{table=\"other\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
