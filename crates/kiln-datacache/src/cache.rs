@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
-    HybridCacheBuilder, HybridCachePolicy, Load, RecoverMode, Source,
+    DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, Load, RecoverMode, Source,
 };
 use opendal::Operator;
 use parking_lot::Mutex;
@@ -23,7 +23,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::block::fetch_block;
 pub use crate::block::{allocated_bytes, Block, BlockKey, FileRef, Tier};
-use crate::engine::OrderedEngineConfig;
+use crate::engine::{OrderedEngineConfig, ENGINE_BLOCK};
 use crate::error::{DatacacheError, Result};
 use crate::metrics::Metrics;
 
@@ -86,8 +86,6 @@ impl std::fmt::Debug for DataCache {
     }
 }
 
-const ENGINE_BLOCK: usize = 16 << 20;
-
 impl DataCache {
     /// Opens (and recovers) the cache in `cfg.dir`. The caller holds the directory lock.
     pub async fn open(cfg: CacheConfig, op: Operator, metrics: Arc<Metrics>) -> Result<Self> {
@@ -109,11 +107,6 @@ impl DataCache {
             .with_capacity(cfg.disk_bytes)
             .build()
             .map_err(DatacacheError::Cache)?;
-        let engine = BlockEngineConfig::new(device)
-            .with_block_size(ENGINE_BLOCK)
-            .with_flushers(2)
-            .with_buffer_pool_size(64 << 20)
-            .with_submit_queue_size_threshold(256 << 20);
         let started = Instant::now();
         let hybrid = HybridCacheBuilder::new()
             .with_name("kiln-datacache")
@@ -124,7 +117,7 @@ impl DataCache {
             .with_shards(16)
             .with_weighter(|_k: &BlockKey, v: &Block| v.data.len() + 96)
             .storage()
-            .with_engine_config(OrderedEngineConfig(engine))
+            .with_engine_config(OrderedEngineConfig::for_device(device))
             .with_recover_mode(RecoverMode::Quiet)
             .build()
             .await

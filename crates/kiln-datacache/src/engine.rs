@@ -23,9 +23,26 @@ use crate::block::{Block, BlockKey};
 
 type Props = HybridCacheProperties;
 
+/// foyer's block (region) size in the disk tier; a cached block must fit in one.
+pub const ENGINE_BLOCK: usize = 16 << 20;
+
 /// Builds foyer's block engine wrapped in [`OrderedEngine`].
 #[derive(Debug)]
 pub struct OrderedEngineConfig(pub BlockEngineConfig<BlockKey, Block, Props>);
+
+impl OrderedEngineConfig {
+    /// The data cache's disk engine on `device`: 16 MiB blocks, two flushers, a 64 MiB write
+    /// buffer and a 256 MiB submit queue.
+    pub fn for_device(device: Arc<dyn Device>) -> Self {
+        OrderedEngineConfig(
+            BlockEngineConfig::new(device)
+                .with_block_size(ENGINE_BLOCK)
+                .with_flushers(2)
+                .with_buffer_pool_size(64 << 20)
+                .with_submit_queue_size_threshold(256 << 20),
+        )
+    }
+}
 
 impl EngineConfig<BlockKey, Block, Props> for OrderedEngineConfig {
     fn build(

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, Load, RecoverMode,
+    DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCachePolicy, Load,
+    RecoverMode,
 };
 use kiln_datacache::block::{Block, BlockKey};
 use kiln_datacache::engine::OrderedEngineConfig;
@@ -15,17 +15,12 @@ async fn open(dir: &std::path::Path) -> HybridCache<BlockKey, Block> {
         .with_capacity(256 << 20)
         .build()
         .unwrap();
-    let engine = BlockEngineConfig::new(device)
-        .with_block_size(16 << 20)
-        .with_flushers(2)
-        .with_buffer_pool_size(64 << 20)
-        .with_submit_queue_size_threshold(256 << 20);
     HybridCacheBuilder::new()
         .with_policy(HybridCachePolicy::WriteOnInsertion)
         .memory(16 << 20)
         .with_weighter(|_k: &BlockKey, v: &Block| v.data.len() + 96)
         .storage()
-        .with_engine_config(OrderedEngineConfig(engine))
+        .with_engine_config(OrderedEngineConfig::for_device(device))
         .with_recover_mode(RecoverMode::Quiet)
         .build()
         .await
