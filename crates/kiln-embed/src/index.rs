@@ -1,10 +1,10 @@
 //! A shard's key index: for hashed tables, open addressing with linear probing and
 //! backward-shift deletion; for direct tables (keys are row numbers), a presence bitmap.
 //!
-//! The hashed index is a plain table of 16-byte buckets (key, slot) rather than a general-purpose map, so the
-//! lookup path can compute a key's home bucket ahead of time and prefetch it: four buckets
-//! share a cache line, and at the load factor kept here (at most 1/2) a probe almost always
-//! stays within that line.
+//! The hashed index is a plain table of 16-byte buckets (key, slot) rather than a
+//! general-purpose map, so the lookup path can compute a key's home bucket ahead of time and
+//! prefetch it: four buckets share a cache line, and at the load factor kept here (at most 1/2)
+//! a probe almost always stays within that line.
 
 use crate::hash::{huge_vec, mix64, prefetch};
 

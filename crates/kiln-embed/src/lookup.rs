@@ -1,18 +1,20 @@
 //! Batch lookup with pooling over multi-hot inputs.
 //!
 //! Pass 1 collects the non-padding keys of a batch with their hash, shard and destination row
-//! of the output, into caller-owned scratch buffers (no allocation per key, and none at all
-//! once the scratch has grown to the batch size). Then one of two passes adds the rows:
+//! of the output, into caller-owned scratch buffers (no allocation per key; once the scratch
+//! has grown to the batch size, the in-order pass's vector of shard lock guards is the only
+//! allocation of a call). Then one of two passes adds the rows:
 //!
 //! - **In input order** (direct tables up to [`IN_ORDER_MAX_BYTES`] of rows): every shard's
 //!   read lock is taken once for the batch and the entries are visited in order, each row and
 //!   its presence word prefetched ahead. A sample's rows add into the same output row back to
 //!   back and there is no sort pass. (The same single pass for hashed tables, with a
 //!   three-stage bucket / resolve / add pipeline, measured no faster than the one below.)
-//! - **By shard** (hashed tables and larger direct ones): a counting sort of the entries by shard, then per shard,
-//!   under its read lock, a pipeline over chunks of 8 keys (buckets prefetched four chunks
-//!   ahead, rows two). Keys grouped by shard touch one shard's part of the table at a time,
-//!   which the TLB covers; over gigabytes that is worth more than input order.
+//! - **By shard** (hashed tables and larger direct ones): a counting sort of the entries by
+//!   shard, then per shard, under its read lock, a pipeline over chunks of 8 keys (buckets
+//!   prefetched four chunks ahead, rows two). Keys grouped by shard touch one shard's part of
+//!   the table at a time, which the TLB covers; over gigabytes that is worth more than input
+//!   order.
 //!
 //! Either way a sample's rows are summed in an order that depends only on the sample's own
 //! keys: a batched lookup equals the same samples looked up one by one, bit for bit.
@@ -149,11 +151,11 @@ const ROW_AHEAD: usize = 2;
 const BUCKET_AHEAD: usize = 2;
 const MISS: u32 = u32::MAX;
 /// Direct tables up to this many bytes of rows are read in input order
-/// ([`Table::gather_in_order`]); larger ones, and hashed tables, go through the per-shard pipeline ([`Table::gather_grouped`]). Measured on a
-/// 2-vCPU AMD EPYC VM with direct tables: at 1M rows x 64 f32 (256 MB) input order is 1.5x the
-/// per-shard pipeline, at 10M (2.5 GB) the per-shard pipeline is 2x input order: keys grouped
-/// by shard touch one shard's part of the table at a time, which the TLB and page-walk caches
-/// cover.
+/// ([`Table::gather_in_order`]); larger ones, and hashed tables, go through the per-shard
+/// pipeline ([`Table::gather_grouped`]). Measured on a 2-vCPU AMD EPYC VM with direct tables:
+/// at 1M rows x 64 f32 (256 MB) input order is 1.5x the per-shard pipeline, at 10M (2.5 GB)
+/// the per-shard pipeline is 2x input order: keys grouped by shard touch one shard's part of
+/// the table at a time, which the TLB and page-walk caches cover.
 const IN_ORDER_MAX_BYTES: u64 = 512 << 20;
 /// Entries between prefetching a row of a direct table and adding it.
 const DIRECT_AHEAD: usize = 16;
@@ -309,27 +311,22 @@ impl Table {
     }
 
     /// Direct tables up to [`IN_ORDER_MAX_BYTES`] of rows: every shard's read lock taken once
-    /// for the batch, then the entries in input order with software prefetch ahead of them; no sort
-    /// pass, and a sample's rows add into the same output row back to back. Returns the number
-    /// of misses.
+    /// for the batch, then the entries in input order with software prefetch ahead of them;
+    /// no sort pass, and a sample's rows add into the same output row back to back. Returns
+    /// the number of misses.
     fn gather_in_order(&self, out: &mut [f32], s: &mut LookupScratch) -> usize {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { self.gather_in_order_avx2(out, s) };
         }
-        self.gather_in_order_body(out, s)
+        self.gather_direct(out, s)
     }
 
     /// [`Table::gather_in_order`] compiled for AVX2: the row additions run 8 floats wide.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn gather_in_order_avx2(&self, out: &mut [f32], s: &mut LookupScratch) -> usize {
-        self.gather_in_order_body(out, s)
-    }
-
-    #[inline(always)]
-    fn gather_in_order_body(&self, out: &mut [f32], s: &mut LookupScratch) -> usize {
         self.gather_direct(out, s)
     }
 
