@@ -21,8 +21,15 @@ pub struct Tensor {
     pub data: Bytes,
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
 /// A Rust scalar type that maps to one fixed-size protocol [`DataType`].
-pub trait Element: Copy + Send + Sync + 'static {
+///
+/// Sealed: tensors copy these types' memory in bulk, which is sound only for the plain scalars
+/// implemented here.
+pub trait Element: sealed::Sealed + Copy + Send + Sync + 'static {
     /// The protocol data type of this scalar.
     const DTYPE: DataType;
     /// Appends the little-endian encoding of `self`.
@@ -33,6 +40,7 @@ pub trait Element: Copy + Send + Sync + 'static {
 
 macro_rules! element {
     ($t:ty, $d:expr) => {
+        impl sealed::Sealed for $t {}
         impl Element for $t {
             const DTYPE: DataType = $d;
             fn put_le(self, out: &mut Vec<u8>) {
@@ -56,6 +64,7 @@ element!(half::f16, DataType::Fp16);
 element!(f32, DataType::Fp32);
 element!(f64, DataType::Fp64);
 
+impl sealed::Sealed for bool {}
 impl Element for bool {
     const DTYPE: DataType = DataType::Bool;
     fn put_le(self, out: &mut Vec<u8>) {
@@ -88,9 +97,17 @@ impl Tensor {
     pub fn from_vec<T: Element>(name: impl Into<String>, shape: Vec<i64>, values: &[T]) -> Self {
         let n: i64 = shape.iter().product();
         assert_eq!(n as usize, values.len(), "shape does not match values");
-        let mut out = Vec::with_capacity(values.len() * T::DTYPE.size().unwrap_or(1));
-        for v in values {
-            v.put_le(&mut out);
+        let mut out = Vec::with_capacity(std::mem::size_of_val(values));
+        if cfg!(target_endian = "little") {
+            // SAFETY: the element types are plain scalars without padding (bool is one byte of
+            // 0 or 1), so their memory is exactly their little-endian encoding.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), out.capacity())
+            });
+        } else {
+            for v in values {
+                v.put_le(&mut out);
+            }
         }
         Tensor {
             name: name.into(),
@@ -170,6 +187,23 @@ impl Tensor {
             )));
         }
         let w = std::mem::size_of::<T>();
+        let n = self.data.len() / w;
+        if cfg!(target_endian = "little") && T::DTYPE != DataType::Bool {
+            // One copy of the bytes: protocol data are little-endian like the machine, and every
+            // bit pattern is a valid value of the numeric element types (all but bool).
+            let mut out = Vec::<T>::with_capacity(n);
+            // SAFETY: `out` has room for n elements = n * w bytes, the source holds at least that
+            // many, the two do not overlap, and T (not bool) accepts any bit pattern.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.data.as_ptr(),
+                    out.as_mut_ptr().cast::<u8>(),
+                    n * w,
+                );
+                out.set_len(n);
+            }
+            return Ok(out);
+        }
         Ok(self.data.chunks_exact(w).map(T::from_le).collect())
     }
 
@@ -333,6 +367,45 @@ mod tests {
         let mut bad = t.clone();
         bad.data = bad.data.slice(0..bad.data.len() - 1);
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn typed_copies_match_the_per_element_encoding_at_any_alignment() {
+        let values: Vec<f32> = (0..37).map(|i| i as f32 * -1.25 + 0.5).collect();
+        let t = Tensor::from_vec("x", vec![37], &values);
+        let mut manual = Vec::new();
+        for v in &values {
+            v.put_le(&mut manual);
+        }
+        assert_eq!(&t.data[..], &manual[..]);
+        // the same bytes at every offset from an aligned start
+        for off in 0..8 {
+            let mut buf = vec![0u8; off];
+            buf.extend_from_slice(&manual);
+            let shifted = Tensor {
+                data: Bytes::from(buf).slice(off..),
+                ..t.clone()
+            };
+            assert_eq!(shifted.to_vec::<f32>().unwrap(), values, "offset {off}");
+        }
+        let ids = [i64::MIN, -1, 0, 7, i64::MAX];
+        let t = Tensor::from_vec("ids", vec![5], &ids);
+        assert_eq!(t.to_vec::<i64>().unwrap(), ids);
+        let halves = [half::f16::from_f32(1.5), half::f16::from_f32(-2.0)];
+        let t = Tensor::from_vec("h", vec![2], &halves);
+        assert_eq!(t.to_vec::<half::f16>().unwrap(), halves);
+        // bool reads any non-zero byte as true and never copies raw bytes into a bool
+        let b = Tensor {
+            name: "b".into(),
+            dtype: DataType::Bool,
+            shape: vec![3],
+            data: Bytes::from_static(&[0, 2, 1]),
+        };
+        assert_eq!(b.to_vec::<bool>().unwrap(), [false, true, true]);
+        assert_eq!(
+            &Tensor::from_vec("b", vec![2], &[true, false]).data[..],
+            &[1, 0]
+        );
     }
 
     #[test]
