@@ -10,7 +10,9 @@ process on DIR/<model>/1/model.onnx, within an absolute tolerance of 1e-5, over:
   - tritonclient.http with binary tensors in both directions (the binary-tensor extension),
   - tritonclient.grpc (ModelInfer), concurrent async_infer calls, and a bidirectional stream
     (start_stream + async_stream_infer, ModelStreamInfer),
-  - DIR/<model>/expected.json (the committed golden batch) when present;
+  - DIR/<model>/expected.json (the committed golden batch) when present,
+  - system shared memory over both protocols (inputs and outputs in registered regions; the
+    server must be started with --allow-client-shm);
 plus health, metadata, model configuration, repository index and statistics calls over both
 protocols and error answers for an unknown model. One line per check, then `N passed, M failed`;
 the exit status is non-zero when any check fails.
@@ -27,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 MODELS = ("mlp", "ranker")
@@ -271,7 +274,80 @@ def http_checks(ck, c, models):
 
     ck.run("http infer unknown model fails", unknown_infer)
     for m in models:
+        ck.run(f"http infer {m} system shared memory", shm_infer, c, httpclient, "http", m, 5, 104)
+    for m in models:
         ck.run(f"http get_inference_statistics {m}", lambda: check_stats(m, c.get_inference_statistics(m.name)))
+
+
+# --------------------------------------------------------------------- system shared memory
+
+def shm_infer(c, client_mod, proto, model, rows, seed):
+    """Inputs and outputs through system shared-memory regions (tritonclient.utils.shared_memory):
+    registered, listed by the status call, used for one inference, unregistered."""
+    feeds = model.batch(rows, seed)
+    ref = model.reference(feeds)
+    handles, names = [], []
+
+    def region(tag, nbytes):
+        name = f"{proto}-{model.name}-{tag}"
+        key = f"/kiln-compat-{os.getpid()}-{name}"
+        h = shm.create_shared_memory_region(name, key, nbytes)
+        handles.append((h, name))
+        c.register_system_shared_memory(name, key, nbytes)
+        names.append(name)
+        return h, name
+
+    try:
+        inputs = []
+        for name, dt, _ in model.inputs:
+            a = np.ascontiguousarray(feeds[name])
+            h, rname = region(f"in-{name}", a.nbytes)
+            shm.set_shared_memory_region(h, [a])
+            i = client_mod.InferInput(name, list(a.shape), dt)
+            i.set_shared_memory(rname, a.nbytes)
+            inputs.append(i)
+        outs, out_handles = [], {}
+        for o in model.outputs:
+            # twice the room the output needs: the server reports the size it wrote
+            h, rname = region(f"out-{o[0]}", 2 * ref[o[0]].nbytes)
+            r = client_mod.InferRequestedOutput(o[0])
+            r.set_shared_memory(rname, 2 * ref[o[0]].nbytes)
+            outs.append(r)
+            out_handles[o[0]] = (h, rname)
+        if proto == "http":
+            listed = {r["name"] for r in c.get_system_shared_memory_status()}
+        else:
+            listed = set(c.get_system_shared_memory_status(as_json=True).get("regions", {}))
+        expect(set(names) <= listed, f"status lists {sorted(listed)}, expected {sorted(names)}")
+        res = c.infer(model.name, inputs, outputs=outs, request_id=f"{proto}-shm-{seed}")
+        got = {}
+        for o in model.outputs:
+            meta = res.get_output(o[0])
+            expect(meta is not None, f"output '{o[0]}' missing")
+            if proto == "http":
+                shape = meta["shape"]
+                expect("data" not in meta and "parameters" not in meta,
+                       f"output '{o[0]}' carries data as well as shared memory: {meta}")
+            else:
+                shape = list(meta.shape)
+                raw = res.get_response().raw_output_contents
+                idx = [t.name for t in res.get_response().outputs].index(o[0])
+                expect(idx < len(raw) and len(raw[idx]) == 0,
+                       f"output '{o[0]}' carries raw data as well as shared memory")
+            got[o[0]] = shm.get_contents_as_numpy(out_handles[o[0]][0], ref[o[0]].dtype, shape)
+        diff = compare(model, got, ref)
+        c.unregister_system_shared_memory(names[0])
+        try:
+            c.infer(model.name, inputs, outputs=outs)
+        except InferenceServerException as e:
+            expect("unable to find" in str(e), f"unexpected error after unregistering: {e}")
+        else:
+            raise AssertionError("inference through an unregistered region succeeded")
+        return f"{rows} rows, max abs diff {diff:.2g}"
+    finally:
+        c.unregister_system_shared_memory()
+        for h, _ in handles:
+            shm.destroy_shared_memory_region(h)
 
 
 # ------------------------------------------------------------------------------------- gRPC
@@ -386,6 +462,8 @@ def grpc_checks(ck, c, models):
         raise AssertionError("inference on an unknown model succeeded")
 
     ck.run("grpc infer unknown model fails", unknown_infer)
+    for m in models:
+        ck.run(f"grpc infer {m} system shared memory", shm_infer, c, grpcclient, "grpc", m, 6, 203)
     for m in models:
         ck.run(f"grpc get_inference_statistics {m}",
                lambda: check_stats(m, c.get_inference_statistics(m.name, as_json=True)))

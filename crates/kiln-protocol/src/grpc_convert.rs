@@ -4,8 +4,10 @@ use crate::inference::model_infer_request::InferInputTensor;
 use crate::inference::model_infer_response::InferOutputTensor;
 use crate::inference::{self as pb, infer_parameter::ParameterChoice};
 use crate::request::{
-    check_raw_data, count_mismatch, input_elements, parse_dtype, InferRequest, RequestedOutput,
+    check_raw_data, count_mismatch, input_elements, parse_dtype, Delivery, InferRequest,
+    RequestedOutput,
 };
+use crate::shm::ShmRef;
 use bytes::Bytes;
 use kiln_core::tensor::Element;
 use kiln_core::{DataType, Error, ErrorCode, ModelConfig, ModelIo, Result, Tensor};
@@ -23,18 +25,50 @@ mod tests;
 /// forms is an error, as in Triton. The `priority` and `timeout` parameters are read from
 /// `int64_param` or `uint64_param`.
 pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
+    // Inputs in shared memory have no entry in raw_input_contents (as tritonclient sends them).
+    let mut shm = Vec::with_capacity(req.inputs.len());
+    for input in &req.inputs {
+        shm.push(shm_param(
+            &input.parameters,
+            &format!("input '{}'", input.name),
+        )?);
+    }
+    let in_body = shm.iter().filter(|s| s.is_none()).count();
     let use_raw = !req.raw_input_contents.is_empty();
-    if use_raw && req.raw_input_contents.len() != req.inputs.len() {
+    if use_raw && req.raw_input_contents.len() != in_body {
         return Err(Error::invalid(format!(
-            "raw_input_contents has {} entries for {} inputs",
+            "raw_input_contents has {} entries for {in_body} inputs{}",
             req.raw_input_contents.len(),
-            req.inputs.len()
+            if in_body == req.inputs.len() {
+                String::new()
+            } else {
+                format!(" not in shared memory (of {})", req.inputs.len())
+            }
         )));
     }
     let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
+    let mut shm_inputs = Vec::new();
     let mut raw = req.raw_input_contents.into_iter();
-    for input in req.inputs {
-        let t = decode_input(input, if use_raw { raw.next() } else { None })?;
+    for (input, shm) in req.inputs.into_iter().zip(shm) {
+        let t = match shm {
+            Some(r) => {
+                if input.contents.as_ref().is_some_and(has_contents) {
+                    return Err(Error::invalid(format!(
+                        "input '{}': has parameters.shared_memory_region and also contents; \
+                         send it one way",
+                        input.name
+                    )));
+                }
+                shm_inputs.push((inputs.len(), r));
+                Tensor {
+                    dtype: parse_dtype(&input.datatype, &input.name)?,
+                    name: input.name,
+                    shape: input.shape,
+                    data: Bytes::new(),
+                }
+            }
+            None => decode_input(input, if use_raw { raw.next() } else { None })?,
+        };
         if inputs.iter().any(|x| x.name == t.name) {
             return Err(Error::invalid(format!("input '{}' appears twice", t.name)));
         }
@@ -43,16 +77,14 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
 
     let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(req.outputs.len());
     for o in req.outputs {
-        for unsupported in ["classification", "shared_memory_region"] {
-            if o.parameters.contains_key(unsupported) {
-                return Err(Error::new(
-                    ErrorCode::Unsupported,
-                    format!(
-                        "output '{}': parameters.{unsupported} is not supported",
-                        o.name
-                    ),
-                ));
-            }
+        if o.parameters.contains_key("classification") {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "output '{}': parameters.classification is not supported",
+                    o.name
+                ),
+            ));
         }
         if outputs.iter().any(|r| r.name == o.name) {
             return Err(Error::invalid(format!(
@@ -60,9 +92,11 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
                 o.name
             )));
         }
+        let shared_memory = shm_param(&o.parameters, &format!("output '{}'", o.name))?;
         outputs.push(RequestedOutput {
             name: o.name,
             binary_data: None,
+            shared_memory,
         });
     }
 
@@ -73,16 +107,19 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
         priority: uint_param(&req.parameters, "priority")?.filter(|&p| p != 0),
         timeout_us: uint_param(&req.parameters, "timeout")?.filter(|&t| t != 0),
         binary_data_output: false,
+        shm_inputs,
     })
 }
 
 /// Builds a gRPC `ModelInferResponse` carrying the outputs in `raw_output_contents`, as
-/// Triton answers. The output buffers are shared, not copied.
+/// Triton answers. The output buffers are shared, not copied. An output already written to
+/// shared memory has an empty raw entry, so that raw entries and outputs stay in step (as
+/// Triton keeps them).
 pub fn response_to_grpc(
     model_name: &str,
     model_version: &str,
     id: Option<&str>,
-    outputs: &[Tensor],
+    outputs: &[(Tensor, Delivery)],
 ) -> pb::ModelInferResponse {
     pb::ModelInferResponse {
         model_name: model_name.to_string(),
@@ -91,7 +128,7 @@ pub fn response_to_grpc(
         parameters: HashMap::new(),
         outputs: outputs
             .iter()
-            .map(|t| InferOutputTensor {
+            .map(|(t, _)| InferOutputTensor {
                 name: t.name.clone(),
                 datatype: t.dtype.as_str().to_string(),
                 shape: t.shape.clone(),
@@ -99,7 +136,13 @@ pub fn response_to_grpc(
                 contents: None,
             })
             .collect(),
-        raw_output_contents: outputs.iter().map(|t| t.data.clone()).collect(),
+        raw_output_contents: outputs
+            .iter()
+            .map(|(t, d)| match d {
+                Delivery::SharedMemory(_) => Bytes::new(),
+                _ => t.data.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -189,16 +232,10 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
         name,
         datatype,
         shape,
-        parameters,
         contents,
+        ..
     } = input;
     let dtype = parse_dtype(&datatype, &name)?;
-    if parameters.contains_key("shared_memory_region") {
-        return Err(Error::new(
-            ErrorCode::Unsupported,
-            format!("input '{name}': parameters.shared_memory_region is not supported"),
-        ));
-    }
     let expected = input_elements(&shape, &name)?;
     let data = match raw {
         Some(data) => {
@@ -347,6 +384,22 @@ where
 
 /// Reads the unsigned integer parameter `key` from `int64_param` (non-negative) or
 /// `uint64_param`; errors name it.
+/// The shared-memory parameters of the input or output `what`, if it has them.
+fn shm_param(params: &HashMap<String, pb::InferParameter>, what: &str) -> Result<Option<ShmRef>> {
+    let named = |e: Error| Error::invalid(format!("{what}: {}", e.message));
+    ShmRef::from_params(
+        what,
+        |key| match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+            None => Ok(None),
+            Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(named(Error::invalid(format!(
+                "parameters.{key}: expected a string_param"
+            )))),
+        },
+        |key| uint_param(params, key).map_err(named),
+    )
+}
+
 fn uint_param(params: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Option<u64>> {
     let Some(p) = params.get(key) else {
         return Ok(None);

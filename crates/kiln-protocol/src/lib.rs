@@ -5,6 +5,7 @@
 //! - [`http`]: the JSON request and response bodies with Triton's binary tensor extension.
 //! - [`grpc_convert`]: conversions between gRPC inference messages and [`InferRequest`] /
 //!   [`kiln_core::Tensor`].
+//! - [`shm`]: the registered regions of Triton's system shared-memory extension.
 //!
 //! Both front ends decode into the same [`InferRequest`], so the layers above see one request
 //! type whatever the transport.
@@ -12,6 +13,7 @@
 pub mod grpc_convert;
 pub mod http;
 mod request;
+pub mod shm;
 
 /// Messages, server and client of `kiln.admin.v1`: the sparse-model control plane.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -27,4 +29,4 @@ pub mod inference {
 
 pub use grpc_convert::{model_config_to_grpc, request_from_grpc, response_to_grpc};
 pub use http::{decode_request, encode_response, error_body};
-pub use request::{InferRequest, RequestedOutput};
+pub use request::{Delivery, InferRequest, RequestedOutput};

@@ -1,6 +1,7 @@
 //! The transport-independent inference request both front ends decode into, and the checks
 //! they share.
 
+use crate::shm::ShmRef;
 use kiln_core::tensor::element_count;
 use kiln_core::{DataType, Error, Result};
 
@@ -22,6 +23,9 @@ pub struct InferRequest {
     /// Request-level default for returning outputs as binary data over HTTP
     /// (`parameters.binary_data_output`); always false over gRPC.
     pub binary_data_output: bool,
+    /// Inputs whose data are in a registered shared-memory region, by index into `inputs`:
+    /// those tensors have empty data until [`crate::shm::Regions::resolve_inputs`] fills them.
+    pub shm_inputs: Vec<(usize, ShmRef)>,
 }
 
 /// An output the client asked for.
@@ -32,6 +36,19 @@ pub struct RequestedOutput {
     /// The output's `parameters.binary_data` over HTTP: `Some(true)` returns it as binary data,
     /// `Some(false)` as JSON, `None` follows [`InferRequest::binary_data_output`].
     pub binary_data: Option<bool>,
+    /// Where to write the output instead of the response: its shared-memory parameters.
+    pub shared_memory: Option<ShmRef>,
+}
+
+/// How one output goes back to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// In the response: a JSON `data` array over HTTP, `raw_output_contents` over gRPC.
+    Inline,
+    /// As binary data after the JSON (HTTP); `raw_output_contents` over gRPC.
+    Binary,
+    /// Already written to a shared-memory region; the response names the region and size.
+    SharedMemory(ShmRef),
 }
 
 impl InferRequest {
@@ -161,10 +178,12 @@ mod tests {
                 RequestedOutput {
                     name: "a".into(),
                     binary_data: Some(false),
+                    shared_memory: None,
                 },
                 RequestedOutput {
                     name: "b".into(),
                     binary_data: None,
+                    shared_memory: None,
                 },
             ],
             binary_data_output: true,

@@ -3,18 +3,18 @@
 
 use crate::state::AppState;
 use kiln_core::{Error, Result, Tensor};
-use kiln_protocol::InferRequest as WireRequest;
+use kiln_protocol::{Delivery, InferRequest as WireRequest};
 use kiln_runtime::{InferRequest, ServedVersion};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The answer of one inference: the version that computed it and the selected outputs, each
-/// with whether the client wants it as binary data (HTTP only).
+/// with how it goes back (outputs bound for shared memory are already written there).
 pub struct Inferred {
     /// The version that served the request.
     pub version: Arc<ServedVersion>,
     /// Outputs in the order the client asked for them (model order if it asked for none).
-    pub outputs: Vec<(Tensor, bool)>,
+    pub outputs: Vec<(Tensor, Delivery)>,
 }
 
 /// Runs `req` on `model` / `version` (empty = latest).
@@ -22,10 +22,11 @@ pub async fn infer(
     state: &AppState,
     model: &str,
     version: &str,
-    req: WireRequest,
+    mut req: WireRequest,
     received: Instant,
 ) -> Result<Inferred> {
     let served = state.version(model, version)?;
+    state.shm.resolve_inputs(&mut req)?;
     // Check requested outputs before computing anything.
     let io = served.io();
     for o in &req.outputs {
@@ -57,8 +58,13 @@ pub async fn infer(
             received,
         })
         .await?;
-    let outputs = if requested.is_empty() {
-        all.into_iter().map(|t| (t, binary_data_output)).collect()
+    let default = if binary_data_output {
+        Delivery::Binary
+    } else {
+        Delivery::Inline
+    };
+    let outputs: Vec<(Tensor, Delivery)> = if requested.is_empty() {
+        all.into_iter().map(|t| (t, default.clone())).collect()
     } else {
         let mut all: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
         requested
@@ -72,10 +78,23 @@ pub async fn infer(
                 let t = all[i].take().ok_or_else(|| {
                     Error::invalid(format!("output '{}' is requested more than once", o.name))
                 })?;
-                Ok((t, o.binary_data.unwrap_or(binary_data_output)))
+                let delivery = match (&o.shared_memory, o.binary_data) {
+                    (Some(r), _) => Delivery::SharedMemory(r.clone()),
+                    (None, Some(true)) => Delivery::Binary,
+                    (None, Some(false)) => Delivery::Inline,
+                    (None, None) => default.clone(),
+                };
+                Ok((t, delivery))
             })
             .collect::<Result<_>>()?
     };
+    for (t, d) in &outputs {
+        if let Delivery::SharedMemory(r) = d {
+            state
+                .shm
+                .write(r, &t.data, &format!("output '{}'", t.name))?;
+        }
+    }
     Ok(Inferred {
         version: served,
         outputs,

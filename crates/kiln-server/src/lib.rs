@@ -39,6 +39,10 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Token required by the control plane (embedding deltas); `None` leaves it open.
     pub admin_token: Option<String>,
+    /// Whether clients may register system shared-memory regions (Triton's
+    /// `--allow-client-shm`): off by default, since a region maps any shared-memory object
+    /// the server can open.
+    pub allow_client_shm: bool,
 }
 
 /// Errors that stop the server.
@@ -105,7 +109,7 @@ impl Server {
             None => None,
         };
         Ok(Server {
-            state: AppState::new(repo, config.admin_token.clone()),
+            state: AppState::new(repo, config.admin_token.clone(), config.allow_client_shm),
             registry: Arc::new(registry),
             config,
             http,

@@ -1,6 +1,7 @@
 //! State shared by the HTTP and gRPC front ends.
 
 use kiln_core::{Error, Result};
+use kiln_protocol::shm::Regions;
 use kiln_runtime::{check_model_name, ModelRepository, ServedVersion};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,15 @@ pub const EXTENSIONS: &[&str] = &[
     "schedule_policy",
 ];
 
+/// The extensions listed, with `system_shared_memory` when clients may register regions.
+pub fn extensions(state: &AppState) -> Vec<&'static str> {
+    let mut e = EXTENSIONS.to_vec();
+    if state.shm.allowed() {
+        e.push("system_shared_memory");
+    }
+    e
+}
+
 /// What every handler needs.
 pub struct AppState {
     /// The models.
@@ -25,16 +35,24 @@ pub struct AppState {
     pub started: AtomicBool,
     /// Token the control plane (`/admin/...`, `kiln.admin.v1`) requires; `None` = open.
     pub admin_token: Option<String>,
+    /// Registered system shared-memory regions.
+    pub shm: Regions,
 }
 
 impl AppState {
-    /// State over `repo`, accepting traffic.
-    pub fn new(repo: Arc<ModelRepository>, admin_token: Option<String>) -> Arc<Self> {
+    /// State over `repo`, accepting traffic; `allow_shm` lets clients register system
+    /// shared-memory regions.
+    pub fn new(
+        repo: Arc<ModelRepository>,
+        admin_token: Option<String>,
+        allow_shm: bool,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             repo,
             accepting: AtomicBool::new(true),
             started: AtomicBool::new(true),
             admin_token,
+            shm: Regions::new(allow_shm),
         })
     }
 

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// requires as `Authorization: Bearer <token>`; without it the control plane is open.
     #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Let clients register system shared-memory regions and pass tensors through them
+    /// (Triton's shared-memory extension; `perf_analyzer --shared-memory system`). Off by
+    /// default: a client can then make the server map any shared-memory object it can open.
+    #[arg(long, env = "KILN_ALLOW_CLIENT_SHM")]
+    allow_client_shm: bool,
     /// Once listening, write `{"http_port":..,"grpc_port":..,"metrics_port":..}` to this file.
     #[arg(long, env = "KILN_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -115,6 +120,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_addr: (!args.no_metrics).then(|| addr(args.metrics_port)),
         max_request_bytes: args.max_request_bytes,
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+        allow_client_shm: args.allow_client_shm,
     };
     let server = Server::bind(config, repo.clone(), registry).await?;
     let ports = (

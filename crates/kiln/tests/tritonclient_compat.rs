@@ -125,6 +125,7 @@ fn start_server(root: &Path, models: &Path, scratch: &Path) -> (Server, u16, u16
         .args(["--http-port", "0"])
         .args(["--grpc-port", "0"])
         .args(["--metrics-port", "0"])
+        .arg("--allow-client-shm")
         .arg("--ready-file")
         .arg(&ready)
         .current_dir(root)

@@ -59,7 +59,8 @@ fn raw_inputs_are_zero_copy() {
         r.outputs,
         vec![RequestedOutput {
             name: "y".into(),
-            binary_data: None
+            binary_data: None,
+            shared_memory: None,
         }]
     );
     assert_eq!(
@@ -313,7 +314,12 @@ fn priority_and_timeout_parameters() {
 fn response_uses_raw_output_contents() {
     let y = Tensor::from_vec("y", vec![1, 2], &[0.5f32, 1.5]);
     let s = Tensor::from_strings("s", vec![1], &["z"]);
-    let resp = response_to_grpc("m", "3", Some("id-1"), &[y.clone(), s.clone()]);
+    let resp = response_to_grpc(
+        "m",
+        "3",
+        Some("id-1"),
+        &[(y.clone(), Delivery::Inline), (s.clone(), Delivery::Inline)],
+    );
     assert_eq!(
         (
             resp.model_name.as_str(),

@@ -5,6 +5,7 @@ use super::json_error_message;
 use crate::request::{
     check_raw_data, count_mismatch, input_elements, parse_dtype, InferRequest, RequestedOutput,
 };
+use crate::shm::ShmRef;
 use bytes::Bytes;
 use kiln_core::{Error, ErrorCode, Result, Tensor};
 use serde::Deserialize;
@@ -100,16 +101,20 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Inf
         binary_data_output: bool_param(&params, "binary_data_output")?.unwrap_or(false),
         inputs: Vec::with_capacity(req.inputs.len()),
         outputs: Vec::with_capacity(req.outputs.len()),
+        shm_inputs: Vec::new(),
     };
 
     let mut offset = json_len;
     for (i, input) in req.inputs.into_iter().enumerate() {
-        let tensor = decode_input(i, input, &body, &mut offset, json_header_len.is_some())?;
+        let (tensor, shm) = decode_input(i, input, &body, &mut offset, json_header_len.is_some())?;
         if out.inputs.iter().any(|t| t.name == tensor.name) {
             return Err(Error::invalid(format!(
                 "input '{}' appears twice",
                 tensor.name
             )));
+        }
+        if let Some(r) = shm {
+            out.shm_inputs.push((out.inputs.len(), r));
         }
         out.inputs.push(tensor);
     }
@@ -126,32 +131,36 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Inf
             .ok_or_else(|| Error::invalid(format!("outputs[{i}]: missing 'name'")))?;
         let params = o.parameters.unwrap_or_default();
         let what = format!("output '{name}'");
-        for unsupported in ["classification", "shared_memory_region"] {
-            if params.contains_key(unsupported) {
-                return Err(Error::new(
-                    ErrorCode::Unsupported,
-                    format!("{what}: parameters.{unsupported} is not supported"),
-                ));
-            }
+        if params.contains_key("classification") {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!("{what}: parameters.classification is not supported"),
+            ));
         }
         let binary_data = bool_param(&params, "binary_data")
             .map_err(|e| Error::invalid(format!("{what}: {}", e.message)))?;
+        let shared_memory = shm_param(&params, &what)?;
         if out.outputs.iter().any(|r| r.name == name) {
             return Err(Error::invalid(format!("{what} is requested twice")));
         }
-        out.outputs.push(RequestedOutput { name, binary_data });
+        out.outputs.push(RequestedOutput {
+            name,
+            binary_data,
+            shared_memory,
+        });
     }
     Ok(out)
 }
 
-/// Decodes input number `i`, taking its binary data (if any) from `body` at `*offset`.
+/// Decodes input number `i`, taking its binary data (if any) from `body` at `*offset`. An
+/// input in shared memory comes back with empty data and where its data are.
 fn decode_input(
     i: usize,
     input: InputJson<'_>,
     body: &Bytes,
     offset: &mut usize,
     has_binary_part: bool,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<ShmRef>)> {
     let name = input
         .name
         .ok_or_else(|| Error::invalid(format!("inputs[{i}]: missing 'name'")))?;
@@ -164,14 +173,23 @@ fn decode_input(
     let dtype = parse_dtype(&datatype, &name)?;
     let expected = input_elements(&shape, &name)?;
     let params = input.parameters.unwrap_or_default();
-    if params.contains_key("shared_memory_region") {
-        return Err(Error::new(
-            ErrorCode::Unsupported,
-            format!("input '{name}': parameters.shared_memory_region is not supported"),
-        ));
-    }
     let binary_size = uint_param(&params, "binary_data_size")
         .map_err(|e| Error::invalid(format!("input '{name}': {}", e.message)))?;
+    if let Some(r) = shm_param(&params, &format!("input '{name}'"))? {
+        if input.data.is_some() || binary_size.is_some() {
+            return Err(Error::invalid(format!(
+                "input '{name}': has parameters.shared_memory_region and also 'data' or \
+                 parameters.binary_data_size; send it one way"
+            )));
+        }
+        let t = Tensor {
+            name,
+            dtype,
+            shape,
+            data: Bytes::new(),
+        };
+        return Ok((t, Some(r)));
+    }
 
     let data = match (binary_size, input.data) {
         (Some(_), Some(_)) => {
@@ -214,12 +232,31 @@ fn decode_input(
             Bytes::from(data)
         }
     };
-    Ok(Tensor {
-        name,
-        dtype,
-        shape,
-        data,
-    })
+    Ok((
+        Tensor {
+            name,
+            dtype,
+            shape,
+            data,
+        },
+        None,
+    ))
+}
+
+/// The shared-memory parameters of the input or output `what`, if it has them.
+fn shm_param(params: &Map<String, Value>, what: &str) -> Result<Option<ShmRef>> {
+    let named = |e: Error| Error::invalid(format!("{what}: {}", e.message));
+    ShmRef::from_params(
+        what,
+        |key| match params.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(named(Error::invalid(format!(
+                "parameters.{key}: expected a string, got {v}"
+            )))),
+        },
+        |key| uint_param(params, key).map_err(named),
+    )
 }
 
 /// Reads the unsigned integer parameter `key`; errors name it.

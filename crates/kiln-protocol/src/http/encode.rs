@@ -3,7 +3,7 @@
 //! The JSON is written by hand into one buffer (numbers with `itoa` / `ryu`), which avoids a
 //! `serde_json::Value` per element for large outputs.
 
-use crate::request::fmt_shape;
+use crate::request::{fmt_shape, Delivery};
 use bytes::Bytes;
 use half::f16;
 use kiln_core::tensor::element_count;
@@ -11,9 +11,10 @@ use kiln_core::{DataType, Error, Result, Tensor};
 
 /// Encodes an inference response.
 ///
-/// Each output is `(tensor, binary)`: binary outputs are announced in the JSON with
-/// `parameters.binary_data_size` and their bytes follow the JSON in output order; the others
-/// carry a flat `data` array (numbers, `true`/`false` for `BOOL`, strings for `BYTES`).
+/// Each output is `(tensor, delivery)`: binary outputs are announced in the JSON with
+/// `parameters.binary_data_size` and their bytes follow the JSON in output order; inline ones
+/// carry a flat `data` array (numbers, `true`/`false` for `BOOL`, strings for `BYTES`); outputs
+/// already written to shared memory carry only their name, datatype and shape.
 /// Non-finite floats are written as `NaN`, `Infinity` and `-Infinity`, as Triton writes them.
 ///
 /// Returns the body and, when any output is binary, the length of the JSON part: the caller
@@ -25,15 +26,21 @@ pub fn encode_response(
     model_name: &str,
     model_version: &str,
     id: Option<&str>,
-    outputs: &[(Tensor, bool)],
+    outputs: &[(Tensor, Delivery)],
 ) -> Result<(Bytes, Option<usize>)> {
     let json_estimate: usize = outputs
         .iter()
-        .map(|(t, binary)| 96 + if *binary { 0 } else { t.len() * 16 })
+        .map(|(t, d)| {
+            96 + if *d == Delivery::Inline {
+                t.len() * 16
+            } else {
+                0
+            }
+        })
         .sum();
     let binary_len: usize = outputs
         .iter()
-        .filter(|(_, b)| *b)
+        .filter(|(_, d)| *d == Delivery::Binary)
         .map(|(t, _)| t.data.len())
         .sum();
     let mut buf = Vec::with_capacity(64 + json_estimate + binary_len);
@@ -47,7 +54,7 @@ pub fn encode_response(
         write_str(&mut buf, id);
     }
     buf.extend_from_slice(b",\"outputs\":[");
-    for (i, (t, binary)) in outputs.iter().enumerate() {
+    for (i, (t, delivery)) in outputs.iter().enumerate() {
         if i > 0 {
             buf.push(b',');
         }
@@ -65,23 +72,29 @@ pub fn encode_response(
             buf.extend_from_slice(ints.format(*d).as_bytes());
         }
         buf.push(b']');
-        if *binary {
-            buf.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
-            buf.extend_from_slice(ints.format(t.data.len()).as_bytes());
-            buf.extend_from_slice(b"}}");
-        } else {
-            buf.extend_from_slice(b",\"data\":[");
-            write_data(&mut buf, t, n)?;
-            buf.extend_from_slice(b"]}");
+        match delivery {
+            Delivery::Binary => {
+                buf.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+                buf.extend_from_slice(ints.format(t.data.len()).as_bytes());
+                buf.extend_from_slice(b"}}");
+            }
+            // Name, datatype and shape only, as Triton answers: Triton's C++ client reads any
+            // output `parameters` as binary data and fails without `binary_data_size`.
+            Delivery::SharedMemory(_) => buf.push(b'}'),
+            Delivery::Inline => {
+                buf.extend_from_slice(b",\"data\":[");
+                write_data(&mut buf, t, n)?;
+                buf.extend_from_slice(b"]}");
+            }
         }
     }
     buf.extend_from_slice(b"]}");
 
-    if !outputs.iter().any(|(_, b)| *b) {
+    if !outputs.iter().any(|(_, d)| *d == Delivery::Binary) {
         return Ok((Bytes::from(buf), None));
     }
     let header_len = buf.len();
-    for (t, _) in outputs.iter().filter(|(_, b)| *b) {
+    for (t, _) in outputs.iter().filter(|(_, d)| *d == Delivery::Binary) {
         buf.extend_from_slice(&t.data);
     }
     Ok((Bytes::from(buf), Some(header_len)))

@@ -1,4 +1,5 @@
 use super::*;
+use crate::request::Delivery;
 use bytes::Bytes;
 use half::f16;
 use kiln_core::{DataType, ErrorCode, Tensor};
@@ -79,7 +80,8 @@ fn flat_and_nested_json_agree() {
 #[test]
 fn every_dtype_round_trips_through_json() {
     for t in samples() {
-        let (body, header) = encode_response("m", "1", None, &[(t.clone(), false)]).unwrap();
+        let (body, header) =
+            encode_response("m", "1", None, &[(t.clone(), Delivery::Inline)]).unwrap();
         assert_eq!(header, None);
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert!(v["outputs"][0].get("parameters").is_none(), "{v}");
@@ -91,7 +93,10 @@ fn every_dtype_round_trips_through_json() {
 
 #[test]
 fn every_dtype_round_trips_through_binary() {
-    let outputs: Vec<(Tensor, bool)> = samples().into_iter().map(|t| (t, true)).collect();
+    let outputs: Vec<(Tensor, Delivery)> = samples()
+        .into_iter()
+        .map(|t| (t, Delivery::Binary))
+        .collect();
     let (body, header) = encode_response("m", "1", Some("r1"), &outputs).unwrap();
     let n = header.unwrap();
     let bin: Vec<u8> = outputs.iter().flat_map(|(t, _)| t.data.to_vec()).collect();
@@ -154,11 +159,13 @@ fn binary_inputs_mixed_with_json_inputs() {
         vec![
             RequestedOutput {
                 name: "y".into(),
-                binary_data: Some(false)
+                binary_data: Some(false),
+                shared_memory: None,
             },
             RequestedOutput {
                 name: "z".into(),
-                binary_data: None
+                binary_data: None,
+                shared_memory: None,
             },
         ]
     );
@@ -433,7 +440,7 @@ fn binary_bytes_inputs_are_checked() {
 #[test]
 fn response_json_shape() {
     let t = Tensor::from_vec("y", vec![1, 3], &[1.0f32, f32::NAN, f32::NEG_INFINITY]);
-    let (body, header) = encode_response("m\"1", "2", None, &[(t, false)]).unwrap();
+    let (body, header) = encode_response("m\"1", "2", None, &[(t, Delivery::Inline)]).unwrap();
     assert_eq!(header, None);
     assert_eq!(
         std::str::from_utf8(&body).unwrap(),
@@ -446,7 +453,11 @@ fn response_with_json_and_binary_outputs() {
     let a = Tensor::from_vec("a", vec![2], &[1i32, 2]);
     let b = Tensor::from_vec("b", vec![3], &[0.25f64, 0.5, 0.75]);
     let c = Tensor::from_strings("c", vec![1], &[b"\xff\xfe"]);
-    let outputs = [(a, false), (b.clone(), true), (c.clone(), true)];
+    let outputs = [
+        (a, Delivery::Inline),
+        (b.clone(), Delivery::Binary),
+        (c.clone(), Delivery::Binary),
+    ];
     let (body, header) = encode_response("m", "1", Some("id"), &outputs).unwrap();
     let n = header.unwrap();
     let v: Value = serde_json::from_slice(&body[..n]).unwrap();
@@ -461,7 +472,7 @@ fn response_with_json_and_binary_outputs() {
 #[test]
 fn non_utf8_bytes_need_binary_data() {
     let c = Tensor::from_strings("c", vec![2], &[&b"ok"[..], b"\xff"]);
-    let e = encode_response("m", "1", None, &[(c, false)]).unwrap_err();
+    let e = encode_response("m", "1", None, &[(c, Delivery::Inline)]).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
     assert!(
         e.message
@@ -475,7 +486,7 @@ fn non_utf8_bytes_need_binary_data() {
 fn malformed_outputs_are_internal_errors() {
     let mut t = Tensor::from_vec("y", vec![2], &[1.0f32, 2.0]);
     t.shape = vec![3];
-    let e = encode_response("m", "1", None, &[(t, false)]).unwrap_err();
+    let e = encode_response("m", "1", None, &[(t, Delivery::Inline)]).unwrap_err();
     assert_eq!(e.code, ErrorCode::Internal);
     assert_eq!(
         e.message,
@@ -524,7 +535,7 @@ fn floats_round_trip_exactly() {
         Tensor::from_vec("d", vec![f64s.len() as i64], &f64s),
         Tensor::from_vec("f", vec![f32s.len() as i64], &f32s),
     ] {
-        let (body, _) = encode_response("m", "1", None, &[(t.clone(), false)]).unwrap();
+        let (body, _) = encode_response("m", "1", None, &[(t.clone(), Delivery::Inline)]).unwrap();
         let (req_body, _) = response_to_request(&body, None);
         let got = decode_request(req_body, None).unwrap();
         assert!(

@@ -24,12 +24,11 @@ async fn run(
     let wire = kiln_protocol::request_from_grpc(req)?;
     let id = wire.id.clone();
     let done = crate::infer::infer(state, &model, &version, wire, received).await?;
-    let outputs: Vec<kiln_core::Tensor> = done.outputs.into_iter().map(|(t, _)| t).collect();
     Ok(kiln_protocol::response_to_grpc(
         &done.version.name,
         &done.version.version.to_string(),
         id.as_deref(),
-        &outputs,
+        &done.outputs,
     ))
 }
 

@@ -8,7 +8,7 @@ mod sparse;
 pub use sparse::AdminService;
 
 use crate::error::to_status;
-use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::state::{extensions, AppState, SERVER_NAME, SERVER_VERSION};
 use crate::views;
 use kiln_protocol::inference as pb;
 use kiln_protocol::inference::grpc_inference_service_server::GrpcInferenceService;
@@ -115,7 +115,10 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: SERVER_NAME.into(),
             version: SERVER_VERSION.into(),
-            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+            extensions: extensions(&self.state)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }))
     }
 
@@ -256,5 +259,55 @@ impl GrpcInferenceService for Service {
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        r: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Rpc<pb::SystemSharedMemoryStatusResponse> {
+        let name = r.into_inner().name;
+        let regions = self
+            .state
+            .shm
+            .status(Some(name.as_str()).filter(|n| !n.is_empty()))
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse {
+            regions: regions
+                .into_iter()
+                .map(|s| {
+                    let status = pb::system_shared_memory_status_response::RegionStatus {
+                        name: s.name.clone(),
+                        key: s.key,
+                        offset: s.offset,
+                        byte_size: s.byte_size,
+                    };
+                    (s.name, status)
+                })
+                .collect(),
+        }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        r: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Rpc<pb::SystemSharedMemoryRegisterResponse> {
+        let r = r.into_inner();
+        self.state
+            .shm
+            .register(&r.name, &r.key, r.offset, r.byte_size)
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        r: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Rpc<pb::SystemSharedMemoryUnregisterResponse> {
+        let name = r.into_inner().name;
+        self.state
+            .shm
+            .unregister(Some(name.as_str()).filter(|n| !n.is_empty()))
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
     }
 }

@@ -1,7 +1,7 @@
 //! Health, metadata, configuration, statistics and repository endpoints.
 
 use crate::error::ApiError;
-use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::state::{extensions, AppState, SERVER_NAME, SERVER_VERSION};
 use crate::views;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
@@ -26,8 +26,12 @@ pub async fn ready(State(st): State<Arc<AppState>>) -> StatusCode {
     }
 }
 
-pub async fn server_metadata() -> Json<Value> {
-    Json(json!({ "name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS }))
+pub async fn server_metadata(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "name": SERVER_NAME,
+        "version": SERVER_VERSION,
+        "extensions": extensions(&st),
+    }))
 }
 
 async fn metadata(st: &AppState, model: &str, version: &str) -> Api<Json<Value>> {

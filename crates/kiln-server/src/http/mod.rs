@@ -2,6 +2,7 @@
 
 mod admin;
 mod infer;
+mod shm;
 mod sparse;
 
 use crate::state::AppState;
@@ -43,6 +44,23 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
             post(infer::infer_v),
         )
         .route("/v2/repository/index", post(admin::repository_index))
+        .route("/v2/systemsharedmemory/status", get(shm::status_all))
+        .route(
+            "/v2/systemsharedmemory/region/{name}/status",
+            get(shm::status),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/register",
+            post(shm::register),
+        )
+        .route(
+            "/v2/systemsharedmemory/unregister",
+            post(shm::unregister_all),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/unregister",
+            post(shm::unregister),
+        )
         .route("/admin/v1/models/{model}/tables", get(sparse::tables))
         .route(
             "/admin/v1/models/{model}/versions/{version}/tables",

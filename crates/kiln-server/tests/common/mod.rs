@@ -117,6 +117,8 @@ pub struct Options {
     pub max_request_bytes: usize,
     /// Control-plane token.
     pub admin_token: Option<String>,
+    /// Whether clients may register system shared-memory regions.
+    pub allow_client_shm: bool,
 }
 
 impl Default for Options {
@@ -125,6 +127,7 @@ impl Default for Options {
             mode: ControlMode::None,
             max_request_bytes: DEFAULT_MAX_BYTES,
             admin_token: None,
+            allow_client_shm: false,
         }
     }
 }
@@ -182,6 +185,7 @@ impl TestServer {
             metrics_addr: Some(any),
             max_request_bytes: opts.max_request_bytes,
             admin_token: opts.admin_token.clone(),
+            allow_client_shm: opts.allow_client_shm,
         };
         let server = Server::bind(config, repo.clone(), registry)
             .await
