@@ -13,9 +13,13 @@
 #   MAX_BATCH max_batch_size (default 64, as the examples); DELAY_US max_queue_delay_us (default 0)
 #   SPIN      onnxruntime models' parameters.allow_spinning (default true, the ORT default)
 #   CONC / MI / TRIALS / BATCHES / PROTOS as in ../shared/peers/README.md (CONC default 8)
+#   SHM=1     tensors through system shared memory (kiln serve --allow-client-shm,
+#             perf_analyzer --shared-memory system); rows are labelled kiln-BACKEND-shm
 #   SKIP_BUILD use the kiln binary already built; KILN a binary to use instead of target/release/kiln
 # Results: $OUT/results.md (default bench/out/ort-DATE), Kiln's server-side latency quantiles from
-# its own histograms in $OUT/server_side.txt, the load average before and after in $OUT/load.txt.
+# its own histograms in $OUT/server_side.txt, CPU per request of the server and of perf_analyzer
+# (with the ceiling they leave; bench/ort/cpu.py) in $OUT/cpu.txt, the load average before and
+# after in $OUT/load.txt.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
@@ -30,8 +34,12 @@ mkdir -p "$OUT"
 echo "start: $(uptime)" >>"$OUT/load.txt"
 
 pa_args() { # perf_analyzer fills inputs with random bytes; the ranker's ids are indices
-  case $1 in ranker) echo "--input-data zero" ;; *) echo "" ;; esac
+  local a=""
+  case $1 in ranker) a="--input-data zero" ;; esac
+  [ -z "${SHM:-}" ] || a="$a --shared-memory system"
+  echo "$a"
 }
+kiln_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 if [[ " $what " == *" raw "* ]]; then
   for m in ${MODELS:-mlp ranker}; do
@@ -63,20 +71,27 @@ TOML
     done
     rm -f "$OUT/ready.json"
     "$KILN" serve --model-repository "$repo" --host 127.0.0.1 --http-port "$HP" --grpc-port "$GP" \
-      --metrics-port "$MP" --ready-file "$OUT/ready.json" --log warn >"$OUT/kiln-$backend.log" 2>&1 &
+      --metrics-port "$MP" --ready-file "$OUT/ready.json" --log warn ${SHM:+--allow-client-shm} \
+      >"$OUT/kiln-$backend.log" 2>&1 &
     kiln_pid=$!
     trap 'kill $kiln_pid 2>/dev/null || true' EXIT
     for _ in $(seq 600); do [ -s "$OUT/ready.json" ] && break; sleep 0.1; done
     [ -s "$OUT/ready.json" ] || { cat "$OUT/kiln-$backend.log"; exit 1; }
     for m in ${MODELS:-mlp ranker}; do
-      label="kiln-$backend $m"
+      label="kiln-$backend${SHM:+-shm} $m"
       for proto in ${PROTOS:-http grpc}; do
         for b in ${BATCHES:-1 64}; do
           curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_before.txt"
-          PA_ARGS=$(pa_args "$m") PROTOS=$proto "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" "$m" "$label" "$b" >/dev/null || true
+          t0=$(kiln_ticks "$kiln_pid")
+          PA_ARGS=$(pa_args "$m") PROTOS=$proto /usr/bin/time -f "%U %S" -o "$OUT/client_cpu.txt" \
+            "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" "$m" "$label" "$b" >/dev/null || true
+          t1=$(kiln_ticks "$kiln_pid")
           curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_after.txt"
           { echo "server-side, $label $proto batch $b conc $CONC:"
             python3 "$ROOT/bench/serve/hist.py" "$OUT/m_before.txt" "$OUT/m_after.txt" "$m"; } | tee -a "$OUT/server_side.txt"
+          { echo "cpu, $label $proto batch $b conc $CONC:"
+            python3 "$ROOT/bench/ort/cpu.py" "$OUT/m_before.txt" "$OUT/m_after.txt" "$m" "$((t1 - t0))" \
+              "$(awk '{print $1 + $2}' "$OUT/client_cpu.txt")" "$(nproc)"; } | tee -a "$OUT/cpu.txt"
         done
       done
     done
