@@ -17,6 +17,7 @@ use bytes::Bytes;
 use kiln_core::{Error, ErrorCode, Result};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::fs::File;
 use std::sync::Arc;
 
@@ -85,7 +86,7 @@ struct Region {
 
 impl Region {
     /// Bounds check of `r` against this region, for the tensor `what`.
-    fn range(&self, r: &ShmRef, what: &str) -> Result<(usize, usize)> {
+    fn range(&self, r: &ShmRef, what: &dyn Display) -> Result<(usize, usize)> {
         let end = r.offset.checked_add(r.byte_size);
         match end {
             Some(end) if end <= self.status.byte_size => {
@@ -250,8 +251,9 @@ impl Regions {
             .ok_or_else(|| unknown(name))
     }
 
-    /// The bytes `r` names, for the tensor `what`; a view of the region, not a copy.
-    pub fn read(&self, r: &ShmRef, what: &str) -> Result<Bytes> {
+    /// The bytes `r` names, for the tensor `what` (named in errors only); a view of the region,
+    /// not a copy.
+    pub fn read(&self, r: &ShmRef, what: &dyn Display) -> Result<Bytes> {
         let region = self.get(&r.region)?;
         let (start, len) = region.range(r, what)?;
         Ok(Bytes::from_owner(View { region, start, len }))
@@ -265,16 +267,16 @@ impl Regions {
                 .inputs
                 .get_mut(i)
                 .ok_or_else(|| Error::internal("shared-memory input index out of range"))?;
-            let what = format!("input '{}'", t.name);
-            let data = self.read(&r, &what)?;
+            let data = self.read(&r, &format_args!("input '{}'", t.name))?;
             check_raw_data(&t.name, t.dtype, &t.shape, &data, "shared_memory_byte_size")?;
             t.data = data;
         }
         Ok(())
     }
 
-    /// Copies `data`, the output `what`, into the space `r` names, which must be large enough.
-    pub fn write(&self, r: &ShmRef, data: &[u8], what: &str) -> Result<()> {
+    /// Copies `data`, the output `what` (named in errors only), into the space `r` names, which
+    /// must be large enough.
+    pub fn write(&self, r: &ShmRef, data: &[u8], what: &dyn Display) -> Result<()> {
         let region = self.get(&r.region)?;
         let (start, len) = region.range(r, what)?;
         if data.len() > len {
@@ -361,18 +363,18 @@ mod tests {
         regions.register("a", &obj.0, 0, 4096).unwrap();
         regions.register("b", &obj.0, 4096, 4096).unwrap();
         regions
-            .write(&at("b", 8, 5), b"hello", "output 'y'")
+            .write(&at("b", 8, 5), b"hello", &"output 'y'")
             .unwrap();
         // region b starts 4096 bytes into the object, as the second mapping shows
         let whole = Regions::new(true);
         whole.register("all", &obj.0, 0, 8192).unwrap();
-        let got = whole.read(&at("all", 4104, 5), "input 'x'").unwrap();
+        let got = whole.read(&at("all", 4104, 5), &"input 'x'").unwrap();
         assert_eq!(&got[..], b"hello");
         // a view outlives its region's registration
-        let view = regions.read(&at("b", 8, 5), "input 'x'").unwrap();
+        let view = regions.read(&at("b", 8, 5), &"input 'x'").unwrap();
         regions.unregister(Some("b")).unwrap();
         assert_eq!(&view[..], b"hello");
-        let e = regions.read(&at("b", 0, 1), "input 'x'").unwrap_err();
+        let e = regions.read(&at("b", 0, 1), &"input 'x'").unwrap_err();
         assert!(e.message.contains("unable to find"), "{e}");
         let status = regions.status(None).unwrap();
         assert_eq!(status.len(), 1);
@@ -400,13 +402,13 @@ mod tests {
         regions.register("r", &obj.0, 0, 1024).unwrap();
         let e = regions.register("r", &obj.0, 0, 8).unwrap_err();
         assert!(e.message.contains("already registered"), "{e}");
-        let e = regions.read(&at("r", 1000, 100), "input 'x'").unwrap_err();
+        let e = regions.read(&at("r", 1000, 100), &"input 'x'").unwrap_err();
         assert!(
             e.message.starts_with("input 'x': 100 bytes at offset 1000"),
             "{e}"
         );
         let e = regions
-            .write(&at("r", 0, 4), &[0; 8], "output 'y'")
+            .write(&at("r", 0, 4), &[0; 8], &"output 'y'")
             .unwrap_err();
         assert!(e.message.contains("needs 8 bytes"), "{e}");
         assert!(regions.status(Some("nope")).is_err());

@@ -92,7 +92,7 @@ pub async fn infer(
         if let Delivery::SharedMemory(r) = d {
             state
                 .shm
-                .write(r, &t.data, &format!("output '{}'", t.name))?;
+                .write(r, &t.data, &format_args!("output '{}'", t.name))?;
         }
     }
     Ok(Inferred {
