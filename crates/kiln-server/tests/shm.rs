@@ -2,7 +2,8 @@
 //! golden inputs read from a region and outputs written to one; a ranker request with one
 //! input in shared memory and the other in `raw_input_contents`; and the refusals (regions
 //! out of bounds, unknown, too small, wrong sizes, a server that does not allow shared memory),
-//! each of which leaves the region table and the model as they were.
+//! each of which leaves the region table and the model as they were; and requests whose inputs
+//! are views of one region batched together, each answer in its own slot.
 //!
 //! POSIX shared-memory objects are files under /dev/shm on Linux, which is how the tests
 //! create, fill and read them.
@@ -406,4 +407,85 @@ async fn shared_memory_is_refused_unless_allowed() {
     let (st, v) = s.post("/v2/models/mlp/infer", &body).await;
     assert_eq!(st, 400, "{v}");
     assert!(error_of(&v).contains("unable to find"), "{v}");
+}
+
+/// Requests whose inputs are views of one region are batched together (the scheduler copies
+/// each view into the batch) and each answer lands in its own slot of the output region, equal
+/// to the same rows computed one by one from JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_requests_read_and_write_their_own_slots() {
+    const N: usize = 8;
+    const ROW: usize = 256;
+    let s = TestServer::temp(
+        mlp_repo(200_000, 64, &[], 1),
+        Options {
+            allow_client_shm: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let rows: Vec<Vec<f32>> = (0..N)
+        .map(|r| {
+            (0..ROW)
+                .map(|j| ((r * 31 + j) as f32 * 0.07).sin())
+                .collect()
+        })
+        .collect();
+    let mut alone = Vec::new();
+    for r in &rows {
+        let resp = s
+            .infer_ok(
+                "mlp",
+                &json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, ROW], "data": r}]}),
+            )
+            .await;
+        alone.extend(floats(&output_of(&resp, "y")["data"]));
+    }
+    let input = Object::new("batch-in", &le_f32(&rows.concat()));
+    let output = Object::new("batch-out", &[0u8; 4 * N]);
+    for (name, obj, size) in [("in", &input, 4 * ROW * N), ("out", &output, 4 * N)] {
+        let (st, v) = s
+            .post(
+                &format!("/v2/systemsharedmemory/region/{name}/register"),
+                &json!({"key": obj.key, "offset": 0, "byte_size": size}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let url = s.url("/v2/models/mlp/infer");
+            let body = json!({
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, ROW],
+                            "parameters": {"shared_memory_region": "in",
+                                           "shared_memory_offset": 4 * ROW * i,
+                                           "shared_memory_byte_size": 4 * ROW}}],
+                "outputs": [{"name": "y", "parameters": {"shared_memory_region": "out",
+                             "shared_memory_offset": 4 * i, "shared_memory_byte_size": 4}}],
+            });
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                read_json(r).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+    }
+    assert_close(&output.floats(0, N), &alone, BATCH_TOL, "slots");
+    let stats = http_stats(&s, "mlp").await;
+    assert!(
+        stats["batch_stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["batch_size"].as_u64().unwrap() > 1),
+        "no batch of more than one request: {stats}"
+    );
 }
