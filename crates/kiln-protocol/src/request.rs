@@ -47,7 +47,7 @@ pub enum Delivery {
     Inline,
     /// As binary data after the JSON (HTTP); `raw_output_contents` over gRPC.
     Binary,
-    /// Already written to a shared-memory region; the response names the region and size.
+    /// Already written to a shared-memory region; the response gives name, datatype and shape.
     SharedMemory(ShmRef),
 }
 
