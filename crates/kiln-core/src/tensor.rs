@@ -97,12 +97,14 @@ impl Tensor {
     pub fn from_vec<T: Element>(name: impl Into<String>, shape: Vec<i64>, values: &[T]) -> Self {
         let n: i64 = shape.iter().product();
         assert_eq!(n as usize, values.len(), "shape does not match values");
-        let mut out = Vec::with_capacity(std::mem::size_of_val(values));
+        let bytes = std::mem::size_of_val(values);
+        let mut out = Vec::with_capacity(bytes);
         if cfg!(target_endian = "little") {
-            // SAFETY: the element types are plain scalars without padding (bool is one byte of
-            // 0 or 1), so their memory is exactly their little-endian encoding.
+            // SAFETY: the view covers exactly the `bytes` bytes of `values`; the element types
+            // are plain scalars without padding (bool is one byte of 0 or 1), so their memory
+            // is exactly their little-endian encoding.
             out.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), out.capacity())
+                std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), bytes)
             });
         } else {
             for v in values {
