@@ -3,6 +3,7 @@
 
 use crate::dtype::DataType;
 use crate::error::{Error, Result};
+pub use crate::warmup::{WarmupData, WarmupInput, WarmupSample};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -40,9 +41,17 @@ pub struct ModelConfig {
     /// Worker threads per version and the threads each may use for compute.
     #[serde(default)]
     pub instance_group: InstanceGroup,
-    /// Run a zero-filled batch through each new version before it takes traffic.
+    /// Run a batch through each new version before it takes traffic: the `[[model_warmup]]`
+    /// samples when given, else one zero-filled row shaped by the model's inputs.
     #[serde(default = "yes")]
     pub warmup: bool,
+    /// Explicit warm-up samples, `[[model_warmup]]` as in Triton; see [`crate::warmup`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_warmup: Vec<WarmupSample>,
+    /// Refuse requests whose floating-point inputs hold NaN or an infinity (400 naming the
+    /// input and the first such element) instead of computing with them.
+    #[serde(default)]
+    pub reject_non_finite_inputs: bool,
     /// Backend-specific settings (a table each backend reads with its own schema).
     #[serde(default)]
     pub parameters: toml::Table,
@@ -275,6 +284,7 @@ impl ModelConfig {
         if self.instance_group.threads == 0 {
             return Err("instance_group.threads: must be at least 1".into());
         }
+        crate::warmup::validate(&self.model_warmup, self.max_batch_size)?;
         for (kind, specs) in [("input", &self.input), ("output", &self.output)] {
             for (i, s) in specs.iter().enumerate() {
                 if s.name.is_empty() {

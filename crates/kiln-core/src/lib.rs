@@ -11,6 +11,7 @@ pub mod dtype;
 pub mod error;
 pub mod tensor;
 
+pub mod warmup;
 pub use backend::{
     Backend, DeltaAck, LoadedModel, ModelInstance, ModelIo, SparseParameters, SparseTableInfo,
 };
