@@ -2,15 +2,21 @@
 //! registers a region of it under a name, and then sends inputs or receives outputs through
 //! the region instead of the request and response bodies.
 //!
-//! [`Regions`] is the server's table of registered regions. A region is mapped once, when it is
-//! registered, and each input read from it is a zero-copy view that keeps the mapping alive
-//! (so unregistering a region while a request uses it is safe). Outputs are copied into their
-//! region after the model has run.
+//! [`Regions`] is the server's table of registered regions. Each region keeps the object's
+//! file descriptor. No client action on its own object can crash the server:
 //!
-//! Trust: a client that may register regions can make the server map any shared-memory object
-//! it can open, and a client that shrinks an object after registering it can crash the server
-//! (reads past the end of a mapped file fault). This is why Triton, and Kiln, accept
-//! registrations only when the server was started to allow them.
+//! - An object that may still shrink (every `shm_open` object: they cannot be sealed) is read
+//!   with `pread` into an owned buffer and written with `pwrite`, never through a mapping: a
+//!   read past the end of a mapped file raises SIGBUS, which kills the process, while `pread`
+//!   past the end returns short, which is answered as a 400 naming the region.
+//! - An object sealed against shrinking (`F_SEAL_SHRINK`, e.g. a memfd handed over with
+//!   [`Regions::register_file`]) is mapped once at registration, and each input read from it is
+//!   a zero-copy view that keeps the mapping alive (so unregistering a region while a request
+//!   uses it is safe).
+//!
+//! Trust: a client that may register regions can make the server open any shared-memory
+//! object it can open. This is why Triton, and Kiln, accept registrations only when the server
+//! was started to allow them.
 
 use crate::request::{check_raw_data, InferRequest};
 use bytes::Bytes;
@@ -19,6 +25,8 @@ use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// Where a tensor's data lie: the `shared_memory_region`, `shared_memory_offset` and
@@ -78,10 +86,13 @@ pub struct RegionStatus {
     pub byte_size: u64,
 }
 
-/// One registered region, mapped read-write.
+/// One registered region.
 struct Region {
     status: RegionStatus,
-    map: memmap2::MmapRaw,
+    /// The object, read and written with `pread` / `pwrite` unless `map` is set.
+    file: File,
+    /// A read-write mapping of the region, only for objects sealed against shrinking.
+    map: Option<memmap2::MmapRaw>,
 }
 
 impl Region {
@@ -99,6 +110,29 @@ impl Region {
             ))),
         }
     }
+
+    /// The refusal when the object no longer holds `len` bytes at region offset `start`.
+    fn shrunk(&self, what: &dyn Display, start: usize, len: usize) -> Error {
+        let now = self
+            .file
+            .metadata()
+            .map(|m| m.len().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Error::invalid(format!(
+            "{what}: shared memory region '{}' no longer holds {len} bytes at offset {start}: \
+             object '{}' was shrunk to {now} bytes after it was registered ({} bytes from \
+             offset {}); register the region again",
+            self.status.name,
+            self.status.key,
+            self.status.offset + self.status.byte_size,
+            self.status.offset
+        ))
+    }
+
+    /// Offset in the object of region offset `start`.
+    fn at(&self, start: usize) -> u64 {
+        self.status.offset + start as u64
+    }
 }
 
 /// A view of part of a mapped region that keeps the mapping alive.
@@ -110,11 +144,15 @@ struct View {
 
 impl AsRef<[u8]> for View {
     fn as_ref(&self) -> &[u8] {
+        let Some(map) = &self.region.map else {
+            return &[]; // never built without a mapping (see `Regions::read`)
+        };
         // SAFETY: start + len lies inside the mapping (checked by `Region::range`), which lives
-        // as long as `self.region`. The client may write to the memory while the server reads
-        // it; the protocol makes that the client's error (it must not touch a region until the
-        // response arrives), and it cannot make the read fault.
-        unsafe { std::slice::from_raw_parts(self.region.map.as_ptr().add(self.start), self.len) }
+        // as long as `self.region`, of an object sealed against shrinking (checked at
+        // registration), so every mapped page stays backed. The client may write to the memory
+        // while the server reads it; the protocol makes that the client's error (it must not
+        // touch a region until the response arrives), and it cannot make the read fault.
+        unsafe { std::slice::from_raw_parts(map.as_ptr().add(self.start), self.len) }
     }
 }
 
@@ -150,27 +188,38 @@ impl Regions {
         }
     }
 
-    /// Maps `byte_size` bytes at `offset` of the shared-memory object `key` as region `name`.
+    /// Registers `byte_size` bytes at `offset` of the shared-memory object `key` (a
+    /// `shm_open` name) as region `name`.
     pub fn register(&self, name: &str, key: &str, offset: u64, byte_size: u64) -> Result<()> {
         self.check_allowed()?;
-        if name.is_empty() {
-            return Err(Error::invalid("shared memory region: the name is empty"));
-        }
-        if byte_size == 0 {
-            return Err(Error::invalid(format!(
-                "shared memory region '{name}': byte_size must be positive"
-            )));
-        }
-        if self.regions.read().contains_key(name) {
-            return Err(Error::invalid(format!(
-                "shared memory region '{name}' is already registered; unregister it first"
-            )));
-        }
+        check_name(name, byte_size)?;
         let file = open_shm(key).map_err(|e| {
             Error::invalid(format!(
                 "shared memory region '{name}': cannot open shared memory object '{key}': {e}"
             ))
         })?;
+        self.register_file(name, key, file, offset, byte_size)
+    }
+
+    /// Registers `byte_size` bytes at `offset` of the open object `file` as region `name`;
+    /// `key` is what status calls report for it. A file sealed against shrinking
+    /// (`F_SEAL_SHRINK`, as a sealed memfd is) is mapped and read without copies; any other
+    /// is read and written through its descriptor.
+    pub fn register_file(
+        &self,
+        name: &str,
+        key: &str,
+        file: File,
+        offset: u64,
+        byte_size: u64,
+    ) -> Result<()> {
+        self.check_allowed()?;
+        check_name(name, byte_size)?;
+        if self.regions.read().contains_key(name) {
+            return Err(Error::invalid(format!(
+                "shared memory region '{name}' is already registered; unregister it first"
+            )));
+        }
         let size = file
             .metadata()
             .map_err(|e| Error::internal(format!("shared memory object '{key}': {e}")))?
@@ -181,15 +230,21 @@ impl Regions {
                  the end of shared memory object '{key}' ({size} bytes)"
             )));
         }
-        let map = memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(byte_size as usize)
-            .map_raw(&file)
-            .map_err(|e| {
-                Error::invalid(format!(
-                    "shared memory region '{name}': cannot map object '{key}': {e}"
-                ))
-            })?;
+        let map = if sealed_against_shrinking(&file) {
+            let map = memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(byte_size as usize)
+                .map_raw(&file)
+                .map_err(|e| {
+                    Error::invalid(format!(
+                        "shared memory region '{name}': cannot map object '{key}': {e}"
+                    ))
+                })?;
+            Some(map)
+        } else {
+            None
+        };
+        let mapped = map.is_some();
         let region = Arc::new(Region {
             status: RegionStatus {
                 name: name.to_string(),
@@ -197,6 +252,7 @@ impl Regions {
                 offset,
                 byte_size,
             },
+            file,
             map,
         });
         let mut regions = self.regions.write();
@@ -211,6 +267,7 @@ impl Regions {
             key,
             offset,
             byte_size,
+            mapped,
             "shared memory registered"
         );
         Ok(())
@@ -251,12 +308,27 @@ impl Regions {
             .ok_or_else(|| unknown(name))
     }
 
-    /// The bytes `r` names, for the tensor `what` (named in errors only); a view of the region,
-    /// not a copy.
+    /// The bytes `r` names, for the tensor `what` (named in errors only): a view of the region
+    /// when it is mapped, else a copy read from the object. An object shrunk since it was
+    /// registered is an [`ErrorCode::InvalidArgument`].
     pub fn read(&self, r: &ShmRef, what: &dyn Display) -> Result<Bytes> {
         let region = self.get(&r.region)?;
         let (start, len) = region.range(r, what)?;
-        Ok(Bytes::from_owner(View { region, start, len }))
+        if region.map.is_some() {
+            return Ok(Bytes::from_owner(View { region, start, len }));
+        }
+        let mut buf = vec![0u8; len];
+        region
+            .file
+            .read_exact_at(&mut buf, region.at(start))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => region.shrunk(what, start, len),
+                _ => Error::internal(format!(
+                    "{what}: cannot read shared memory region '{}': {e}",
+                    r.region
+                )),
+            })?;
+        Ok(Bytes::from(buf))
     }
 
     /// Fills the data of `req`'s shared-memory inputs from their regions and checks each
@@ -285,17 +357,57 @@ impl Regions {
                 data.len()
             )));
         }
-        // SAFETY: start + data.len() <= start + len lies inside the mapping, which `region`
-        // keeps alive; the source is a separate heap buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                region.map.as_mut_ptr().add(start),
-                data.len(),
-            );
+        if let Some(map) = &region.map {
+            // SAFETY: start + data.len() <= start + len lies inside the mapping, which `region`
+            // keeps alive, of an object that cannot shrink; the source is a separate heap buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    map.as_mut_ptr().add(start),
+                    data.len(),
+                );
+            }
+            return Ok(());
         }
+        // pwrite past the end would grow the object rather than fail: refuse a shrunk one first
+        // (if it shrinks between the check and the write, the write grows it back; no fault).
+        let end = region.at(start) + data.len() as u64;
+        if region.file.metadata().map(|m| m.len()).unwrap_or(0) < end {
+            return Err(region.shrunk(what, start, len));
+        }
+        region
+            .file
+            .write_all_at(data, region.at(start))
+            .map_err(|e| {
+                Error::internal(format!(
+                    "{what}: cannot write shared memory region '{}': {e}",
+                    r.region
+                ))
+            })?;
         Ok(())
     }
+}
+
+/// Checks a region's name and size.
+fn check_name(name: &str, byte_size: u64) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("shared memory region: the name is empty"));
+    }
+    if byte_size == 0 {
+        return Err(Error::invalid(format!(
+            "shared memory region '{name}': byte_size must be positive"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `file` carries `F_SEAL_SHRINK`, so that it can never become shorter than it is now.
+/// Files that cannot be sealed (every `shm_open` object) answer no.
+fn sealed_against_shrinking(file: &File) -> bool {
+    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own; it fails (EINVAL) on
+    // files that do not support sealing.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }
 
 fn unknown(name: &str) -> Error {
@@ -420,6 +532,109 @@ mod tests {
         let e = off.register("r", &obj.0, 0, 8).unwrap_err();
         assert_eq!(e.code, ErrorCode::Unsupported);
         assert!(e.message.contains("--allow-client-shm"), "{e}");
+    }
+
+    /// A memfd of `size` bytes, sealed against shrinking when `seal`.
+    pub(crate) fn memfd(size: u64, seal: bool) -> File {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain libc calls; the descriptor is owned by the File.
+        unsafe {
+            let fd = libc::memfd_create(c"kiln-test".as_ptr(), libc::MFD_ALLOW_SEALING);
+            assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+            let f = File::from_raw_fd(fd);
+            f.set_len(size).unwrap();
+            if seal {
+                assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK), 0);
+            }
+            f
+        }
+    }
+
+    #[test]
+    fn a_shrunk_object_is_refused_not_a_fault() {
+        let obj = Object::new("shrink", 8192);
+        let regions = Regions::new(true);
+        regions.register("r", &obj.0, 4096, 4096).unwrap();
+        regions
+            .write(&at("r", 0, 4), b"abcd", &"output 'y'")
+            .unwrap();
+        assert_eq!(
+            &regions.read(&at("r", 0, 4), &"input 'x'").unwrap()[..],
+            b"abcd"
+        );
+        // the client shrinks its object below the region
+        let c = std::ffi::CString::new(obj.0.clone()).unwrap();
+        // SAFETY: shm_open and ftruncate on a test object; the descriptor is closed by File.
+        let f = unsafe {
+            <File as std::os::fd::FromRawFd>::from_raw_fd(libc::shm_open(
+                c.as_ptr(),
+                libc::O_RDWR,
+                0,
+            ))
+        };
+        f.set_len(4100).unwrap();
+        let e = regions.read(&at("r", 0, 64), &"input 'x'").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(
+            e.message
+                .contains("input 'x': shared memory region 'r' no longer holds 64 bytes"),
+            "{e}"
+        );
+        assert!(e.message.contains("was shrunk to 4100 bytes"), "{e}");
+        let e = regions
+            .write(&at("r", 0, 64), &[1; 64], &"output 'y'")
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(
+            e.message
+                .starts_with("output 'y': shared memory region 'r'"),
+            "{e}"
+        );
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            4100,
+            "a refused write must not grow the object"
+        );
+        // what is still there still reads
+        assert_eq!(
+            &regions.read(&at("r", 0, 4), &"input 'x'").unwrap()[..],
+            b"abcd"
+        );
+    }
+
+    #[test]
+    fn only_objects_sealed_against_shrinking_are_mapped() {
+        let regions = Regions::new(true);
+        let sealed = memfd(4096, true);
+        let copy = sealed.try_clone().unwrap();
+        regions
+            .register_file("m", "memfd:sealed", copy, 0, 4096)
+            .unwrap();
+        sealed.write_all_at(b"one", 8).unwrap();
+        let view = regions.read(&at("m", 8, 3), &"input 'x'").unwrap();
+        assert_eq!(&view[..], b"one");
+        // a view of a mapping sees later writes: the sealed object is read without a copy
+        sealed.write_all_at(b"two", 8).unwrap();
+        assert_eq!(&view[..], b"two");
+        assert!(sealed.set_len(100).is_err(), "the seal forbids shrinking");
+        regions
+            .write(&at("m", 16, 3), b"out", &"output 'y'")
+            .unwrap();
+        let mut got = [0u8; 3];
+        sealed.read_exact_at(&mut got, 16).unwrap();
+        assert_eq!(&got, b"out");
+
+        let unsealed = memfd(4096, false);
+        regions
+            .register_file("u", "memfd:open", unsealed.try_clone().unwrap(), 0, 4096)
+            .unwrap();
+        unsealed.write_all_at(b"one", 8).unwrap();
+        let copy = regions.read(&at("u", 8, 3), &"input 'x'").unwrap();
+        unsealed.write_all_at(b"two", 8).unwrap();
+        assert_eq!(&copy[..], b"one", "an unsealed object is copied");
+        unsealed.set_len(0).unwrap();
+        let e = regions.read(&at("u", 8, 3), &"input 'x'").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
     }
 
     #[test]
