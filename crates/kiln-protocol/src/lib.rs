@@ -5,11 +5,13 @@
 //! - [`http`]: the JSON request and response bodies with Triton's binary tensor extension.
 //! - [`grpc_convert`]: conversions between gRPC inference messages and [`InferRequest`] /
 //!   [`kiln_core::Tensor`].
+//! - [`codec`]: the gRPC codec (prost's, with undecodable messages as `INVALID_ARGUMENT`).
 //! - [`shm`]: the registered regions of Triton's system shared-memory extension.
 //!
 //! Both front ends decode into the same [`InferRequest`], so the layers above see one request
 //! type whatever the transport.
 
+pub mod codec;
 pub mod grpc_convert;
 pub mod http;
 mod request;
