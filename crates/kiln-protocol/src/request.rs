@@ -78,10 +78,22 @@ pub(crate) fn fmt_shape(shape: &[i64]) -> String {
 }
 
 /// Parses a protocol data type name for the input `name`.
+///
+/// Names are matched exactly as the protocol spells them, in capitals (`FP32`, not `fp32`),
+/// over HTTP and gRPC alike, as `config.toml` matches them.
 pub(crate) fn parse_dtype(datatype: &str, name: &str) -> Result<DataType> {
-    datatype
-        .parse()
-        .map_err(|_| Error::invalid(format!("input '{name}': unknown datatype '{datatype}'")))
+    if let Some(d) = DataType::ALL.into_iter().find(|d| d.as_str() == datatype) {
+        return Ok(d);
+    }
+    let hint = DataType::ALL
+        .into_iter()
+        .find(|d| d.as_str().eq_ignore_ascii_case(datatype))
+        .map(|d| format!(" (datatypes are spelled in capitals: '{d}')"))
+        .unwrap_or_default();
+    Err(Error::invalid(format!(
+        "input '{name}': unknown datatype '{}'{hint}",
+        datatype.escape_debug()
+    )))
 }
 
 /// Number of elements of the input `name`'s shape.

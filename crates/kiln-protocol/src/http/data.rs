@@ -154,6 +154,21 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         let sink = self.0;
+        if matches!(sink.dtype, DataType::Fp16 | DataType::Fp32 | DataType::Fp64) {
+            // non-finite values as protobuf's JSON mapping (and Kiln's responses) write them
+            let x = match v {
+                "NaN" => f64::NAN,
+                "Infinity" => f64::INFINITY,
+                "-Infinity" => f64::NEG_INFINITY,
+                _ => {
+                    return sink.mismatch(
+                        "a string (the strings a float takes are \"NaN\", \"Infinity\" and \
+                         \"-Infinity\")",
+                    )
+                }
+            };
+            return sink.put_float(x, v);
+        }
         if sink.dtype != DataType::Bytes {
             return sink.mismatch("a string");
         }

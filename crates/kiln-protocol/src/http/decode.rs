@@ -1,7 +1,7 @@
 //! Decoding of HTTP inference request bodies.
 
 use super::data::parse_data;
-use super::json_error_message;
+use super::{json_error_message, JsonObject};
 use crate::request::{
     check_raw_data, count_mismatch, input_elements, parse_dtype, InferRequest, RequestedOutput,
 };
@@ -20,9 +20,9 @@ struct RequestJson<'a> {
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
     #[serde(default, borrow)]
-    inputs: Vec<InputJson<'a>>,
+    inputs: Vec<JsonObject<InputJson<'a>>>,
     #[serde(default)]
-    outputs: Vec<OutputJson>,
+    outputs: Vec<JsonObject<OutputJson>>,
 }
 
 /// One input; `data` stays unparsed text until the datatype is known.
@@ -68,30 +68,7 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Inf
         Some(n) => n,
         None => body.len(),
     };
-    let mut de = serde_json::Deserializer::from_slice(&body[..json_len]);
-    let req: RequestJson<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        // Segments the parser had not named yet show as `?`; they add nothing to the message.
-        let path = e.path().to_string();
-        let at = match path.trim_end_matches(".?") {
-            "." | "?" | "" => String::new(),
-            p => format!("{p}: "),
-        };
-        let inner = e.into_inner();
-        Error::invalid(format!(
-            "malformed json at line {} column {}: {at}{}",
-            inner.line(),
-            inner.column(),
-            json_error_message(&inner)
-        ))
-    })?;
-    de.end().map_err(|e| {
-        Error::invalid(format!(
-            "malformed json at line {} column {}: {}",
-            e.line(),
-            e.column(),
-            json_error_message(&e)
-        ))
-    })?;
+    let req: RequestJson<'_> = parse_json_object(&body[..json_len])?;
 
     let params = req.parameters.unwrap_or_default();
     let mut out = InferRequest {
@@ -105,7 +82,7 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Inf
     };
 
     let mut offset = json_len;
-    for (i, input) in req.inputs.into_iter().enumerate() {
+    for (i, JsonObject(input)) in req.inputs.into_iter().enumerate() {
         let (tensor, shm) = decode_input(i, input, &body, &mut offset, json_header_len.is_some())?;
         if out.inputs.iter().any(|t| t.name == tensor.name) {
             return Err(Error::invalid(format!(
@@ -125,7 +102,7 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Inf
         )));
     }
 
-    for (i, o) in req.outputs.into_iter().enumerate() {
+    for (i, JsonObject(o)) in req.outputs.into_iter().enumerate() {
         let name = o
             .name
             .ok_or_else(|| Error::invalid(format!("outputs[{i}]: missing 'name'")))?;
@@ -150,6 +127,36 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Inf
         });
     }
     Ok(out)
+}
+
+/// Parses `json` as one JSON object into `T` (a top-level array or scalar is refused). Errors
+/// are [`ErrorCode::InvalidArgument`] naming the line, column and field, in JSON terms.
+pub fn parse_json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let JsonObject(v) = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // Segments the parser had not named yet show as `?`; they add nothing to the message.
+        let path = e.path().to_string();
+        let at = match path.trim_end_matches(".?") {
+            "." | "?" | "" => String::new(),
+            p => format!("{p}: "),
+        };
+        let inner = e.into_inner();
+        Error::invalid(format!(
+            "malformed json at line {} column {}: {at}{}",
+            inner.line(),
+            inner.column(),
+            json_error_message(&inner)
+        ))
+    })?;
+    de.end().map_err(|e| {
+        Error::invalid(format!(
+            "malformed json at line {} column {}: {}",
+            e.line(),
+            e.column(),
+            json_error_message(&e)
+        ))
+    })?;
+    Ok(v)
 }
 
 /// Decodes input number `i`, taking its binary data (if any) from `body` at `*offset`. An

@@ -15,7 +15,8 @@ use kiln_core::{DataType, Error, Result, Tensor};
 /// `parameters.binary_data_size` and their bytes follow the JSON in output order; inline ones
 /// carry a flat `data` array (numbers, `true`/`false` for `BOOL`, strings for `BYTES`); outputs
 /// already written to shared memory carry only their name, datatype and shape.
-/// Non-finite floats are written as `NaN`, `Infinity` and `-Infinity`, as Triton writes them.
+/// Non-finite floats are written as the strings `"NaN"`, `"Infinity"` and `"-Infinity"`, as
+/// protobuf's JSON mapping writes them, so the body is always valid JSON (bare `NaN` is not).
 ///
 /// Returns the body and, when any output is binary, the length of the JSON part: the caller
 /// then sets `Inference-Header-Content-Length` to it and the content type to
@@ -247,9 +248,9 @@ fn write_f32(buf: &mut Vec<u8>, b: &mut ryu::Buffer, v: f32) {
 
 fn non_finite(nan: bool, inf: bool, negative: bool) -> Option<&'static [u8]> {
     match (nan, inf, negative) {
-        (true, _, _) => Some(b"NaN"),
-        (false, true, false) => Some(b"Infinity"),
-        (false, true, true) => Some(b"-Infinity"),
+        (true, _, _) => Some(br#""NaN""#),
+        (false, true, false) => Some(br#""Infinity""#),
+        (false, true, true) => Some(br#""-Infinity""#),
         _ => None,
     }
 }

@@ -246,7 +246,8 @@ fn value_errors_name_the_input() {
         (
             "FP32",
             "[\"1\"]",
-            "input 'x': expected a number for FP32, got a string",
+            "input 'x': expected a number for FP32, got a string (the strings a float takes \
+             are \"NaN\", \"Infinity\" and \"-Infinity\")",
         ),
         (
             "FP32",
@@ -444,7 +445,7 @@ fn response_json_shape() {
     assert_eq!(header, None);
     assert_eq!(
         std::str::from_utf8(&body).unwrap(),
-        r#"{"model_name":"m\"1","model_version":"2","outputs":[{"name":"y","datatype":"FP32","shape":[1,3],"data":[1.0,NaN,-Infinity]}]}"#
+        r#"{"model_name":"m\"1","model_version":"2","outputs":[{"name":"y","datatype":"FP32","shape":[1,3],"data":[1.0,"NaN","-Infinity"]}]}"#
     );
 }
 
