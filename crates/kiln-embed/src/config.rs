@@ -100,6 +100,10 @@ pub struct TableConfig {
     /// Record the keys of evicted rows so a trainer can publish them as tombstones
     /// ([`crate::Table::drain_evicted`]).
     pub journal_evictions: bool,
+    /// Accept deltas whose values are NaN or infinite (or overflow the storage type). Off by
+    /// default: such a row poisons every pooled output that reads it, invisibly, so
+    /// [`crate::Table::apply`] refuses the delta naming the table and key.
+    pub allow_non_finite: bool,
 }
 
 impl TableConfig {
@@ -118,6 +122,7 @@ impl TableConfig {
             evict_to: 0.8,
             gap_policy: GapPolicy::Reject,
             journal_evictions: false,
+            allow_non_finite: false,
         }
     }
 

@@ -279,6 +279,12 @@ impl Table {
             self.metrics.deltas_invalid.fetch_add(1, Relaxed);
             return Err(e);
         }
+        if !self.config.allow_non_finite {
+            if let Err(e) = self.check_finite(&delta.keys, &delta.values) {
+                self.metrics.deltas_invalid.fetch_add(1, Relaxed);
+                return Err(e);
+            }
+        }
         let mut w = self.writer.lock();
         let last = w.sources.get(&delta.source).copied().unwrap_or(0);
         if delta.seq <= last {
@@ -326,6 +332,27 @@ impl Table {
             removed,
             evicted,
             gap,
+        })
+    }
+
+    /// Refuses the first value that is not finite as this table stores it (f16 storage turns
+    /// values beyond ±65504 into infinities), naming its key. `values` holds `dim` per key.
+    fn check_finite(&self, keys: &[u64], values: &[f32]) -> Result<()> {
+        let bad = match self.config.storage {
+            StorageType::F32 => values.iter().position(|v| !v.is_finite()),
+            StorageType::F16 => values.iter().position(|&v| !f16::from_f32(v).is_finite()),
+        };
+        let Some(i) = bad else { return Ok(()) };
+        let dim = self.config.dim.max(1);
+        let value = match self.config.storage {
+            StorageType::F32 => values[i],
+            StorageType::F16 => f16::from_f32(values[i]).to_f32(),
+        };
+        Err(EmbedError::NonFinite {
+            table: self.config.name.clone(),
+            key: keys.get(i / dim).copied().unwrap_or_default(),
+            element: i % dim,
+            value,
         })
     }
 

@@ -32,6 +32,22 @@ pub enum EmbedError {
         /// The table's key space.
         key_space: u64,
     },
+    /// A delta carries a NaN or infinite value (or one its storage type cannot hold) and the
+    /// table does not allow them.
+    #[error(
+        "delta for table {table} carries the non-finite value {value} in the row of key {key} \
+         (element {element}); refused: set allow_non_finite on the table to accept such values"
+    )]
+    NonFinite {
+        /// Table name.
+        table: String,
+        /// The key of the first such row.
+        key: u64,
+        /// Element index within the row.
+        element: usize,
+        /// The value as stored (NaN, inf or -inf).
+        value: f32,
+    },
     /// A delta names another table.
     #[error("delta for table {delta_table:?} sent to table {table:?}")]
     WrongTable {

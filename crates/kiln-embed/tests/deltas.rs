@@ -262,3 +262,62 @@ fn lag_and_prometheus_metrics() {
         "{text}"
     );
 }
+
+#[test]
+fn non_finite_values_are_refused_unless_the_table_allows_them() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let t = Table::new(config(DIM)).unwrap();
+        let mut d = delta("a", 1, DIM, &[7, 8, 9], |_| 1.0);
+        d.values[DIM + 2] = bad; // key 8, element 2
+        let e = t.apply(&d).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                EmbedError::NonFinite {
+                    key: 8,
+                    element: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let m = e.to_string();
+        assert!(m.contains("table t") && m.contains("key 8"), "{m}");
+        // nothing applied, and the sequence number is still due
+        assert_eq!((t.get(7), t.last_sequence("a")), (None, None));
+        assert_eq!(t.metrics().snapshot().deltas_invalid, 1);
+        // f16-encoded deltas carry them too
+        let decoded = Delta::decode(&d.encode_as(StorageType::F16)).unwrap();
+        assert!(matches!(
+            t.apply(&decoded),
+            Err(EmbedError::NonFinite { key: 8, .. })
+        ));
+    }
+    // a finite value that f16 storage cannot hold becomes infinite there: refused too
+    let mut c = config(DIM);
+    c.storage = StorageType::F16;
+    let t = Table::new(c).unwrap();
+    let e = t.apply(&delta("a", 1, DIM, &[5], |_| 1e6)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EmbedError::NonFinite {
+                key: 5,
+                element: 0,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    let mut c = config(DIM);
+    c.allow_non_finite = true;
+    let t = Table::new(c).unwrap();
+    let mut d = delta("a", 1, DIM, &[7], |_| 1.0);
+    d.values[0] = f32::NAN;
+    assert!(matches!(
+        t.apply(&d).unwrap(),
+        ApplyOutcome::Applied { rows: 1, .. }
+    ));
+    assert!(t.get(7).unwrap()[0].is_nan());
+}

@@ -25,6 +25,7 @@
 //! storage = "f32"                 # or "f16"
 //! default_row = "zeros"           # or "hash" (deterministic hash-seeded init, hash_scale)
 //! # memory_cap_mb = 4096, ttl_s = 86400, shards = 64, gap_policy = "reject" | "apply"
+//! # allow_non_finite = false      # true: deltas may write NaN / infinite values
 //! # layout = "hashed"            # any u64 key, deltas may add rows; "direct": ids are row
 //! #                               # numbers 0..rows (bucketized), no hash probe, deltas
 //! #                               # writing other keys are refused
@@ -117,6 +118,7 @@ struct RawTable {
     shards: Option<usize>,
     gap_policy: Option<String>,
     layout: Option<String>,
+    allow_non_finite: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +324,10 @@ fn table_config(name: &str, defaults: &RawTable, over: &RawTable) -> Result<(Tab
         Some("apply") => GapPolicy::ApplyAndReport,
         Some(o) => return Err(ctx(format!("gap_policy must be reject or apply, got {o}"))),
     };
+    c.allow_non_finite = over
+        .allow_non_finite
+        .or(defaults.allow_non_finite)
+        .unwrap_or(false);
     if let Some(mb) = over.memory_cap_mb.or(defaults.memory_cap_mb) {
         c.memory_cap_bytes = Some(mb << 20);
     }
@@ -409,5 +415,23 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.message.contains("memory_cap_mb"), "{e:?}");
+    }
+
+    #[test]
+    fn non_finite_values_are_opt_in_per_table() {
+        let base = "interaction = \"concat\"\n[[sparse]]\nname=\"a\"\ntable=\"t\"\nmax_ids=1\n\
+                    [[sparse]]\nname=\"b\"\ntable=\"u\"\nmax_ids=1\n";
+        let s = parse(base).unwrap();
+        assert!(s.tables.iter().all(|t| !t.config.allow_non_finite));
+        let s = parse(&format!(
+            "{base}[table_defaults]\nallow_non_finite = true\n[tables.u]\nallow_non_finite = false\n"
+        ))
+        .unwrap();
+        let allow: Vec<_> = s
+            .tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.config.allow_non_finite))
+            .collect();
+        assert_eq!(allow, [("t", true), ("u", false)]);
     }
 }
