@@ -5,16 +5,23 @@
 //! [`Server::serve`] runs until the shutdown future resolves: readiness turns false, listeners
 //! stop accepting, in-flight requests drain, and it returns.
 
+mod admission;
+mod body;
 mod error;
 mod grpc;
 mod http;
 mod infer;
+mod limits;
+mod listen;
+mod listen_grpc;
 mod metrics_http;
 mod sparse;
 mod state;
 mod views;
 
+pub use admission::Admission;
 pub use error::to_status;
+pub use limits::Limits;
 pub use state::AppState;
 
 use kiln_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -43,6 +50,8 @@ pub struct ServerConfig {
     /// `--allow-client-shm`): off by default, since a region maps any shared-memory object
     /// the server can open.
     pub allow_client_shm: bool,
+    /// Timeouts, connection caps and the in-flight budget.
+    pub limits: Limits,
 }
 
 /// Errors that stop the server.
@@ -83,6 +92,7 @@ impl Starter {
 pub struct Server {
     state: Arc<AppState>,
     registry: Arc<Registry>,
+    conn_metrics: limits::ConnMetrics,
     config: ServerConfig,
     http: TcpListener,
     grpc: TcpListener,
@@ -108,9 +118,22 @@ impl Server {
             Some(a) => Some(bind("metrics", a).await?),
             None => None,
         };
+        let mut registry = registry;
+        let mut state = AppState::new(repo, config.admin_token.clone(), config.allow_client_shm);
+        let admission = Admission::new(
+            config.limits.max_inflight_requests,
+            config.limits.max_inflight_bytes,
+        );
+        admission.register(&mut registry);
+        Arc::get_mut(&mut state)
+            .expect("state not shared before serving")
+            .admission = admission;
+        let conn_metrics = limits::ConnMetrics::default();
+        conn_metrics.register(&mut registry);
         Ok(Server {
-            state: AppState::new(repo, config.admin_token.clone(), config.allow_client_shm),
+            state,
             registry: Arc::new(registry),
+            conn_metrics,
             config,
             http,
             grpc,
@@ -146,7 +169,6 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        use axum::serve::ListenerExt;
         let addrs = (self.http_addr(), self.grpc_addr(), self.metrics_addr());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let state = self.state.clone();
@@ -159,12 +181,19 @@ impl Server {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let limits = self.config.limits.clone();
+        let max_body = self.config.max_request_bytes;
+        let gate = |name| listen::Gate::new(name, limits.max_connections, self.conn_metrics.clone());
 
-        let app = http::router(self.state.clone(), self.config.max_request_bytes);
-        let http_listener = self.http.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let app = http::router(self.state.clone(), max_body);
+        let http = listen::serve_http(
+            self.http,
+            app,
+            gate("http"),
+            limits.clone(),
+            max_body,
+            stop_rx.clone(),
+        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -173,16 +202,24 @@ impl Server {
         let svc = GrpcInferenceServiceServer::new(grpc::Service {
             state: self.state.clone(),
         })
-        .max_decoding_message_size(self.config.max_request_bytes)
+        .max_decoding_message_size(max_body)
         .max_encoding_message_size(usize::MAX);
         let admin =
             kiln_protocol::admin::sparse_admin_server::SparseAdminServer::new(grpc::AdminService {
                 state: self.state.clone(),
             })
-            .max_decoding_message_size(self.config.max_request_bytes);
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+            .max_decoding_message_size(max_body);
+        let incoming = listen_grpc::incoming(
+            self.grpc,
+            gate("grpc"),
+            limits.idle_timeout,
+            limits.tcp_keepalive,
+            stop_rx.clone(),
+        );
         let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(limits.grpc_keepalive_interval)
+            .http2_keepalive_timeout(Some(limits.grpc_keepalive_timeout))
+            .layer(listen_grpc::TrackLayer)
             .layer(tower::util::MapResponseLayer::new(
                 grpc::oversize_is_resource_exhausted,
             ))
@@ -193,27 +230,18 @@ impl Server {
 
         let metrics = self.metrics.map(|l| {
             let app = metrics_http::router(self.registry.clone());
-            axum::serve(l, app).with_graceful_shutdown(stopped(stop_rx.clone()))
+            listen::serve_http(l, app, gate("metrics"), limits.clone(), max_body, stop_rx.clone())
         });
 
         tracing::info!(http = %addrs.0, grpc = %addrs.1, metrics = ?addrs.2, "serving");
         let metrics_fut = async move {
-            match metrics {
-                Some(m) => m.await,
-                None => Ok(()),
+            if let Some(m) = metrics {
+                m.await;
             }
         };
-        let (h, g, m) = tokio::join!(async move { http.await }, grpc, metrics_fut);
-        h.map_err(|e| ServerError::Serve {
-            what: "http",
-            source: Box::new(e),
-        })?;
+        let ((), g, ()) = tokio::join!(http, grpc, metrics_fut);
         g.map_err(|e| ServerError::Serve {
             what: "grpc",
-            source: Box::new(e),
-        })?;
-        m.map_err(|e| ServerError::Serve {
-            what: "metrics",
             source: Box::new(e),
         })?;
         tracing::info!("server stopped");

@@ -37,6 +37,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Registered system shared-memory regions.
     pub shm: Regions,
+    /// Early refusal of inference requests and the server-wide in-flight budget.
+    pub admission: crate::admission::Admission,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             started: AtomicBool::new(true),
             admin_token,
             shm: Regions::new(allow_shm),
+            admission: Default::default(),
         })
     }
 

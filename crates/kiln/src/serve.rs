@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kiln_runtime::{Backends, ControlMode, ModelRepository, RuntimeMetrics};
-use kiln_server::{Server, ServerConfig};
+use kiln_server::{Limits, Server, ServerConfig};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +63,43 @@ pub struct ServeArgs {
     /// default: a client can then make the server map any shared-memory object it can open.
     #[arg(long, env = "KILN_ALLOW_CLIENT_SHM")]
     allow_client_shm: bool,
+    /// Seconds a client has to send a request's headers over HTTP/1.1; the clock starts when
+    /// the connection is ready for its next request, so it also closes idle keep-alive
+    /// connections.
+    #[arg(long, env = "KILN_HTTP_HEADER_TIMEOUT", default_value_t = 10.0)]
+    http_header_timeout: f64,
+    /// Seconds of grace for a request body, after which it must arrive at
+    /// `--body-min-rate` on average (else 408 and the connection closes).
+    #[arg(long, env = "KILN_BODY_READ_TIMEOUT", default_value_t = 10.0)]
+    body_read_timeout: f64,
+    /// Least average rate of a request body after `--body-read-timeout`, in bytes/s.
+    #[arg(long, env = "KILN_BODY_MIN_RATE", default_value_t = 1024)]
+    body_min_rate: u64,
+    /// Seconds a connection may stay open with no request in flight (HTTP/2, gRPC; HTTP/1.1
+    /// connections are also closed by `--http-header-timeout`).
+    #[arg(long, env = "KILN_IDLE_TIMEOUT", default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Most open connections per listener (HTTP, gRPC, metrics); one more is refused at once
+    /// (HTTP 503 then close; gRPC closed) and counted in `kiln_server_connections_refused_total`.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Most inference requests in flight server-wide (HTTP and gRPC); more are refused with
+    /// 429 / RESOURCE_EXHAUSTED before their body is read; 0 = no limit.
+    #[arg(long, env = "KILN_MAX_INFLIGHT_REQUESTS", default_value_t = 0)]
+    max_inflight_requests: usize,
+    /// Most request bytes in flight server-wide (HTTP `Content-Length`, gRPC tensor bytes);
+    /// more are refused with 429 before the body is read; 0 = no limit.
+    #[arg(long, env = "KILN_MAX_INFLIGHT_BYTES", default_value_t = 1 << 30)]
+    max_inflight_bytes: usize,
+    /// Seconds between HTTP/2 keep-alive pings on gRPC connections; 0 sends none.
+    #[arg(long, env = "KILN_GRPC_KEEPALIVE_INTERVAL", default_value_t = 0.0)]
+    grpc_keepalive_interval: f64,
+    /// Seconds a gRPC keep-alive ping may go unanswered before the connection closes.
+    #[arg(long, env = "KILN_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20.0)]
+    grpc_keepalive_timeout: f64,
+    /// Seconds of silence before TCP keep-alive probes start on accepted sockets; 0 = off.
+    #[arg(long, env = "KILN_TCP_KEEPALIVE", default_value_t = 60.0)]
+    tcp_keepalive: f64,
     /// Once listening, write `{"http_port":..,"grpc_port":..,"metrics_port":..}` to this file.
     #[arg(long, env = "KILN_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -76,6 +113,7 @@ enum Mode {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    raise_nofile(args.max_connections);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("kiln-io");
     if let Some(n) = args.io_threads {
@@ -121,6 +159,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
         allow_client_shm: args.allow_client_shm,
+        limits: limits(&args)?,
     };
     let server = Server::bind(config, repo.clone(), registry).await?;
     let ports = (
@@ -168,4 +207,85 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A flag's seconds as a duration; `zero_off` maps 0 to `None`.
+fn secs(flag: &str, v: f64, zero_off: bool) -> anyhow::Result<Option<Duration>> {
+    if !(v >= 0.0 && v.is_finite()) || (v == 0.0 && !zero_off) {
+        anyhow::bail!("--{flag} must be a positive number of seconds");
+    }
+    Ok((v > 0.0).then(|| Duration::from_secs_f64(v)))
+}
+
+fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
+    let on = |flag: &str, v: f64| -> anyhow::Result<Duration> {
+        Ok(secs(flag, v, false)?.unwrap_or_default())
+    };
+    if a.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    Ok(Limits {
+        header_read_timeout: on("http-header-timeout", a.http_header_timeout)?,
+        body_read_timeout: secs("body-read-timeout", a.body_read_timeout, true)?
+            .unwrap_or_default(),
+        body_min_rate: a.body_min_rate,
+        idle_timeout: on("idle-timeout", a.idle_timeout)?,
+        max_connections: a.max_connections,
+        max_inflight_requests: a.max_inflight_requests,
+        max_inflight_bytes: a.max_inflight_bytes,
+        grpc_keepalive_interval: secs("grpc-keepalive-interval", a.grpc_keepalive_interval, true)?,
+        grpc_keepalive_timeout: on("grpc-keepalive-timeout", a.grpc_keepalive_timeout)?,
+        tcp_keepalive: secs("tcp-keepalive", a.tcp_keepalive, true)?,
+    })
+}
+
+/// Raises the soft open-file limit to the hard one (the soft one is often 1,024 while the
+/// hard one is far higher), logs both, and warns when three listeners at `max_connections`
+/// could still exhaust it.
+fn raise_nofile(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
+            return;
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim = raised;
+            } else {
+                tracing::warn!(
+                    error = %std::io::Error::last_os_error(),
+                    soft = before,
+                    hard = lim.rlim_max,
+                    "cannot raise the open-file limit"
+                );
+            }
+        }
+        tracing::info!(
+            before,
+            now = lim.rlim_cur,
+            hard = lim.rlim_max,
+            "open-file limit (RLIMIT_NOFILE)"
+        );
+        let needed = (3 * max_connections as u64).saturating_add(256);
+        if lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as u64) < needed {
+            tracing::warn!(
+                limit = lim.rlim_cur,
+                max_connections,
+                "the open-file limit is below three listeners at --max-connections: lower \
+                 --max-connections or raise the hard limit"
+            );
+        }
+    }
 }

@@ -21,6 +21,11 @@ async fn run(
     let received = Instant::now();
     let model = req.model_name.clone();
     let version = req.model_version.clone();
+    // admission before the tensors are converted (see `crate::admission`)
+    let bytes = req.raw_input_contents.iter().map(|b| b.len()).sum();
+    let _ticket = state
+        .admission
+        .admit(&*state.version(&model, &version)?, Some(bytes))?;
     let wire = kiln_protocol::request_from_grpc(req)?;
     let id = wire.id.clone();
     let done = crate::infer::infer(state, &model, &version, wire, received).await?;

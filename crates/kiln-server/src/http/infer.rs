@@ -2,9 +2,8 @@
 
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_core::{Error, ErrorCode};
@@ -13,75 +12,139 @@ use std::time::Instant;
 
 const HEADER_LEN: &str = "inference-header-content-length";
 
+/// The largest request body accepted, in bytes.
+#[derive(Clone, Copy)]
+pub struct MaxBody(pub usize);
+
 pub async fn infer(
     State(st): State<Arc<AppState>>,
+    Extension(max): Extension<MaxBody>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    run(&st, &model, "", &headers, body).await
+    run(&st, max, &model, "", &headers, body).await
 }
 
 pub async fn infer_v(
     State(st): State<Arc<AppState>>,
+    Extension(max): Extension<MaxBody>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    run(&st, &model, &version, &headers, body).await
+    run(&st, max, &model, &version, &headers, body).await
 }
 
 async fn run(
     st: &AppState,
+    max: MaxBody,
     model: &str,
     version: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let received = Instant::now();
-    match handle(st, model, version, headers, body, received).await {
+    match handle(st, max, model, version, headers, body, received).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(r) => r,
     }
 }
 
+/// The `Inference-Header-Content-Length` value: every copy of the header must parse and
+/// agree, since a proxy and the server could otherwise split the body differently.
+fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let mut found: Option<usize> = None;
+    for v in headers.get_all(HEADER_LEN) {
+        let n = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .ok_or_else(|| {
+                invalid("header 'inference-header-content-length' must be a non-negative integer")
+            })?;
+        match found {
+            Some(m) if m != n => {
+                return Err(invalid(format!(
+                    "header 'inference-header-content-length' is given more than once with \
+                     different values ({m} and {n})"
+                )))
+            }
+            _ => found = Some(n),
+        }
+    }
+    Ok(found)
+}
+
+/// The declared `Content-Length`, when there is exactly one valid one.
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<usize>().ok())
+}
+
+/// Reads the body, up to `max` bytes: 413 beyond it, 408 when it arrives too slowly.
+async fn read_body(body: Body, max: usize) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let too_long = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |c| {
+            c.source()
+        })
+        .any(|c| c.is::<http_body_util::LengthLimitError>());
+        if too_long {
+            ApiError(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request body too large: over the limit of {max} bytes (--max-request-bytes)"
+                ),
+            ))
+            .into_response()
+        } else if crate::body::is_too_slow(&e) {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONTENT_TYPE, "application/json")],
+                kiln_protocol::error_body(&e.to_string()),
+            )
+                .into_response()
+        } else {
+            invalid(format!("cannot read request body: {e}")).into_response()
+        }
+    })
+}
+
+/// Refuses what the path and headers already condemn (bad headers 400, unknown model 404, full
+/// queue or spent budget 429) before the body is read; see `crate::admission` for the order.
 async fn handle(
     st: &AppState,
+    max: MaxBody,
     model: &str,
     version: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     received: Instant,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError(Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body too large: {}", r.body_text()),
-            ))
-        } else {
-            invalid(format!("cannot read request body: {}", r.body_text()))
-        }
-    })?;
-    let header_len = match headers.get(HEADER_LEN) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    invalid(
-                        "header 'inference-header-content-length' must be a non-negative integer",
-                    )
-                })?,
-        ),
-    };
-    let req = kiln_protocol::decode_request(body, header_len)?;
+) -> Result<Response, Response> {
+    let err = |e: Error| ApiError(e).into_response();
+    let header_len = header_len(headers).map_err(IntoResponse::into_response)?;
+    let served = st.version(model, version).map_err(err)?;
+    let declared = content_length(headers);
+    let mut ticket = st.admission.admit(&served, declared).map_err(err)?;
+    drop(served);
+    let body = read_body(body, max.0).await?;
+    if declared.is_none() {
+        st.admission
+            .add_bytes(&mut ticket, body.len())
+            .map_err(err)?;
+    }
+    let req = kiln_protocol::decode_request(body, header_len).map_err(err)?;
     let id = req.id.clone();
-    let done = crate::infer::infer(st, model, version, req, received).await?;
+    let done = crate::infer::infer(st, model, version, req, received)
+        .await
+        .map_err(err)?;
     let version = done.version.version.to_string();
     let (body, json_len) =
-        kiln_protocol::encode_response(&done.version.name, &version, id.as_deref(), &done.outputs)?;
+        kiln_protocol::encode_response(&done.version.name, &version, id.as_deref(), &done.outputs)
+            .map_err(err)?;
+    drop(ticket);
     let mut resp = Response::new(axum::body::Body::from(body));
     let h = resp.headers_mut();
     match json_len {

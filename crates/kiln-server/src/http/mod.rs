@@ -78,5 +78,6 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v2/repository/models/{model}/unload", post(admin::unload))
         .fallback(admin::not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::Extension(infer::MaxBody(max_body)))
         .with_state(state)
 }

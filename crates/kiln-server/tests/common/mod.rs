@@ -119,6 +119,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// Whether clients may register system shared-memory regions.
     pub allow_client_shm: bool,
+    /// Timeouts, connection caps and the in-flight budget.
+    pub limits: kiln_server::Limits,
 }
 
 impl Default for Options {
@@ -128,6 +130,7 @@ impl Default for Options {
             max_request_bytes: DEFAULT_MAX_BYTES,
             admin_token: None,
             allow_client_shm: false,
+            limits: kiln_server::Limits::default(),
         }
     }
 }
@@ -186,6 +189,7 @@ impl TestServer {
             max_request_bytes: opts.max_request_bytes,
             admin_token: opts.admin_token.clone(),
             allow_client_shm: opts.allow_client_shm,
+            limits: opts.limits.clone(),
         };
         let server = Server::bind(config, repo.clone(), registry)
             .await
