@@ -14,6 +14,9 @@ Models (ONNX opset 13, IR version 8, symbolic batch dimension "batch" unless sai
             = sum(a) + sum(b). config.toml serves only mixed, scaled and seq_mean, in that order.
   fixed     no batching (max_batch_size = 0): x FP32 [2,3] -> y = x @ W FP32 [2,2] and total =
             sum(x), a scalar FP32 [].
+  pinned    inputs whose width the file leaves symbolic but the weights fix: x FP32 [N,"feat"]
+            -> y = relu(x) @ W[4,3] FP32 [N,3]; z FP32 [N,"k"] -> w = Gemm(z, Wt[2,5], transB)
+            FP32 [N,2]. Backends must serve x as [4] and z as [5] and refuse other widths.
 
 Each model directory gets config.toml, 1/model.onnx and expected.json (inputs and the outputs
 onnxruntime computes for them, the format of examples/models/*/expected.json; BOOL as true/false,
@@ -139,6 +142,23 @@ def golden_fixed():
     return {"x": np.random.default_rng(2004).standard_normal((2, 3)).astype(np.float32)}
 
 
+def build_pinned():
+    rng = np.random.default_rng(2005)
+    inits = {"W": rng.standard_normal((4, 3)).astype(np.float32),
+             "Wt": rng.standard_normal((2, 5)).astype(np.float32)}
+    nodes = [helper.make_node("Relu", ["x"], ["xr"]), helper.make_node("MatMul", ["xr", "W"], ["y"]),
+             helper.make_node("Gemm", ["z", "Wt"], ["w"], transB=1)]
+    inputs = [vi("x", TP.FLOAT, ["batch", "feat"]), vi("z", TP.FLOAT, ["batch", "k"])]
+    outputs = [vi("y", TP.FLOAT, ["batch", 3]), vi("w", TP.FLOAT, ["batch", 2])]
+    return finish("pinned", nodes, inputs, outputs, inits)
+
+
+def golden_pinned():
+    rng = np.random.default_rng(2006)
+    return {"x": rng.standard_normal((ROWS, 4)).astype(np.float32),
+            "z": rng.standard_normal((ROWS, 5)).astype(np.float32)}
+
+
 CONFIGS = {
     "dtypes": """\
 # Every fixed-size protocol type: one input and one output each; read from the file.
@@ -172,6 +192,11 @@ dims = []
     "fixed": """\
 # No batching: full shapes, a scalar output. Written by tests/conformance/gen_models.py.
 max_batch_size = 0
+""",
+    "pinned": """\
+# Input widths symbolic in the file but fixed by the weights (x: 4, z: 5); read from the file.
+# Written by tests/conformance/gen_models.py.
+max_batch_size = 8
 """,
 }
 
@@ -215,7 +240,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(here, "models"), help="output directory (default: %(default)s)")
     args = ap.parse_args()
     for name, build, golden in (("dtypes", build_dtypes, golden_dtypes), ("strings", build_strings, golden_strings),
-                                ("multi_io", build_multi_io, golden_multi_io), ("fixed", build_fixed, golden_fixed)):
+                                ("multi_io", build_multi_io, golden_multi_io), ("fixed", build_fixed, golden_fixed),
+                                ("pinned", build_pinned, golden_pinned)):
         blob = build().SerializeToString()
         d = os.path.join(args.out, name)
         write(os.path.join(d, "config.toml"), CONFIGS[name])

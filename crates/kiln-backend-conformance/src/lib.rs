@@ -5,7 +5,8 @@
 //! The checks use the example models (`examples/models`) and the suite's own small models
 //! (`tests/conformance/models`, written by `tests/conformance/gen_models.py`): golden outputs
 //! computed by onnxruntime, every protocol data type, BYTES, several inputs and outputs, a
-//! variable dimension, unbatched models, batched output equal to one-by-one output, and load
+//! variable dimension, input dims fixed by the weights although the file leaves them symbolic,
+//! unbatched models, batched output equal to one-by-one output, and load
 //! errors for corrupt files and configs that disagree with the file.
 //!
 //! The ONNX Runtime tests need the onnxruntime shared library (`scripts/setup-python.sh`

@@ -3,8 +3,8 @@
 
 use crate::golden::{self, assert_close, golden_tolerance, Golden, BATCH_FP32};
 use crate::repo_root;
-use kiln_core::backend::{Backend, LoadedModel};
-use kiln_core::{DataType, ModelConfig, Tensor};
+use kiln_core::backend::{check_input_shape, Backend, LoadedModel};
+use kiln_core::{DataType, ErrorCode, ModelConfig, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -266,6 +266,63 @@ pub fn errors_config_mismatch(backend: &dyn Backend) {
     }
 }
 
+/// `pinned`: input widths the file leaves symbolic but the weights fix (x: 4 through a
+/// `MatMul`, z: 5 through a `Gemm`). The served dims are the derived ones (metadata shows them,
+/// also when config.toml says -1), a request of another width is an invalid-argument error
+/// naming the input and both shapes, and the engine itself never answers one.
+pub fn derived_dims(backend: &dyn Backend) {
+    let b = backend.name();
+    let want = [("x", vec![4]), ("z", vec![5])];
+    let check = |model: &dyn LoadedModel, how: &str| {
+        for (name, dims) in &want {
+            let spec = model.io().inputs.iter().find(|s| s.name == *name).unwrap();
+            assert_eq!(&spec.dims, dims, "{b}: '{name}' dims ({how})");
+        }
+    };
+    let (model, _, _) = load(backend, "pinned");
+    check(model.as_ref(), "read from the file");
+    let rows = |name: &str, width: usize| {
+        Tensor::from_vec(name, vec![2, width as i64], &vec![0.5f32; 2 * width])
+    };
+    for (x, z) in [(3, 5), (5, 5), (4, 4), (4, 6)] {
+        let inputs = [rows("x", x), rows("z", z)];
+        let refused: Vec<String> = model
+            .io()
+            .inputs
+            .iter()
+            .zip(&inputs)
+            .filter_map(|(spec, t)| check_input_shape(spec, &t.shape, true).err())
+            .map(|e| {
+                assert_eq!(e.code, ErrorCode::InvalidArgument, "{b}: {e}");
+                e.message
+            })
+            .collect();
+        let (name, given, served) = if x != 4 {
+            ("'x'", format!("[2, {x}]"), "[-1, 4]")
+        } else {
+            ("'z'", format!("[2, {z}]"), "[-1, 5]")
+        };
+        assert_eq!(refused.len(), 1, "{b}: x {x}, z {z}: {refused:?}");
+        for needle in [name, given.as_str(), served] {
+            assert!(
+                refused[0].contains(needle),
+                "{b}: {needle} in {}",
+                refused[0]
+            );
+        }
+        if let Ok(out) = model.execute(&inputs) {
+            panic!("{b}: x {x}, z {z}: the engine computed {out:?} past the tensor");
+        }
+    }
+    let config = "max_batch_size = 8\n[[input]]\nname = \"x\"\ndata_type = \"FP32\"\ndims = [-1]\n\
+                  [[input]]\nname = \"z\"\ndata_type = \"FP32\"\ndims = [-1]\n";
+    let (_tmp, vdir, config) = scratch_model("pinned", config, None);
+    let model = backend
+        .load(&vdir, &config)
+        .unwrap_or_else(|e| panic!("{b}: pinned with dims = [-1]: {e}"));
+    check(model.as_ref(), "config.toml says -1");
+}
+
 /// Checks every backend must pass; the names of the generated tests.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -304,6 +361,18 @@ macro_rules! conformance_tests {
         fn golden_unbatched_fixed_shapes() {
             if let Some(b) = $make {
                 $crate::suite::golden(&b, "fixed")
+            }
+        }
+        #[test]
+        fn golden_pinned() {
+            if let Some(b) = $make {
+                $crate::suite::golden(&b, "pinned")
+            }
+        }
+        #[test]
+        fn derived_dims_are_served_and_checked() {
+            if let Some(b) = $make {
+                $crate::suite::derived_dims(&b)
             }
         }
         #[test]

@@ -131,7 +131,14 @@ fn select_inputs(
                 c.name, c.dims, m.dims
             ));
         }
-        specs.push(c.clone());
+        // a dim the config leaves variable takes the file's (or the graph's) value
+        let mut spec = c.clone();
+        for (d, &m) in spec.dims.iter_mut().zip(&m.dims) {
+            if *d < 0 {
+                *d = m;
+            }
+        }
+        specs.push(spec);
     }
     Ok(specs)
 }

@@ -12,6 +12,7 @@
 
 mod convert;
 mod io;
+mod derive;
 pub mod library;
 mod model;
 mod providers;
@@ -27,6 +28,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Loads ONNX models with ONNX Runtime. Cheap to create: the library is loaded on first use.
+/// Replaces the symbolic input dims that the graph fixes ([`derive`]) with their values, except
+/// the batch dimension.
+fn pin_derived_dims(path: &Path, inputs: &mut [FileTensor], batched: bool) {
+    let ranks = inputs
+        .iter()
+        .map(|t| (t.name.clone(), t.dims.len()))
+        .collect();
+    let pins = derive::pinned_dims(path, &ranks);
+    for t in inputs.iter_mut() {
+        for &(axis, size) in pins.get(&t.name).into_iter().flatten() {
+            if batched && axis == 0 {
+                continue;
+            }
+            if let Some(d) = t.dims.get_mut(axis) {
+                if *d < 0 {
+                    tracing::debug!(input = %t.name, axis, size, "input dim fixed by the graph");
+                    *d = size;
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct OrtBackend {
     /// The library given on the command line, tried before `ORT_DYLIB_PATH` and Python.
@@ -114,12 +138,13 @@ impl Backend for OrtBackend {
             Err(e) => return Err(at(format!("onnxruntime cannot load the model: {e}"))),
         };
 
-        let inputs: Vec<FileTensor> = session
+        let mut inputs: Vec<FileTensor> = session
             .inputs()
             .iter()
             .map(FileTensor::from_outlet)
             .collect();
         let outputs: Vec<FileTensor> = session
+        pin_derived_dims(&path, &mut inputs, config.max_batch_size > 0);
             .outputs()
             .iter()
             .map(FileTensor::from_outlet)

@@ -11,6 +11,7 @@
 
 mod convert;
 
+mod derive;
 use convert::{from_tract, kiln_dtype, to_tract, tract_dtype};
 use kiln_core::backend::{Backend, LoadedModel, ModelInstance, ModelIo};
 use kiln_core::config::{ModelConfig, TensorSpec};
@@ -44,12 +45,14 @@ impl Backend for TractBackend {
             .model_for_path(&path)
             .map_err(|e| fail("cannot parse onnx", e))?;
         let batched = config.max_batch_size > 0;
-        let inputs = pin_inputs(&mut model, config, batched).map_err(|e| match e {
+        let mut inputs = pin_inputs(&mut model, config, batched).map_err(|e| match e {
             Pin::Config(m) => Error::invalid(format!("{}: {m}", path.display())),
             Pin::Tract(e) => fail("cannot set input facts", e),
         })?;
         let output_names: Vec<String> = model
             .output_outlets()
+        pin_derived_dims(&mut model, &mut inputs, batched)
+            .map_err(|e| fail("cannot derive the input dims", e))?;
             .map_err(|e| fail("outputs", e))?
             .iter()
             .map(|o| {
@@ -111,6 +114,31 @@ impl Backend for TractBackend {
 enum Pin {
     Config(String),
     Tract(TractError),
+}
+
+/// Replaces the free input dims that the graph fixes with their values ([`derive`]), in the
+/// model's input facts and in the served specs.
+fn pin_derived_dims(
+    model: &mut InferenceModel,
+    specs: &mut [TensorSpec],
+    batched: bool,
+) -> TractResult<()> {
+    let batch = model.symbols.sym("N");
+    let pinned = derive::pin_graph_dims(model, &batch)?;
+    for (spec, pins) in specs.iter_mut().zip(pinned) {
+        for (axis, value) in pins {
+            let Some(j) = axis.checked_sub(usize::from(batched)) else {
+                continue;
+            };
+            if let Some(d) = spec.dims.get_mut(j) {
+                if *d < 0 {
+                    tracing::debug!(input = %spec.name, axis = j, value, "input dim fixed by the graph");
+                    *d = value;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets every input's type and shape from the config (or the file), with the batch dimension as

@@ -164,3 +164,35 @@ pub fn select_outputs(
     }
     Ok((specs, index))
 }
+
+/// Checks a request's input shape against the served spec (whose dims may have been derived by
+/// the engine from the graph, not only read from the file or config). With `batched` the first
+/// dimension is the batch and is not compared. The error is an invalid-argument error (HTTP
+/// 400) naming the input, the shape given and the model's (batch shown as `-1`).
+pub fn check_input_shape(spec: &TensorSpec, shape: &[i64], batched: bool) -> Result<()> {
+    let dims = if batched {
+        shape.get(1..).unwrap_or_default()
+    } else {
+        shape
+    };
+    let ok = (!batched || !shape.is_empty())
+        && dims.len() == spec.dims.len()
+        && dims
+            .iter()
+            .zip(&spec.dims)
+            .all(|(&g, &want)| want == -1 || g == want);
+    if ok {
+        return Ok(());
+    }
+    let expected: Vec<i64> = if batched {
+        std::iter::once(-1)
+            .chain(spec.dims.iter().copied())
+            .collect()
+    } else {
+        spec.dims.clone()
+    };
+    Err(crate::error::Error::invalid(format!(
+        "input '{}': shape {shape:?} does not match the model's {expected:?}",
+        spec.name
+    )))
+}
