@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Soak harness: overload, slow connections and load/unload cycles against a release `kiln serve`
+# on loopback, the server pinned to core 0 and the load generator (kiln-soak) to core 1.
+# Bounded in time (about 1.5 minutes). Writes $OUT/soak.md with the figures.
+#
+#   bench/soak/run.sh
+#
+# Env: SKIP_BUILD (use the binaries already built), SECS (seconds per load phase, default 10),
+# HIDDEN (width of the compute-bound model, default 2048), QUEUE (the model's max_queue_size,
+# default 2), OVERLOAD (offered load as a multiple of capacity, default 3), SERVER_FLAGS (extra
+# `kiln serve` flags), IDLE / TRICKLE (slow sockets, default 400 / 400), CYCLES (default 50).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+OUT=${OUT:-$ROOT/bench/out/soak-$(date +%Y%m%d-%H%M%S)}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+PY=${PY:-$ROOT/.venv/bin/python}
+HP=${HTTP_PORT:-19100} GP=${GRPC_PORT:-19101} MP=${METRICS_PORT:-19102}
+SECS=${SECS:-10} QUEUE=${QUEUE:-2} OVERLOAD=${OVERLOAD:-3}
+mkdir -p "$OUT/models/mlp/1"
+
+[ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kiln -p kiln-soak)
+"$PY" "$ROOT/bench/soak/gen_heavy.py" "$OUT/models/mlp/1/model.onnx" "${HIDDEN:-2048}"
+cat >"$OUT/models/mlp/config.toml" <<TOML
+backend = "tract"
+max_batch_size = 1
+[[input]]
+name = "x"
+data_type = "FP32"
+dims = [256]
+[[output]]
+name = "y"
+data_type = "FP32"
+dims = [1]
+[dynamic_batching]
+max_queue_size = $QUEUE
+[instance_group]
+count = 1
+TOML
+
+cmd=(taskset -c 0 "$TARGET/release/kiln" serve --model-repository "$OUT/models" --host 127.0.0.1
+  --http-port "$HP" --grpc-port "$GP" --metrics-port "$MP" --io-threads 1
+  --model-control-mode explicit --load-model mlp --ready-file "$OUT/ready.json" --log warn
+  ${SERVER_FLAGS:-})
+"${cmd[@]}" >"$OUT/kiln.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 600); do [ -s "$OUT/ready.json" ] && break; sleep 0.1; done
+[ -s "$OUT/ready.json" ] || { cat "$OUT/kiln.log"; exit 1; }
+
+soak() { local c=$1; shift; taskset -c 1 "$TARGET/release/kiln-soak" "$c" "127.0.0.1:$HP" "$@"; }
+rss() { awk '/VmRSS/ {print $2" kB"}' "/proc/$pid/status"; }
+fds() { ls "/proc/$pid/fd" | wc -l; }
+field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
+
+soak closed 2 1 >/dev/null   # warm-up
+rss0=$(rss) fd0=$(fds)
+unloaded=$(soak closed "$SECS" 1)
+capacity=$(soak closed "$SECS" "$QUEUE")
+cap=$(field "$capacity" ok_per_s)
+rate=$(awk -v c="$cap" -v m="$OVERLOAD" 'BEGIN {printf "%d", c * m}')
+overload=$(soak open "$SECS" "$rate" 128)
+light=$(awk -v c="$cap" 'BEGIN {printf "%d", c / 4}')
+slow=$(soak slow "$SECS" "$light" "${IDLE:-400}" "${TRICKLE:-400}")
+cycles=$(soak cycles "${CYCLES:-50}" "$light")
+sleep 1
+rss1=$(rss) fd1=$(fds)
+curl -s "127.0.0.1:$MP/metrics" | grep -E '^kiln_server_(admission|connections)' >"$OUT/server_metrics.txt" || true
+
+{
+  echo "### Soak run $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "CPU: $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2}'), $(nproc) cores;" \
+    "flags: $(lscpu | awk -F: '/Flags/ {print $2}' | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_vnni|fma)$' | tr '\n' ' ')"
+  echo
+  echo "Server: \`${cmd[*]}\` (model: gen_heavy.py hidden ${HIDDEN:-2048}, max_batch_size 1, max_queue_size $QUEUE, 1 instance)"
+  echo "Generator: \`taskset -c 1 kiln-soak ...\` (open loop for overload, $SECS s per phase)"
+  echo
+  echo "| phase | figures |"
+  echo "|---|---|"
+  echo "| unloaded (closed loop, 1 connection) | $unloaded |"
+  echo "| capacity (closed loop, $QUEUE connections) | $capacity |"
+  echo "| overload (open loop, ${OVERLOAD}x capacity, 128 connections) | $overload |"
+  echo "| slow connections (light load while slow sockets sit open) | $slow |"
+  echo "| load/unload cycles under light load | $cycles |"
+  echo "| RSS before / after | $rss0 / $rss1 |"
+  echo "| open fds before / after | $fd0 / $fd1 |"
+  echo
+  u99=$(field "$unloaded" ok_p99_ms) a99=$(field "$overload" ok_p99_ms) r99=$(field "$overload" rej_p99_ms)
+  good=$(field "$overload" ok_per_s)
+  echo "Goals: rejection p99 $r99 ms (goal < 1 ms); admitted p99 $a99 ms vs unloaded p99 $u99 ms" \
+    "(goal < 2x); goodput $good/s vs capacity $cap/s = $(awk -v g="$good" -v c="$cap" 'BEGIN {printf "%.0f%%", 100 * g / c}') (goal >= 90%)."
+  echo
+  echo "Server metrics after the run:"
+  echo '```'
+  cat "$OUT/server_metrics.txt"
+  echo '```'
+} | tee "$OUT/soak.md"
