@@ -10,6 +10,7 @@
 //! and outputs come from the session's metadata when the config omits them and are checked
 //! against it when given; the batch dimension is the model's symbolic first dimension.
 
+mod bounds;
 mod convert;
 mod io;
 mod derive;
@@ -177,9 +178,11 @@ impl Backend for OrtBackend {
             ),
         ];
         tracing::debug!(path = %path.display(), execution_provider = %provider, "onnxruntime model loaded");
+        let index_bounds = bounds::index_bounds(&path);
         let shared = Shared {
             io,
             output_index,
+            index_bounds,
             recipe: Recipe {
                 runtime,
                 path,

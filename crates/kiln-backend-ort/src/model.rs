@@ -9,7 +9,9 @@ use crate::library::Runtime;
 use crate::providers;
 use crate::settings::{OptimizationLevel, OrtSettings, ProviderSpec};
 use kiln_core::backend::{LoadedModel, ModelInstance, ModelIo};
+use kiln_core::gather::{check_index_bounds, IndexBound};
 use kiln_core::{Error, Result, Tensor};
+use ort::error::ErrorCode;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use parking_lot::Mutex;
@@ -83,6 +85,8 @@ pub struct Shared {
     pub io: ModelIo,
     /// For each served output, its index among the session's outputs.
     pub output_index: Vec<usize>,
+    /// Inputs that index a table through a Gather, checked before every run.
+    pub index_bounds: Vec<IndexBound>,
     /// How to build more sessions.
     pub recipe: Recipe,
     /// Facts for the model's metadata.
@@ -91,13 +95,12 @@ pub struct Shared {
 
 impl Shared {
     fn run(&self, session: &mut Session, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        check_index_bounds(&self.index_bounds, inputs)?;
         let values = inputs
             .iter()
             .map(to_ort)
             .collect::<Result<Vec<SessionInputValue<'_>>>>()?;
-        let outputs = session
-            .run(values.as_slice())
-            .map_err(|e| Error::internal(format!("onnxruntime execution failed: {e}")))?;
+        let outputs = session.run(values.as_slice()).map_err(|e| run_error(&e))?;
         self.output_index
             .iter()
             .zip(&self.io.outputs)
@@ -112,6 +115,23 @@ impl Shared {
                 self.recipe.path.display()
             ))
         })
+    }
+}
+
+/// The error of a failed run: 400 where ONNX Runtime says the request's data is at fault
+/// (its INVALID_ARGUMENT status, such as "indices element out of data bounds", or an
+/// out-of-bounds / out-of-range message from a kernel), else 500.
+fn run_error(e: &ort::Error) -> Error {
+    let message = e.message();
+    let lower = message.to_ascii_lowercase();
+    let data = e.code() == ErrorCode::InvalidArgument
+        || ["out of bounds", "out of range", "out-of-range"]
+            .iter()
+            .any(|m| lower.contains(m));
+    if data {
+        Error::invalid(format!("onnxruntime refused the input data: {message}"))
+    } else {
+        Error::internal(format!("onnxruntime execution failed: {message}"))
     }
 }
 
@@ -136,6 +156,10 @@ impl OrtModel {
 impl LoadedModel for OrtModel {
     fn io(&self) -> &ModelIo {
         &self.shared.io
+    }
+
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
+        check_index_bounds(&self.shared.index_bounds, inputs)
     }
 
     fn execute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {

@@ -9,11 +9,13 @@
 //! (tract's multithreaded matmul gave no gain on the small MLPs it is meant for); scale with
 //! `instance_group.count` instead.
 
+mod bounds;
 mod convert;
 
 mod derive;
 use convert::{from_tract, kiln_dtype, to_tract, tract_dtype};
 use kiln_core::backend::{Backend, LoadedModel, ModelInstance, ModelIo};
+use kiln_core::gather::{check_index_bounds, IndexBound};
 use kiln_core::config::{ModelConfig, TensorSpec};
 use kiln_core::{Error, Result, Tensor};
 use std::path::Path;
@@ -103,7 +105,10 @@ impl Backend for TractBackend {
             .into_runnable()
             .map_err(|e| fail("cannot build the execution plan", e))?;
         tracing::debug!(path = %path.display(), "tract model loaded");
+        let index_bounds =
+            bounds::index_bounds(&path).map_err(|e| fail("cannot read the gather inputs", e))?;
         Ok(Arc::new(TractModel(Arc::new(Inner {
+            index_bounds,
             plan,
             io: ModelIo { inputs, outputs },
             output_index,
@@ -261,10 +266,14 @@ struct Inner {
     plan: Arc<TypedSimplePlan>,
     io: ModelIo,
     output_index: Vec<usize>,
+    /// Inputs that index a table through a Gather, checked before every run: tract panics on
+    /// an index outside the table.
+    index_bounds: Vec<IndexBound>,
 }
 
 impl Inner {
     fn run(&self, state: &mut TypedSimpleState, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        check_index_bounds(&self.index_bounds, inputs)?;
         let values = inputs
             .iter()
             .map(|t| to_tract(t).map(TValue::from))
@@ -286,6 +295,10 @@ pub struct TractModel(Arc<Inner>);
 impl LoadedModel for TractModel {
     fn io(&self) -> &ModelIo {
         &self.0.io
+    }
+
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
+        check_index_bounds(&self.0.index_bounds, inputs)
     }
 
     fn execute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {

@@ -37,6 +37,16 @@ pub trait LoadedModel: Send + Sync {
     /// outputs must be in [`ModelIo::outputs`] order. Blocking; never called on an async runtime.
     fn execute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
 
+    /// Checks one request's inputs (in [`ModelIo::inputs`] order, already checked against it)
+    /// for values the engine would fail or misbehave on, such as ids outside the table a
+    /// `Gather` reads (see [`crate::gather`]). Cheap; runs before the request is queued, and
+    /// again on each request of a batch the engine panicked on, to tell a data error (400)
+    /// from an engine fault (500). The default accepts everything.
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
+        let _ = inputs;
+        Ok(())
+    }
+
     /// Creates the per-instance state of one worker thread, for engines whose sessions need
     /// `&mut` or thread-local scratch. `None` (the default) means instances share `self` and
     /// call [`LoadedModel::execute`].

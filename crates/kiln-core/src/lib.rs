@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod gather;
 pub mod tensor;
 
 pub mod warmup;

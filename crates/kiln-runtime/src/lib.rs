@@ -10,6 +10,7 @@ pub mod scheduler;
 pub mod stats;
 pub mod version;
 mod warmup;
+mod worker;
 
 pub use backends::Backends;
 pub use metrics::RuntimeMetrics;

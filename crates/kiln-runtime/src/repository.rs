@@ -266,7 +266,7 @@ impl ModelRepository {
                 .read()
                 .get(name)
                 .and_then(|m| m.versions.get(&v))
-                .is_some_and(|s| s.fingerprint == fp);
+                .is_some_and(|s| s.fingerprint == fp && !is_broken(s));
             if unchanged {
                 continue;
             }
@@ -371,7 +371,12 @@ impl ModelRepository {
             Some(v) => match m.versions.get(&v) {
                 Some(VersionSlot {
                     served: Some(s), ..
-                }) => Ok(s.clone()),
+                }) => match s.failure() {
+                    None => Ok(s.clone()),
+                    Some(why) => Err(Error::unavailable(format!(
+                        "version {v} of model '{name}' is not ready: it cannot compute any more ({why})"
+                    ))),
+                },
                 Some(slot) => Err(Error::unavailable(format!(
                     "version {v} of model '{name}' is not ready: {}",
                     slot.reason
@@ -384,12 +389,12 @@ impl ModelRepository {
                 .versions
                 .values()
                 .rev()
-                .find_map(|s| s.served.clone())
+                .find_map(|s| s.served.clone().filter(|v| v.failure().is_none()))
                 .ok_or_else(|| {
                     let why = m.error.clone().unwrap_or_else(|| {
                         m.versions
                             .values()
-                            .map(|s| s.reason.clone())
+                            .map(slot_reason)
                             .collect::<Vec<_>>()
                             .join("; ")
                     });
@@ -412,17 +417,18 @@ impl ModelRepository {
                 });
             }
             for (v, s) in &m.versions {
+                let computes = s.served.as_ref().is_some_and(|v| v.failure().is_none());
                 out.push(IndexEntry {
                     name: name.clone(),
                     version: Some(*v),
-                    state: if s.served.is_some() {
+                    state: if computes {
                         VersionState::Ready
                     } else {
                         VersionState::Unavailable
                     },
-                    reason: match (&m.error, s.served.is_some()) {
+                    reason: match (&m.error, computes) {
                         (Some(e), true) => format!("configuration error, still serving: {e}"),
-                        _ => s.reason.clone(),
+                        _ => slot_reason(s),
                     },
                 });
             }
@@ -437,6 +443,20 @@ impl ModelRepository {
             .values()
             .flat_map(|m| m.versions.values().filter_map(|s| s.served.clone()))
             .collect()
+    }
+}
+
+/// Whether the slot's loaded version cannot compute any more (a load or poll rebuilds it).
+fn is_broken(s: &VersionSlot) -> bool {
+    s.served.as_ref().is_some_and(|v| v.failure().is_some())
+}
+
+/// Why a version slot does not serve: its load error, or why its loaded version cannot compute
+/// any more.
+fn slot_reason(s: &VersionSlot) -> String {
+    match s.served.as_ref().and_then(|v| v.failure()) {
+        Some(why) => format!("cannot compute any more: {why}"),
+        None => s.reason.clone(),
     }
 }
 

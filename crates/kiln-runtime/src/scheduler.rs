@@ -5,14 +5,17 @@
 //! takes a batch when one is due (max batch reached, a preferred size available, or the first
 //! request's `max_queue_delay` passed), runs it on its own backend instance, and answers every
 //! request with its rows. Compute never runs on the async runtime; a request whose client went
-//! away or whose timeout passed is dropped before compute.
+//! away or whose timeout passed is dropped before compute. How workers survive backend errors
+//! and panics, and when a version gives up, is described in [`crate::worker`].
 
 use crate::metrics::VersionMetrics;
 use crate::stats::VersionStats;
-use kiln_core::backend::ModelInstance;
+use crate::worker::{new_instance, worker, Shared};
+use kiln_core::backend::LoadedModel;
 use kiln_core::{Error, ErrorCode, Result, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -85,6 +88,8 @@ pub struct QueueState {
     rows: usize,
     /// Set when the version is retired: queued work is flushed at once, then workers exit.
     pub shutdown: bool,
+    /// Set (with the reason) when the version cannot compute any more: nothing is queued.
+    pub broken: Option<String>,
 }
 
 impl QueueState {
@@ -95,6 +100,7 @@ impl QueueState {
             len: 0,
             rows: 0,
             shutdown: false,
+            broken: None,
         }
     }
 
@@ -110,7 +116,7 @@ impl QueueState {
 
     /// Queues `p`, or hands it back if the queue is full or shutting down.
     pub fn push(&mut self, p: Pending, policy: &BatchPolicy) -> std::result::Result<(), Pending> {
-        if self.len >= policy.max_queue || self.shutdown {
+        if self.len >= policy.max_queue || self.shutdown || self.broken.is_some() {
             return Err(p);
         }
         self.len += 1;
@@ -118,6 +124,14 @@ impl QueueState {
         let level = p.level.min(self.levels.len() - 1);
         self.levels[level].push_back(p);
         Ok(())
+    }
+
+    /// Takes every queued request, in priority order.
+    pub fn drain(&mut self) -> Vec<Pending> {
+        let all: Vec<Pending> = self.levels.iter_mut().flat_map(|q| q.drain(..)).collect();
+        self.len = 0;
+        self.rows = 0;
+        all
     }
 
     fn oldest_arrival(&self) -> Option<Instant> {
@@ -174,20 +188,6 @@ impl QueueState {
     }
 }
 
-/// State shared by the handle and the workers.
-struct Shared {
-    /// The queue, under one lock held only to push or take.
-    state: Mutex<QueueState>,
-    /// Wakes workers on new work and on shutdown.
-    cond: Condvar,
-    /// Batch formation settings.
-    policy: BatchPolicy,
-    /// Cumulative statistics.
-    stats: Arc<VersionStats>,
-    /// Prometheus handles.
-    metrics: VersionMetrics,
-}
-
 /// Handle to a version's scheduler. Dropping it retires the version: queued requests are still
 /// computed and answered, then the workers exit.
 pub struct Scheduler {
@@ -195,30 +195,43 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts one worker thread per instance.
+    /// Starts `count` worker threads (at least one), each on its own instance of `model`; a
+    /// failure to create an instance fails the start. `label` (`model 'm' version v`) prefixes
+    /// the errors batches fail with; `thread` names the threads.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
-        name: &str,
-        instances: Vec<Box<dyn ModelInstance>>,
+        label: String,
+        thread: &str,
+        model: Arc<dyn LoadedModel>,
+        count: usize,
         policy: BatchPolicy,
         levels: usize,
         stats: Arc<VersionStats>,
         metrics: VersionMetrics,
     ) -> Result<Self> {
+        let count = count.max(1);
+        let instances = (0..count)
+            .map(|_| new_instance(&model))
+            .collect::<Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(QueueState::new(levels)),
             cond: Condvar::new(),
             policy,
             stats,
             metrics,
+            label,
+            model,
+            workers: AtomicUsize::new(count),
         });
+        let scheduler = Scheduler { shared };
         for (i, instance) in instances.into_iter().enumerate() {
-            let s = shared.clone();
+            let s = scheduler.shared.clone();
             std::thread::Builder::new()
-                .name(format!("kiln-{name}-{i}"))
+                .name(format!("kiln-{thread}-{i}"))
                 .spawn(move || worker(s, instance))
                 .map_err(|e| Error::internal(format!("cannot start worker thread: {e}")))?;
         }
-        Ok(Scheduler { shared })
+        Ok(scheduler)
     }
 
     /// Queues a request; fails at once with [`ErrorCode::Overloaded`] when the queue is full.
@@ -227,9 +240,12 @@ impl Scheduler {
             let mut st = self.shared.state.lock();
             if let Err(p) = st.push(p, &self.shared.policy) {
                 let shutting = st.shutdown;
+                let broken = st.broken.clone();
                 drop(st);
                 drop(p);
-                return Err(if shutting {
+                return Err(if let Some(reason) = broken {
+                    self.shared.broken_error(&reason)
+                } else if shutting {
                     Error::unavailable("model version is being unloaded")
                 } else {
                     Error::new(
@@ -252,6 +268,11 @@ impl Scheduler {
     pub fn queue_len(&self) -> usize {
         self.shared.state.lock().len()
     }
+
+    /// Why the version cannot compute any more (every worker gone), or `None` while it can.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.state.lock().broken.clone()
+    }
 }
 
 impl Drop for Scheduler {
@@ -259,128 +280,6 @@ impl Drop for Scheduler {
         self.shared.state.lock().shutdown = true;
         self.shared.cond.notify_all();
     }
-}
-
-fn worker(shared: Arc<Shared>, mut instance: Box<dyn ModelInstance>) {
-    loop {
-        let (batch, left) = {
-            let mut st = shared.state.lock();
-            let batch = loop {
-                match st.next_batch(Instant::now(), &shared.policy) {
-                    Decision::Ready(b) => break b,
-                    Decision::WaitUntil(t) => {
-                        shared.cond.wait_until(&mut st, t);
-                    }
-                    Decision::Idle => {
-                        if st.shutdown {
-                            return;
-                        }
-                        shared.cond.wait(&mut st);
-                    }
-                }
-            };
-            (batch, st.len())
-        };
-        shared.metrics.queue_depth.set(left as i64);
-        if left > 0 {
-            shared.cond.notify_one();
-        }
-        run_batch(&shared, instance.as_mut(), batch);
-    }
-}
-
-fn run_batch(shared: &Shared, instance: &mut dyn ModelInstance, batch: Vec<Pending>) {
-    let start = Instant::now();
-    let mut live = Vec::with_capacity(batch.len());
-    for p in batch {
-        if p.reply.is_closed() {
-            // Nobody waits for it any more. Its caller already counted it (as cancelled or
-            // timed out), so it is dropped without a count of its own.
-            drop(p);
-        } else if p.deadline.is_some_and(|d| start >= d) {
-            let _ = p.reply.send(Err(Error::new(
-                ErrorCode::Timeout,
-                "request timed out in the queue before it was computed",
-            )));
-        } else {
-            live.push(p);
-        }
-    }
-    if live.is_empty() {
-        return;
-    }
-    let rows: usize = live.iter().map(|p| p.rows).sum();
-    for p in &live {
-        let q = start - p.arrival;
-        shared.stats.queue.add(q);
-        shared.metrics.queue_seconds.observe(q.as_secs_f64());
-    }
-    let result = execute(instance, &live, rows);
-    match result {
-        Ok((outputs, t_in, t_infer, t_out)) => {
-            shared.stats.record_batch(rows as u64, t_in, t_infer, t_out);
-            shared.metrics.batch_size.observe(rows as f64);
-            shared.metrics.executions.inc();
-            shared.metrics.rows.inc_by(rows as u64);
-            for (p, outs) in live.into_iter().zip(outputs) {
-                let _ = p.reply.send(Ok(Answer {
-                    outputs: outs,
-                    queue: start - p.arrival,
-                    compute: t_infer,
-                }));
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, rows, "batch failed");
-            for p in live {
-                let _ = p.reply.send(Err(e.clone()));
-            }
-        }
-    }
-}
-
-type Executed = (Vec<Vec<Tensor>>, Duration, Duration, Duration);
-
-/// Concatenates the requests' inputs, runs the batch and splits the outputs back per request.
-fn execute(instance: &mut dyn ModelInstance, live: &[Pending], rows: usize) -> Result<Executed> {
-    let t0 = Instant::now();
-    let n_inputs = live[0].inputs.len();
-    let inputs: Vec<Tensor> = if live.len() == 1 {
-        live[0].inputs.clone()
-    } else {
-        (0..n_inputs)
-            .map(|i| {
-                let parts: Vec<&Tensor> = live.iter().map(|p| &p.inputs[i]).collect();
-                Tensor::concat_rows(&parts)
-            })
-            .collect::<Result<_>>()?
-    };
-    let t1 = Instant::now();
-    let outputs = instance.execute(&inputs)?;
-    let t2 = Instant::now();
-    let per_request: Vec<Vec<Tensor>> = if live.len() == 1 {
-        vec![outputs]
-    } else {
-        let counts: Vec<usize> = live.iter().map(|p| p.rows).collect();
-        let mut split: Vec<Vec<Tensor>> = (0..live.len())
-            .map(|_| Vec::with_capacity(outputs.len()))
-            .collect();
-        for out in &outputs {
-            if out.rows() != rows {
-                return Err(Error::internal(format!(
-                    "output '{}' has {} rows for a batch of {rows}",
-                    out.name,
-                    out.rows()
-                )));
-            }
-            for (dst, piece) in split.iter_mut().zip(out.split_rows(&counts)?) {
-                dst.push(piece);
-            }
-        }
-        split
-    };
-    let t3 = Instant::now();
-    Ok((per_request, t1 - t0, t2 - t1, t3 - t2))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use crate::metrics::VersionMetrics;
 use crate::scheduler::{Answer, BatchPolicy, Pending, Scheduler};
 use crate::stats::VersionStats;
-use kiln_core::backend::{LoadedModel, ModelInstance, ModelIo, SharedInstance};
+use kiln_core::backend::{LoadedModel, ModelIo};
 use kiln_core::{Error, ErrorCode, ModelConfig, Result, Tensor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,13 +88,6 @@ impl ServedVersion {
         metrics: VersionMetrics,
     ) -> Result<Self> {
         let count = config.instance_group.count as usize;
-        let mut instances: Vec<Box<dyn ModelInstance>> = Vec::with_capacity(count);
-        for _ in 0..count {
-            instances.push(match model.create_instance() {
-                Some(i) => i?,
-                None => Box::new(SharedInstance(model.clone())),
-            });
-        }
         let db = &config.dynamic_batching;
         let mut preferred: Vec<usize> = db
             .preferred_batch_sizes
@@ -110,8 +103,10 @@ impl ServedVersion {
         };
         let stats = Arc::new(VersionStats::default());
         let scheduler = Scheduler::start(
+            format!("model '{name}' version {version}"),
             &format!("{name}-{version}"),
-            instances,
+            model.clone(),
+            count,
             policy,
             db.priority_levels as usize,
             stats.clone(),
@@ -165,6 +160,17 @@ impl ServedVersion {
 
     async fn run(&self, req: InferRequest) -> Result<Answer> {
         let (inputs, rows) = self.validate(req.inputs)?;
+        // The model's own data checks (e.g. ids within the table a Gather reads) run per
+        // request, so a bad request never fails the others batched with it.
+        self.model.check_inputs(&inputs).map_err(|e| {
+            Error::new(
+                e.code,
+                format!(
+                    "model '{}' version {}: {}",
+                    self.name, self.version, e.message
+                ),
+            )
+        })?;
         let db = &self.config.dynamic_batching;
         let level = match req.priority {
             None | Some(0) => self.config.default_priority(),
@@ -202,7 +208,18 @@ impl ServedVersion {
                 }
             },
         };
-        answer.map_err(|_| Error::unavailable("model version stopped before answering"))?
+        answer.map_err(|_| {
+            Error::unavailable(match self.scheduler.failure() {
+                Some(why) => format!(
+                    "model '{}' version {} stopped before answering: {why}",
+                    self.name, self.version
+                ),
+                None => format!(
+                    "model '{}' version {} stopped before answering",
+                    self.name, self.version
+                ),
+            })
+        })?
     }
 
     /// Checks names, types and shapes against the model and puts inputs in model order.
@@ -316,5 +333,11 @@ impl ServedVersion {
     /// Requests waiting in this version's queue.
     pub fn queue_len(&self) -> usize {
         self.scheduler.queue_len()
+    }
+
+    /// Why this version cannot compute any more (its workers are gone), or `None` while it
+    /// can. A broken version reports not-ready and fails its requests at once.
+    pub fn failure(&self) -> Option<String> {
+        self.scheduler.failure()
     }
 }
