@@ -235,6 +235,7 @@ impl ModelRepository {
         let (config, config_hash) = match read_config(&dir, name) {
             Ok(c) => c,
             Err(e) => {
+                let e = self.relative(e);
                 tracing::error!(model = %name, error = %e, "bad model configuration; serving versions stay");
                 self.models
                     .write()
@@ -270,7 +271,11 @@ impl ModelRepository {
             if unchanged {
                 continue;
             }
-            match self.load_version(name, v, &dir, config.clone()).await {
+            match self
+                .load_version(name, v, &dir, config.clone())
+                .await
+                .map_err(|e| self.relative(e))
+            {
                 Ok(served) => {
                     self.metrics.record_load(name, v, "ok");
                     tracing::info!(model = %name, version = v, "version ready");
@@ -359,6 +364,26 @@ impl ModelRepository {
         })
         .await
         .map_err(|e| Error::internal(format!("model load task failed: {e}")))?
+    }
+
+    /// `e` with the repository's location cut from its message, so that the index and load
+    /// errors clients see show paths relative to the repository, never the server's.
+    fn relative(&self, mut e: Error) -> Error {
+        let mut roots = vec![self.root.clone()];
+        if let Ok(c) = self.root.canonicalize() {
+            roots.push(c);
+        }
+        for root in roots {
+            let shown = root.display().to_string();
+            let shown = shown.trim_end_matches('/');
+            if !shown.is_empty() && e.message.contains(shown) {
+                e.message = e
+                    .message
+                    .replace(&format!("{shown}/"), "")
+                    .replace(shown, "<repository>");
+            }
+        }
+        e
     }
 
     /// The version to serve: `version` if given, else the highest serving one.
@@ -462,11 +487,13 @@ fn slot_reason(s: &VersionSlot) -> String {
 
 fn read_config(dir: &Path, name: &str) -> Result<(ModelConfig, u64)> {
     let path = dir.join("config.toml");
+    // named relative to the repository in errors, which clients see
+    let shown = format!("{name}/config.toml");
     let (config, text) = if path.is_file() {
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::invalid(format!("{shown}: {e}")))?;
         let c = ModelConfig::parse(&text, name)
-            .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message)))?;
+            .map_err(|e| Error::invalid(format!("{shown}: {}", e.message)))?;
         (c, text)
     } else {
         (ModelConfig::default_for(name), String::new())

@@ -126,23 +126,23 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_body_that_stops_arriving_fails_after_the_grace_period() {
         let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, axum::Error>>(4);
         tx.try_send(Ok(Frame::data(Bytes::from_static(b"abcd"))))
             .expect("send");
         let body = Body::new(http_body_util::StreamBody::new(rx));
-        let mut b = MinRateBody::new(body, Duration::from_secs(5), 1);
+        let mut b = MinRateBody::new(body, Duration::from_millis(50), 1000);
         let first = b.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().expect("data").len(), 4);
-        // 4 bytes at 1 byte/s after 5 s of grace: the next frame must come within 9 s
+        // 4 bytes at 1000 bytes/s after 50 ms of grace: the next frame must come within 54 ms
         let e = b.frame().await.expect("an error").expect_err("too slow");
         assert!(is_too_slow(&e), "{e}");
         assert!(e.to_string().contains("too slowly"), "{e}");
         drop(tx);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_complete_body_passes() {
         let body = Body::from("hello");
         let b = MinRateBody::new(body, Duration::from_secs(1), 1 << 20);
