@@ -114,6 +114,7 @@ impl Server {
     ) -> Result<Self, ServerError> {
         let http = bind("http", config.http_addr).await?;
         let grpc = bind("grpc", config.grpc_addr).await?;
+        state::warn_open_endpoints(&config);
         let metrics = match config.metrics_addr {
             Some(a) => Some(bind("metrics", a).await?),
             None => None,

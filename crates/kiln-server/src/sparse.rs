@@ -1,41 +1,11 @@
 //! The sparse-model control plane shared by HTTP and gRPC: apply embedding deltas to a live
-//! model, list its tables, and the optional admin token that guards both.
+//! model and list its tables. Both are guarded by [`AppState::authorize`] in the front ends.
 
-use crate::state::AppState;
+use crate::state::{caller, AppState};
 use kiln_core::{DeltaAck, Error, ErrorCode, Result, SparseTableInfo};
 use kiln_runtime::ServedVersion;
+use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// Checks a presented credential (`Bearer <token>` or the bare token) against the server's
-/// admin token; with no token configured every caller is allowed.
-pub fn authorize(state: &AppState, presented: Option<&str>) -> Result<()> {
-    let Some(expected) = state.admin_token.as_deref() else {
-        return Ok(());
-    };
-    let got = presented
-        .map(|h| h.strip_prefix("Bearer ").unwrap_or(h).trim())
-        .unwrap_or("");
-    // compare every byte so the time taken does not reveal the matching prefix
-    let same = got.len() == expected.len()
-        && got
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else if got.is_empty() {
-        Err(Error::new(
-            ErrorCode::Unauthenticated,
-            "admin token required: send 'Authorization: Bearer <token>'",
-        ))
-    } else {
-        Err(Error::new(
-            ErrorCode::Unauthenticated,
-            "admin token is wrong",
-        ))
-    }
-}
 
 /// The versions a control-plane call addresses: `version` if given, else every serving one.
 fn targets(state: &AppState, model: &str, version: &str) -> Result<Vec<Arc<ServedVersion>>> {
@@ -67,9 +37,11 @@ fn no_tables(v: &ServedVersion) -> Error {
 }
 
 /// Applies `delta` to `table` of the addressed versions. Versions sharing one table see the
-/// delta once: the later ones report it as already applied.
+/// delta once: the later ones report it as already applied. Each applied delta is logged at
+/// info with the caller's address `from`.
 pub fn apply_delta(
     state: &AppState,
+    from: Option<SocketAddr>,
     model: &str,
     version: &str,
     table: &str,
@@ -90,15 +62,22 @@ pub fn apply_delta(
     for v in &versions {
         let sp = v.model.sparse().ok_or_else(|| no_tables(v))?;
         let ack = sp.apply_delta(table, delta)?;
-        tracing::debug!(
-            model,
-            version = v.version,
-            table,
-            applied = ack.applied,
-            rows = ack.rows,
-            seq = ack.last_sequence,
-            "delta"
-        );
+        if ack.applied {
+            tracing::info!(
+                caller = %caller(from),
+                model,
+                version = v.version,
+                table,
+                rows = ack.rows,
+                inserted = ack.inserted,
+                removed = ack.removed,
+                seq = ack.last_sequence,
+                "embedding delta applied"
+            );
+        } else {
+            tracing::debug!(caller = %caller(from), model, version = v.version, table,
+                seq = ack.last_sequence, "duplicate delta ignored");
+        }
         out.push((v.version, ack));
     }
     Ok(out)

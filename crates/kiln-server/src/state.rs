@@ -1,8 +1,9 @@
 //! State shared by the HTTP and gRPC front ends.
 
-use kiln_core::{Error, Result};
+use kiln_core::{Error, ErrorCode, Result};
 use kiln_protocol::shm::Regions;
 use kiln_runtime::{check_model_name, ModelRepository, ServedVersion};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ pub struct AppState {
     pub accepting: AtomicBool,
     /// False while the start-up models load, so readiness probes wait for them.
     pub started: AtomicBool,
-    /// Token the control plane (`/admin/...`, `kiln.admin.v1`) requires; `None` = open.
+    /// Token every state-changing endpoint requires (see [`AppState::authorize`]); `None` =
+    /// open.
     pub admin_token: Option<String>,
     /// Registered system shared-memory regions.
     pub shm: Regions,
@@ -64,6 +66,38 @@ impl AppState {
         self.started.load(Ordering::Relaxed) && self.accepting.load(Ordering::Relaxed)
     }
 
+    /// The one gate of every endpoint that changes what the server serves: repository load and
+    /// unload, shared-memory register and unregister, embedding deltas (and table listings).
+    /// `presented` is the caller's `Authorization` value: `Bearer <token>` (the scheme matched
+    /// case-insensitively, RFC 7235) or the bare token. With no token configured every caller
+    /// is allowed.
+    pub fn authorize(&self, presented: Option<&str>) -> Result<()> {
+        let Some(expected) = self.admin_token.as_deref() else {
+            return Ok(());
+        };
+        let got = presented.map(credential).unwrap_or("");
+        // compare every byte so the time taken does not reveal the matching prefix
+        let same = got.len() == expected.len()
+            && got
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else if got.is_empty() {
+            Err(Error::new(
+                ErrorCode::Unauthenticated,
+                "admin token required: send 'Authorization: Bearer <token>'",
+            ))
+        } else {
+            Err(Error::new(
+                ErrorCode::Unauthenticated,
+                "admin token is wrong",
+            ))
+        }
+    }
+
     /// Serving versions of `model`, ascending.
     pub fn serving_versions(&self, model: &str) -> Vec<u64> {
         self.repo
@@ -79,6 +113,72 @@ impl AppState {
         check_model_name(model)?;
         let v = parse_version(version)?;
         self.repo.get(model, v)
+    }
+}
+
+/// The token of an `Authorization` value: what follows a `Bearer` scheme (any case), else the
+/// whole value; surrounding whitespace dropped.
+fn credential(header: &str) -> &str {
+    let h = header.trim();
+    match h.split_once(|c: char| c.is_ascii_whitespace()) {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => h,
+    }
+}
+
+/// A caller's address as the audit log shows it.
+pub fn caller(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+/// The state-changing endpoints a server listening on `http` and `grpc` leaves open to anyone
+/// who reaches a non-loopback listener: empty when it has an admin token (`token`) or every
+/// listener is on loopback. `shm`: clients may register shared memory.
+pub fn open_endpoints(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    token: bool,
+    shm: bool,
+) -> Vec<&'static str> {
+    if token || (http.ip().is_loopback() && grpc.ip().is_loopback()) {
+        return Vec::new();
+    }
+    let mut open = vec![
+        "POST /v2/repository/models/{model}/load",
+        "POST /v2/repository/models/{model}/unload",
+        "gRPC RepositoryModelLoad",
+        "gRPC RepositoryModelUnload",
+        "POST /admin/v1/models/{model}/tables/{table}/deltas",
+        "gRPC kiln.admin.v1.SparseAdmin/ApplyDelta",
+    ];
+    if shm {
+        open.extend([
+            "POST /v2/systemsharedmemory/region/{name}/register",
+            "POST /v2/systemsharedmemory[/region/{name}]/unregister",
+            "gRPC SystemSharedMemoryRegister",
+            "gRPC SystemSharedMemoryUnregister",
+        ]);
+    }
+    open
+}
+
+/// Logs a warning at start when [`open_endpoints`] finds state-changing endpoints that anyone
+/// who reaches the server can call.
+pub fn warn_open_endpoints(config: &crate::ServerConfig) {
+    let open = open_endpoints(
+        config.http_addr,
+        config.grpc_addr,
+        config.admin_token.is_some(),
+        config.allow_client_shm,
+    );
+    if !open.is_empty() {
+        tracing::warn!(
+            http = %config.http_addr,
+            grpc = %config.grpc_addr,
+            endpoints = %open.join(", "),
+            "no --admin-token and listening beyond loopback: anyone who reaches the server can \
+             call these state-changing endpoints"
+        );
     }
 }
 
@@ -99,3 +199,40 @@ pub fn parse_version(v: &str) -> Result<Option<u64>> {
 pub const SERVER_NAME: &str = "kiln";
 /// Server version.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for h in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER  s3cret ",
+            "s3cret",
+            "bEaReR\ts3cret",
+        ] {
+            assert_eq!(credential(h), "s3cret", "{h:?}");
+        }
+        assert_eq!(credential("Basic s3cret"), "Basic s3cret");
+    }
+
+    fn open(http: &str, grpc: &str, token: bool, shm: bool) -> Vec<&'static str> {
+        open_endpoints(http.parse().unwrap(), grpc.parse().unwrap(), token, shm)
+    }
+
+    #[test]
+    fn open_endpoints_are_named_only_beyond_loopback_without_a_token() {
+        assert!(open("127.0.0.1:1", "[::1]:2", false, true).is_empty());
+        assert!(open("0.0.0.0:1", "0.0.0.0:2", true, true).is_empty());
+        let o = open("0.0.0.0:1", "127.0.0.1:2", false, false);
+        assert!(
+            o.contains(&"POST /v2/repository/models/{model}/unload"),
+            "{o:?}"
+        );
+        assert!(!o.iter().any(|e| e.contains("sharedmemory")), "{o:?}");
+        let o = open("127.0.0.1:1", "0.0.0.0:2", false, true);
+        assert!(o.contains(&"gRPC SystemSharedMemoryRegister"), "{o:?}");
+    }
+}

@@ -398,3 +398,156 @@ async fn model_names_cannot_leave_the_repository() {
     assert_eq!(s.repo.serving().len(), 1);
     still_serving(&s).await;
 }
+
+/// Bytes in and out, so a test can send what no protobuf encoder would.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_protobuf_is_invalid_argument() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let s = TestServer::examples().await;
+    // field 1 as a varint that never ends
+    let garbage = vec![0x08u8, 0xff, 0xff, 0xff];
+    let mut g = tonic::client::Grpc::new(s.channel().await);
+    g.ready().await.expect("ready");
+    let e = g
+        .unary(
+            tonic::Request::new(garbage.clone()),
+            PathAndQuery::from_static("/inference.GRPCInferenceService/ModelInfer"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not valid protobuf"), "{e:?}");
+
+    g.ready().await.expect("ready");
+    let stream = g
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(vec![garbage])),
+            PathAndQuery::from_static("/inference.GRPCInferenceService/ModelStreamInfer"),
+            RawCodec,
+        )
+        .await;
+    let status = match stream {
+        Err(e) => e,
+        Ok(resp) => {
+            let mut body = resp.into_inner();
+            loop {
+                match body.message().await {
+                    Err(e) => break e,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the stream ended without an error"),
+                }
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    still_serving(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_json_objects_in_protocol_terms() {
+    let s = TestServer::examples().await;
+    for body in ["[]", "[{}]", "[null, {}]", "7"] {
+        let (st, text) = raw_http(s.http_addr, "POST", "/v2/models/mlp/infer", body).await;
+        assert_eq!(st, 400, "{body}: {text}");
+        assert!(text.contains("expected a JSON object"), "{body}: {text}");
+    }
+    for body in [
+        r#""x""#,
+        r#"{"inputs":[1]}"#,
+        r#"{"inputs":[{"name":"x","shape":["a"],"datatype":"FP32","data":[1]}]}"#,
+        r#"{"outputs":{}}"#,
+    ] {
+        let (st, text) = raw_http(s.http_addr, "POST", "/v2/models/mlp/infer", body).await;
+        assert_eq!(st, 400, "{body}: {text}");
+        for word in ["struct", "Json", "i64", "sequence"] {
+            assert!(!text.contains(word), "{body}: {word:?} in {text}");
+        }
+    }
+    still_serving(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowercase_datatypes_are_refused_over_http_and_grpc() {
+    let s = TestServer::examples().await;
+    let (st, v) = s
+        .post(
+            "/v2/models/mlp/infer",
+            &x_input(json!([1, 256]), "fp32", json!(row(1))),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(error_of(&v).contains("unknown datatype 'fp32'"), "{v}");
+    let mut req = grpc_mlp(&[row(1)], "");
+    req.inputs[0].datatype = "fp32".into();
+    let e = s.grpc().await.model_infer(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("unknown datatype 'fp32'"), "{e:?}");
+    still_serving(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_numbers_are_strings_in_json() {
+    // pair: scaled = 2 * x, total = sum(x)
+    let s = TestServer::temp(copy_models(&["pair"]), Options::default()).await;
+    let body = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                                  "data": ["NaN", "Infinity", "-Infinity", 1.5]}]});
+    let r = s
+        .client
+        .post(s.url("/v2/models/pair/infer"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    // strict JSON: a bare NaN token would not parse
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(
+        output(&v, "scaled")["data"],
+        json!(["NaN", "Infinity", "-Infinity", 3.0]),
+        "{text}"
+    );
+    assert_eq!(output(&v, "total")["data"], json!(["NaN"]), "{text}");
+}

@@ -560,3 +560,44 @@ async fn direct_layout_serves_the_golden_outputs_and_refuses_keys_outside_its_ro
         "the delta changed no prediction"
     );
 }
+
+/// A delta carrying NaN or Inf is refused naming the table and key, and changes nothing; a
+/// table that opts in with `allow_non_finite` takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_deltas_are_refused_unless_the_table_allows_them() {
+    let Some((s, g)) = start().await else { return };
+    let before = output_floats(&s.infer_ok("dlrm", &g.request(0, g.rows)).await, "prob");
+    let table = g.delta_table.as_str();
+    let mut d = g.delta(1);
+    d.values[64 + 3] = f32::NAN; // the second row's fourth element
+    let (st, v) = post_delta(&s, table, d.encode(), Some(TOKEN)).await;
+    assert_eq!(st, 400, "{v}");
+    let msg = error_of(&v);
+    assert!(
+        msg.contains(table) && msg.contains(&format!("key {}", g.delta_keys[1])),
+        "{msg}"
+    );
+    assert!(msg.contains("allow_non_finite"), "{msg}");
+    let after = output_floats(&s.infer_ok("dlrm", &g.request(0, g.rows)).await, "prob");
+    assert_eq!(after, before, "a refused delta changed predictions");
+    // the sequence number was not consumed: the clean delta 1 applies
+    let (st, v) = post_delta(&s, table, g.delta(1).encode(), Some(TOKEN)).await;
+    assert_eq!(st, 200, "{v}");
+
+    // opted in
+    let Some(dir) = reference_repo() else { return };
+    let cfg = dir.path().join("dlrm/config.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[parameters.table_defaults]\nallow_non_finite = true\n");
+    std::fs::write(&cfg, text).unwrap();
+    let opts = Options {
+        admin_token: Some(TOKEN.into()),
+        ..Options::default()
+    };
+    let s = TestServer::temp(dir, opts).await;
+    let mut d = g.delta(1);
+    d.values[0] = f32::INFINITY;
+    let (st, v) = post_delta(&s, table, d.encode(), Some(TOKEN)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["versions"][0]["applied"], true, "{v}");
+}

@@ -489,3 +489,68 @@ async fn batched_requests_read_and_write_their_own_slots() {
         "no batch of more than one request: {stats}"
     );
 }
+
+/// A client that shrinks its object after registering it gets a 400 naming the region on the
+/// next inference that reads or writes it, over HTTP and gRPC, and the server keeps serving
+/// (reading a shrunk mapping would raise SIGBUS and kill the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shrunk_object_is_a_400_not_a_crash() {
+    let s = allowing().await;
+    let x = row(3);
+    let obj = Object::new("shrink", &[le_f32(&x), vec![0u8; 4096]].concat());
+    let (st, v) = s
+        .post(
+            "/v2/systemsharedmemory/region/sh/register",
+            &json!({"key": obj.key, "offset": 0, "byte_size": 1024 + 4096}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let body = json!({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256],
+                    "parameters": {"shared_memory_region": "sh", "shared_memory_byte_size": 1024}}],
+        "outputs": [{"name": "y", "parameters": {"shared_memory_region": "sh",
+                     "shared_memory_offset": 4096, "shared_memory_byte_size": 4}}],
+    });
+    s.infer_ok("mlp", &body).await;
+    // the client shrinks its object to 100 bytes
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&obj.path)
+        .and_then(|f| f.set_len(100))
+        .expect("ftruncate");
+    let (st, v) = s.post("/v2/models/mlp/infer", &body).await;
+    assert_eq!(st, 400, "{v}");
+    let e = error_of(&v);
+    assert!(
+        e.contains("input 'x': shared memory region 'sh'") && e.contains("shrunk to 100 bytes"),
+        "{e}"
+    );
+    // an output into the shrunk part: the input comes inline, the output cannot be written
+    let mut out_only = mlp_request(&[x.clone()]);
+    out_only["outputs"] = body["outputs"].clone();
+    let (st, v) = s.post("/v2/models/mlp/infer", &out_only).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        error_of(&v).contains("output 'y': shared memory region 'sh'"),
+        "{v}"
+    );
+
+    let mut req = grpc_mlp(&[x.clone()], "shrunk");
+    req.raw_input_contents.clear();
+    req.inputs[0].parameters = grpc_shm_params("sh", 0, 1024);
+    let e = s.grpc().await.model_infer(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("shrunk"), "{e:?}");
+    let mut req = grpc_mlp(&[x.clone()], "shrunk-out");
+    req.outputs = vec![InferRequestedOutputTensor {
+        name: "y".into(),
+        parameters: grpc_shm_params("sh", 4096, 4),
+    }];
+    let e = s.grpc().await.model_infer(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // still alive and serving, and the object was not grown back by a write
+    let r = s.infer_ok("mlp", &mlp_request(&[x])).await;
+    assert_eq!(output_floats(&r, "y").len(), 1);
+    assert_eq!(std::fs::metadata(&obj.path).unwrap().len(), 100);
+}

@@ -8,7 +8,7 @@ mod sparse;
 pub use sparse::AdminService;
 
 use crate::error::to_status;
-use crate::state::{extensions, AppState, SERVER_NAME, SERVER_VERSION};
+use crate::state::{caller, extensions, AppState, SERVER_NAME, SERVER_VERSION};
 use crate::views;
 use kiln_protocol::inference as pb;
 use kiln_protocol::inference::grpc_inference_service_server::GrpcInferenceService;
@@ -25,6 +25,17 @@ pub struct Service {
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
+
+/// Checks a call's `authorization` metadata with [`AppState::authorize`]; returns the caller's
+/// address as the audit log shows it.
+pub fn authorize<T>(st: &AppState, r: &Request<T>) -> Result<String, Status> {
+    let token = r
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    st.authorize(token).map_err(to_status)?;
+    Ok(caller(r.remote_addr()))
+}
 
 /// tonic answers a message over `max_decoding_message_size` with OUT_OF_RANGE; gRPC's core
 /// implementations, and so Triton, answer RESOURCE_EXHAUSTED for a message over the receive
@@ -241,11 +252,11 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<pb::RepositoryModelLoadRequest>,
     ) -> Rpc<pb::RepositoryModelLoadResponse> {
-        self.state
-            .repo
-            .load(&r.into_inner().model_name)
-            .await
-            .map_err(to_status)?;
+        let from = authorize(&self.state, &r)?;
+        let m = r.into_inner().model_name;
+        let res = self.state.repo.load(&m).await;
+        tracing::info!(caller = %from, model = %m.escape_debug(), ok = res.is_ok(), "repository load");
+        res.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -253,11 +264,11 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Rpc<pb::RepositoryModelUnloadResponse> {
-        self.state
-            .repo
-            .unload(&r.into_inner().model_name)
-            .await
-            .map_err(to_status)?;
+        let from = authorize(&self.state, &r)?;
+        let m = r.into_inner().model_name;
+        let res = self.state.repo.unload(&m).await;
+        tracing::info!(caller = %from, model = %m.escape_debug(), ok = res.is_ok(), "repository unload");
+        res.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
@@ -291,11 +302,14 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Rpc<pb::SystemSharedMemoryRegisterResponse> {
+        let from = authorize(&self.state, &r)?;
         let r = r.into_inner();
         self.state
             .shm
             .register(&r.name, &r.key, r.offset, r.byte_size)
             .map_err(to_status)?;
+        tracing::info!(caller = %from, region = %r.name.escape_debug(), key = %r.key.escape_debug(),
+            offset = r.offset, byte_size = r.byte_size, "shared memory region registered");
         Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
     }
 
@@ -303,11 +317,14 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Rpc<pb::SystemSharedMemoryUnregisterResponse> {
+        let from = authorize(&self.state, &r)?;
         let name = r.into_inner().name;
         self.state
             .shm
             .unregister(Some(name.as_str()).filter(|n| !n.is_empty()))
             .map_err(to_status)?;
+        tracing::info!(caller = %from, region = %name.escape_debug(),
+            "shared memory region unregistered (empty name: every region)");
         Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
     }
 }

@@ -1,5 +1,6 @@
 //! `kiln.admin.v1.SparseAdmin`: embedding deltas and table listings over gRPC.
 
+use super::authorize;
 use crate::error::to_status;
 use crate::sparse;
 use crate::state::AppState;
@@ -15,14 +16,6 @@ pub struct AdminService {
     pub state: Arc<AppState>,
 }
 
-fn authorize<T>(st: &AppState, r: &Request<T>) -> Result<(), Status> {
-    let token = r
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    sparse::authorize(st, token).map_err(to_status)
-}
-
 #[tonic::async_trait]
 impl SparseAdmin for AdminService {
     async fn apply_delta(
@@ -30,11 +23,13 @@ impl SparseAdmin for AdminService {
         r: Request<pb::ApplyDeltaRequest>,
     ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
         authorize(&self.state, &r)?;
+        let from = r.remote_addr();
         let req = r.into_inner();
         let st = self.state.clone();
         let results = tokio::task::spawn_blocking(move || {
             sparse::apply_delta(
                 &st,
+                from,
                 &req.model_name,
                 &req.model_version,
                 &req.table,

@@ -1,18 +1,61 @@
 //! Health, metadata, configuration, statistics and repository endpoints.
 
 use crate::error::ApiError;
-use crate::state::{extensions, AppState, SERVER_NAME, SERVER_VERSION};
+use crate::state::{caller, extensions, AppState, SERVER_NAME, SERVER_VERSION};
 use crate::views;
-use axum::extract::{Path, State};
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_core::Error;
 use kiln_runtime::check_model_name;
 use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 type Api<T> = Result<T, ApiError>;
+
+/// Who calls a state-changing endpoint: the peer address (when the listener records it) and
+/// the `Authorization` header.
+pub struct Caller {
+    /// The peer's address, for the audit log.
+    pub addr: Option<SocketAddr>,
+    /// The `Authorization` header, if any (and valid text).
+    pub credential: Option<String>,
+}
+
+impl Caller {
+    /// Checks the caller's credential with [`AppState::authorize`].
+    pub fn authorize(&self, st: &AppState) -> Result<(), ApiError> {
+        st.authorize(self.credential.as_deref()).map_err(ApiError)
+    }
+
+    /// The address as logs show it.
+    pub fn shown(&self) -> String {
+        caller(self.addr)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller {
+            addr: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            credential: parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+        })
+    }
+}
 
 pub async fn live() -> StatusCode {
     StatusCode::OK
@@ -131,13 +174,27 @@ pub async fn repository_index(State(st): State<Arc<AppState>>) -> Json<Value> {
     Json(views::index(&st.repo.index()))
 }
 
-pub async fn load(State(st): State<Arc<AppState>>, Path(m): Path<String>) -> Api<StatusCode> {
-    st.repo.load(&m).await?;
+pub async fn load(
+    State(st): State<Arc<AppState>>,
+    who: Caller,
+    Path(m): Path<String>,
+) -> Api<StatusCode> {
+    who.authorize(&st)?;
+    let r = st.repo.load(&m).await;
+    tracing::info!(caller = %who.shown(), model = %m.escape_debug(), ok = r.is_ok(), "repository load");
+    r?;
     Ok(StatusCode::OK)
 }
 
-pub async fn unload(State(st): State<Arc<AppState>>, Path(m): Path<String>) -> Api<StatusCode> {
-    st.repo.unload(&m).await?;
+pub async fn unload(
+    State(st): State<Arc<AppState>>,
+    who: Caller,
+    Path(m): Path<String>,
+) -> Api<StatusCode> {
+    who.authorize(&st)?;
+    let r = st.repo.unload(&m).await;
+    tracing::info!(caller = %who.shown(), model = %m.escape_debug(), ok = r.is_ok(), "repository unload");
+    r?;
     Ok(StatusCode::OK)
 }
 

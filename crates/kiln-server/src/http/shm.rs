@@ -1,6 +1,7 @@
 //! Triton's system shared-memory endpoints: `v2/systemsharedmemory[/region/{name}]/status`,
 //! `.../region/{name}/register` and `v2/systemsharedmemory[/region/{name}]/unregister`.
 
+use super::admin::Caller;
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -44,9 +45,11 @@ struct Register {
 
 pub async fn register(
     State(st): State<Arc<AppState>>,
+    who: Caller,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Api<StatusCode> {
+    who.authorize(&st)?;
     let r: Register = serde_json::from_slice(&body).map_err(|e| {
         invalid(format!(
             "shared memory region '{name}': the register request must be \
@@ -54,18 +57,25 @@ pub async fn register(
         ))
     })?;
     st.shm.register(&name, &r.key, r.offset, r.byte_size)?;
+    tracing::info!(caller = %who.shown(), region = %name.escape_debug(), key = %r.key.escape_debug(), offset = r.offset,
+        byte_size = r.byte_size, "shared memory region registered");
     Ok(StatusCode::OK)
 }
 
-pub async fn unregister_all(State(st): State<Arc<AppState>>) -> Api<StatusCode> {
+pub async fn unregister_all(State(st): State<Arc<AppState>>, who: Caller) -> Api<StatusCode> {
+    who.authorize(&st)?;
     st.shm.unregister(None)?;
+    tracing::info!(caller = %who.shown(), "every shared memory region unregistered");
     Ok(StatusCode::OK)
 }
 
 pub async fn unregister(
     State(st): State<Arc<AppState>>,
+    who: Caller,
     Path(name): Path<String>,
 ) -> Api<StatusCode> {
+    who.authorize(&st)?;
     st.shm.unregister(Some(&name))?;
+    tracing::info!(caller = %who.shown(), region = %name.escape_debug(), "shared memory region unregistered");
     Ok(StatusCode::OK)
 }

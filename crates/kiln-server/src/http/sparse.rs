@@ -1,39 +1,36 @@
 //! `POST /admin/v1/models/{model}[/versions/{v}]/tables/{table}/deltas` (body: one binary delta,
 //! `application/octet-stream`) and `GET /admin/v1/models/{model}[/versions/{v}]/tables`.
 
+use super::admin::Caller;
 use crate::error::ApiError;
 use crate::sparse;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 type Api<T> = Result<T, ApiError>;
 
-fn token(h: &HeaderMap) -> Option<&str> {
-    h.get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-}
-
 async fn apply(
     st: Arc<AppState>,
-    h: HeaderMap,
+    who: Caller,
     model: String,
     version: String,
     table: String,
     body: Bytes,
 ) -> Api<Json<Value>> {
-    sparse::authorize(&st, token(&h))?;
+    who.authorize(&st)?;
     // decoding and writing rows is CPU work: keep it off the I/O threads
     let st2 = st.clone();
     let (m, t) = (model.clone(), table.clone());
-    let results =
-        tokio::task::spawn_blocking(move || sparse::apply_delta(&st2, &m, &version, &t, &body))
-            .await
-            .map_err(|e| ApiError(kiln_core::Error::internal(format!("delta task: {e}"))))??;
+    let from = who.addr;
+    let results = tokio::task::spawn_blocking(move || {
+        sparse::apply_delta(&st2, from, &m, &version, &t, &body)
+    })
+    .await
+    .map_err(|e| ApiError(kiln_core::Error::internal(format!("delta task: {e}"))))??;
     let versions: Vec<Value> = results
         .iter()
         .map(|(v, a)| {
@@ -56,24 +53,24 @@ async fn apply(
 
 pub async fn delta(
     State(st): State<Arc<AppState>>,
-    h: HeaderMap,
+    who: Caller,
     Path((m, t)): Path<(String, String)>,
     body: Bytes,
 ) -> Api<Json<Value>> {
-    apply(st, h, m, String::new(), t, body).await
+    apply(st, who, m, String::new(), t, body).await
 }
 
 pub async fn delta_v(
     State(st): State<Arc<AppState>>,
-    h: HeaderMap,
+    who: Caller,
     Path((m, v, t)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Api<Json<Value>> {
-    apply(st, h, m, v, t, body).await
+    apply(st, who, m, v, t, body).await
 }
 
-fn tables_json(st: &AppState, h: &HeaderMap, m: &str, v: &str) -> Api<Json<Value>> {
-    sparse::authorize(st, token(h))?;
+fn tables_json(st: &AppState, who: &Caller, m: &str, v: &str) -> Api<Json<Value>> {
+    who.authorize(st)?;
     let tables: Vec<Value> = sparse::list_tables(st, m, v)?
         .into_iter()
         .map(|(v, t)| {
@@ -92,16 +89,16 @@ fn tables_json(st: &AppState, h: &HeaderMap, m: &str, v: &str) -> Api<Json<Value
 
 pub async fn tables(
     State(st): State<Arc<AppState>>,
-    h: HeaderMap,
+    who: Caller,
     Path(m): Path<String>,
 ) -> Api<Json<Value>> {
-    tables_json(&st, &h, &m, "")
+    tables_json(&st, &who, &m, "")
 }
 
 pub async fn tables_v(
     State(st): State<Arc<AppState>>,
-    h: HeaderMap,
+    who: Caller,
     Path((m, v)): Path<(String, String)>,
 ) -> Api<Json<Value>> {
-    tables_json(&st, &h, &m, &v)
+    tables_json(&st, &who, &m, &v)
 }
