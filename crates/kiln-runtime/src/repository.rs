@@ -353,11 +353,12 @@ impl ModelRepository {
         let vdir = dir.join(version.to_string());
         let metrics = self.metrics.for_version(name, version);
         let name = name.to_string();
+        let model_dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
             tracing::info!(model = %name, version, backend = backend.name(), "loading version");
             let model = backend.load(&vdir, &config)?;
             if config.warmup {
-                warm_up(model.as_ref(), &config)
+                warm_up(model.as_ref(), &config, &model_dir)
                     .map_err(|e| Error::invalid(format!("warm-up failed: {}", e.message)))?;
             }
             ServedVersion::start(&name, version, config, model, metrics)

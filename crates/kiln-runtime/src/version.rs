@@ -4,7 +4,8 @@
 use crate::metrics::VersionMetrics;
 use crate::scheduler::{Answer, BatchPolicy, Pending, Scheduler};
 use crate::stats::VersionStats;
-use kiln_core::backend::{LoadedModel, ModelIo};
+use kiln_core::backend::{check_input_shape, LoadedModel, ModelIo};
+use kiln_core::DataType;
 use kiln_core::{Error, ErrorCode, ModelConfig, Result, Tensor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -251,7 +252,7 @@ impl ServedVersion {
                     t.name, t.dtype, spec.data_type
                 )));
             }
-            let dims = if max_batch > 0 && spec.allow_ragged_batch {
+            if max_batch > 0 && spec.allow_ragged_batch {
                 // ragged: a 1-D tensor of any length; the batch size comes from the other inputs
                 if t.shape.len() != 1 {
                     return Err(Error::invalid(format!(
@@ -259,7 +260,6 @@ impl ServedVersion {
                         t.name, t.shape
                     )));
                 }
-                &t.shape[1..]
             } else if max_batch > 0 {
                 let r = match t.shape.first() {
                     Some(&r) if r >= 1 => r as usize,
@@ -285,29 +285,14 @@ impl ServedVersion {
                     }
                 }
                 rows = Some(r);
-                &t.shape[1..]
-            } else {
-                &t.shape[..]
-            };
-            let ok = dims.len() == spec.dims.len()
-                && dims
-                    .iter()
-                    .zip(&spec.dims)
-                    .all(|(&g, &want)| want == -1 || g == want);
-            if !ok {
-                let expected: Vec<i64> = if max_batch > 0 {
-                    std::iter::once(-1)
-                        .chain(spec.dims.iter().copied())
-                        .collect()
-                } else {
-                    spec.dims.clone()
-                };
-                return Err(Error::invalid(format!(
-                    "input '{}': shape {:?} does not match the model's {:?}",
-                    t.name, t.shape, expected
-                )));
             }
+            // the spec's dims are the engine's (derived from the graph where the file leaves
+            // a dim free), so a request the graph cannot compute is refused here
+            check_input_shape(spec, &t.shape, max_batch > 0)?;
             t.validate()?;
+            if self.config.reject_non_finite_inputs {
+                check_finite(&t, &self.name)?;
+            }
             ordered.push(t);
         }
         if let Some(extra) = given.first() {
@@ -339,5 +324,40 @@ impl ServedVersion {
     /// can. A broken version reports not-ready and fails its requests at once.
     pub fn failure(&self) -> Option<String> {
         self.scheduler.failure()
+    }
+}
+
+/// Refuses a floating-point input holding NaN or an infinity (`reject_non_finite_inputs`),
+/// naming the input, the first such element's flat index and its value.
+fn check_finite(t: &Tensor, model: &str) -> Result<()> {
+    // (element width, exponent mask, mantissa mask, sign bit) of the IEEE 754 encodings
+    let (width, exp, man, sign): (usize, u64, u64, u64) = match t.dtype {
+        DataType::Fp16 => (2, 0x7c00, 0x03ff, 0x8000),
+        DataType::Fp32 => (4, 0x7f80_0000, 0x007f_ffff, 0x8000_0000),
+        DataType::Fp64 => (8, 0x7ff0 << 48, (1 << 52) - 1, 1 << 63),
+        _ => return Ok(()),
+    };
+    let bad = t.data.chunks_exact(width).enumerate().find_map(|(i, b)| {
+        let mut le = [0u8; 8];
+        le[..width].copy_from_slice(b);
+        let bits = u64::from_le_bytes(le);
+        (bits & exp == exp).then_some((i, bits))
+    });
+    match bad {
+        None => Ok(()),
+        Some((i, bits)) => {
+            let what = if bits & man != 0 {
+                "NaN"
+            } else if bits & sign != 0 {
+                "-Infinity"
+            } else {
+                "Infinity"
+            };
+            Err(Error::invalid(format!(
+                "input '{}': element {i} is {what}, and model '{model}' refuses non-finite \
+                 inputs (reject_non_finite_inputs)",
+                t.name
+            )))
+        }
     }
 }
