@@ -8,7 +8,9 @@
 # Env: SKIP_BUILD (use the binaries already built), SECS (seconds per load phase, default 10),
 # HIDDEN (width of the compute-bound model, default 2048), QUEUE (the model's max_queue_size,
 # default 2), OVERLOAD (offered load as a multiple of capacity, default 3), SERVER_FLAGS (extra
-# `kiln serve` flags), IDLE / TRICKLE (slow sockets, default 400 / 400), CYCLES (default 50).
+# `kiln serve` flags; default `--http-header-timeout 2 --idle-timeout 5`, so the slow sockets are
+# recycled within the phase), IDLE / TRICKLE (slow sockets, default 400 / 400), CYCLES (default 50),
+# NICE (run server and generator at this nice level, e.g. -10 on a machine shared with builds).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
@@ -38,17 +40,18 @@ max_queue_size = $QUEUE
 count = 1
 TOML
 
-cmd=(taskset -c 0 "$TARGET/release/kiln" serve --model-repository "$OUT/models" --host 127.0.0.1
+pre=(nice -n "${NICE:-0}")
+cmd=("${pre[@]}" taskset -c 0 "$TARGET/release/kiln" serve --model-repository "$OUT/models" --host 127.0.0.1
   --http-port "$HP" --grpc-port "$GP" --metrics-port "$MP" --io-threads 1
   --model-control-mode explicit --load-model mlp --ready-file "$OUT/ready.json" --log warn
-  ${SERVER_FLAGS:-})
+  ${SERVER_FLAGS:---http-header-timeout 2 --idle-timeout 5})
 "${cmd[@]}" >"$OUT/kiln.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 600); do [ -s "$OUT/ready.json" ] && break; sleep 0.1; done
 [ -s "$OUT/ready.json" ] || { cat "$OUT/kiln.log"; exit 1; }
 
-soak() { local c=$1; shift; taskset -c 1 "$TARGET/release/kiln-soak" "$c" "127.0.0.1:$HP" "$@"; }
+soak() { local c=$1; shift; "${pre[@]}" taskset -c 1 "$TARGET/release/kiln-soak" "$c" "127.0.0.1:$HP" "$@"; }
 rss() { awk '/VmRSS/ {print $2" kB"}' "/proc/$pid/status"; }
 fds() { ls "/proc/$pid/fd" | wc -l; }
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
@@ -60,8 +63,11 @@ capacity=$(soak closed "$SECS" "$QUEUE")
 cap=$(field "$capacity" ok_per_s)
 rate=$(awk -v c="$cap" -v m="$OVERLOAD" 'BEGIN {printf "%d", c * m}')
 overload=$(soak open "$SECS" "$rate" 128)
+rss_o=$(rss) fd_o=$(fds)
 light=$(awk -v c="$cap" 'BEGIN {printf "%d", c / 4}')
 slow=$(soak slow "$SECS" "$light" "${IDLE:-400}" "${TRICKLE:-400}")
+sleep 1
+rss_s=$(rss) fd_s=$(fds)
 cycles=$(soak cycles "${CYCLES:-50}" "$light")
 sleep 1
 rss1=$(rss) fd1=$(fds)
@@ -83,13 +89,15 @@ curl -s "127.0.0.1:$MP/metrics" | grep -E '^kiln_server_(admission|connections)'
   echo "| overload (open loop, ${OVERLOAD}x capacity, 128 connections) | $overload |"
   echo "| slow connections (light load while slow sockets sit open) | $slow |"
   echo "| load/unload cycles under light load | $cycles |"
-  echo "| RSS before / after | $rss0 / $rss1 |"
-  echo "| open fds before / after | $fd0 / $fd1 |"
+  echo "| RSS before / after overload / after slow / after cycles | $rss0 / $rss_o / $rss_s / $rss1 |"
+  echo "| open fds before / after overload / after slow / after cycles | $fd0 / $fd_o / $fd_s / $fd1 |"
   echo
   u99=$(field "$unloaded" ok_p99_ms) a99=$(field "$overload" ok_p99_ms) r99=$(field "$overload" rej_p99_ms)
   good=$(field "$overload" ok_per_s)
   echo "Goals: rejection p99 $r99 ms (goal < 1 ms); admitted p99 $a99 ms vs unloaded p99 $u99 ms" \
     "(goal < 2x); goodput $good/s vs capacity $cap/s = $(awk -v g="$good" -v c="$cap" 'BEGIN {printf "%.0f%%", 100 * g / c}') (goal >= 90%)."
+  echo
+  echo "Load average during the run (other builds share the machine): $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "Server metrics after the run:"
   echo '```'
