@@ -12,8 +12,8 @@
 
 mod bounds;
 mod convert;
-mod io;
 mod derive;
+mod io;
 pub mod library;
 mod model;
 mod providers;
@@ -28,7 +28,6 @@ use kiln_core::{Error, ModelConfig, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Loads ONNX models with ONNX Runtime. Cheap to create: the library is loaded on first use.
 /// Replaces the symbolic input dims that the graph fixes ([`derive`]) with their values, except
 /// the batch dimension.
 fn pin_derived_dims(path: &Path, inputs: &mut [FileTensor], batched: bool) {
@@ -52,6 +51,7 @@ fn pin_derived_dims(path: &Path, inputs: &mut [FileTensor], batched: bool) {
     }
 }
 
+/// Loads ONNX models with ONNX Runtime. Cheap to create: the library is loaded on first use.
 #[derive(Debug, Clone, Default)]
 pub struct OrtBackend {
     /// The library given on the command line, tried before `ORT_DYLIB_PATH` and Python.
@@ -144,8 +144,8 @@ impl Backend for OrtBackend {
             .iter()
             .map(FileTensor::from_outlet)
             .collect();
-        let outputs: Vec<FileTensor> = session
         pin_derived_dims(&path, &mut inputs, config.max_batch_size > 0);
+        let outputs: Vec<FileTensor> = session
             .outputs()
             .iter()
             .map(FileTensor::from_outlet)

@@ -11,12 +11,12 @@
 
 mod bounds;
 mod convert;
-
 mod derive;
+
 use convert::{from_tract, kiln_dtype, to_tract, tract_dtype};
 use kiln_core::backend::{Backend, LoadedModel, ModelInstance, ModelIo};
-use kiln_core::gather::{check_index_bounds, IndexBound};
 use kiln_core::config::{ModelConfig, TensorSpec};
+use kiln_core::gather::{check_index_bounds, IndexBound};
 use kiln_core::{Error, Result, Tensor};
 use std::path::Path;
 use std::sync::Arc;
@@ -51,10 +51,10 @@ impl Backend for TractBackend {
             Pin::Config(m) => Error::invalid(format!("{}: {m}", path.display())),
             Pin::Tract(e) => fail("cannot set input facts", e),
         })?;
-        let output_names: Vec<String> = model
-            .output_outlets()
         pin_derived_dims(&mut model, &mut inputs, batched)
             .map_err(|e| fail("cannot derive the input dims", e))?;
+        let output_names: Vec<String> = model
+            .output_outlets()
             .map_err(|e| fail("outputs", e))?
             .iter()
             .map(|o| {
@@ -116,11 +116,6 @@ impl Backend for TractBackend {
     }
 }
 
-enum Pin {
-    Config(String),
-    Tract(TractError),
-}
-
 /// Replaces the free input dims that the graph fixes with their values ([`derive`]), in the
 /// model's input facts and in the served specs.
 fn pin_derived_dims(
@@ -144,6 +139,11 @@ fn pin_derived_dims(
         }
     }
     Ok(())
+}
+
+enum Pin {
+    Config(String),
+    Tract(TractError),
 }
 
 /// Sets every input's type and shape from the config (or the file), with the batch dimension as
