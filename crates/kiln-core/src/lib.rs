@@ -11,8 +11,8 @@ pub mod dtype;
 pub mod error;
 pub mod gather;
 pub mod tensor;
-
 pub mod warmup;
+
 pub use backend::{
     Backend, DeltaAck, LoadedModel, ModelInstance, ModelIo, SparseParameters, SparseTableInfo,
 };
