@@ -191,3 +191,24 @@ fn unaligned_input_buffers_are_copied() {
         golden_tolerance(g.outputs[0].dtype),
     );
 }
+
+#[test]
+fn a_width_the_graph_cannot_multiply_is_invalid_argument() {
+    let Some(b) = ort_backend() else { return };
+    // run directly, past the served dims' check: onnxruntime's own refusal is a 400 too
+    let (_tmp, vdir, config) = scratch_model("pinned", "max_batch_size = 8\n", None);
+    let model = b.load(&vdir, &config).unwrap();
+    let rows =
+        |name: &str, w: usize| Tensor::from_vec(name, vec![2, w as i64], &vec![0.5f32; 2 * w]);
+    for (x, z) in [(3, 5), (4, 4)] {
+        let e = match model.execute(&[rows("x", x), rows("z", z)]) {
+            Ok(out) => panic!("x {x}, z {z}: computed {out:?}"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            e.code,
+            kiln_core::ErrorCode::InvalidArgument,
+            "x {x}, z {z}: {e}"
+        );
+    }
+}

@@ -125,9 +125,15 @@ fn run_error(e: &ort::Error) -> Error {
     let message = e.message();
     let lower = message.to_ascii_lowercase();
     let data = e.code() == ErrorCode::InvalidArgument
-        || ["out of bounds", "out of range", "out-of-range"]
-            .iter()
-            .any(|m| lower.contains(m));
+        || [
+            "out of bounds",
+            "out of range",
+            "out-of-range",
+            // a width the graph fixes but the file and the served dims leave free
+            "dimension mismatch",
+        ]
+        .iter()
+        .any(|m| lower.contains(m));
     if data {
         Error::invalid(format!("onnxruntime refused the input data: {message}"))
     } else {
