@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use kiln_protocol::inference as pb;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -59,6 +60,24 @@ async fn a_width_fixed_by_the_weights_is_served_and_checked() {
     // W = [[0, 1], [2, 3], [4, 5], [6, 7]]: a row of ones gives the column sums
     let resp = s.infer_ok("widths", &x_request(2, 4, &[1.0; 8])).await;
     assert_eq!(output_floats(&resp, "y"), vec![12.0, 16.0, 12.0, 16.0]);
+
+    // gRPC: the same dims in metadata, the same refusal
+    let mut grpc = s.grpc().await;
+    let meta = grpc
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "widths".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("metadata")
+        .into_inner();
+    assert_eq!(meta.inputs[0].shape, vec![-1, 4]);
+    let mut req = grpc_mlp(&[vec![1.0; 3]], "narrow");
+    req.model_name = "widths".into();
+    req.inputs[0].shape = vec![1, 3];
+    let e = grpc.model_infer(req).await.expect_err("width 3 refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("[-1, 4]"), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
