@@ -320,6 +320,13 @@ impl ServedVersion {
         self.scheduler.queue_len()
     }
 
+    /// Counts a request the server refused before it reached [`ServedVersion::infer`] (its
+    /// early admission check), the way `infer` counts its own failures.
+    pub fn record_refused(&self, e: &Error) {
+        self.stats.record_request(false, Duration::ZERO);
+        self.metrics.fail(e.code.as_label());
+    }
+
     /// Why this version cannot compute any more (its workers are gone), or `None` while it
     /// can. A broken version reports not-ready and fails its requests at once.
     pub fn failure(&self) -> Option<String> {

@@ -102,7 +102,14 @@ impl Admission {
 
     /// Checks `v`'s queue, then reserves one request and `bytes` (when known) in the
     /// server-wide budget. A request larger than the whole byte budget reserves all of it.
+    /// A refusal counts as a failure of `v` in its statistics and metrics, as a refusal by
+    /// its scheduler does.
     pub fn admit(&self, v: &ServedVersion, bytes: Option<usize>) -> Result<Ticket> {
+        self.try_admit(v, bytes)
+            .inspect_err(|e| v.record_refused(e))
+    }
+
+    fn try_admit(&self, v: &ServedVersion, bytes: Option<usize>) -> Result<Ticket> {
         self.check_queue(v)?;
         let request = match &self.requests {
             None => None,

@@ -24,7 +24,7 @@ use tower::ServiceExt;
 
 /// What a refused HTTP connection is told before it is closed.
 const REFUSED_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-connection: close\r\ncontent-length: 62\r\n\r\n{\"error\":\"too many connections: server at its connection limit\"}";
+connection: close\r\ncontent-length: 64\r\n\r\n{\"error\":\"too many connections: server at its connection limit\"}";
 
 /// Requests in flight on one connection and when the last one ended, for the idle timeout.
 pub(crate) struct Activity {
@@ -341,4 +341,25 @@ async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_declares_its_body_length() {
+        let text = std::str::from_utf8(REFUSED_503).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.parse().ok())
+            .expect("content-length");
+        assert_eq!(len, body.len());
+        assert!(
+            serde_json::from_str::<serde_json::Value>(body).is_ok(),
+            "{body}"
+        );
+    }
 }
