@@ -289,3 +289,65 @@ fn raise_nofile(max_connections: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    fn nofile() -> libc::rlimit {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct passed.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let hard = nofile().rlim_max;
+        let low = libc::rlimit {
+            rlim_cur: hard.min(256),
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads the struct passed; lowering the soft limit needs no privilege.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+        raise_nofile(64);
+        assert_eq!(nofile().rlim_cur, hard);
+    }
+
+    #[test]
+    fn limit_flags_reach_the_server_config() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "kiln",
+            "--http-header-timeout",
+            "2.5",
+            "--max-connections",
+            "7",
+            "--body-read-timeout",
+            "0",
+            "--body-min-rate",
+            "0",
+            "--grpc-keepalive-interval",
+            "30",
+        ])
+        .expect("flags parse");
+        let l = limits(&cli.serve).expect("valid limits");
+        assert_eq!(l.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(l.max_connections, 7);
+        assert_eq!(l.body_read_timeout, Duration::ZERO);
+        assert_eq!(l.grpc_keepalive_interval, Some(Duration::from_secs(30)));
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
+        let bad = <Cli as clap::Parser>::try_parse_from(["kiln", "--idle-timeout", "0"])
+            .expect("flags parse");
+        assert!(limits(&bad.serve).is_err());
+    }
+}
