@@ -15,7 +15,7 @@ use kiln_core::backend::LoadedModel;
 use kiln_core::{Error, ErrorCode, Result, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -222,6 +222,7 @@ impl Scheduler {
             label,
             model,
             workers: AtomicUsize::new(count),
+            broken: AtomicBool::new(false),
         });
         let scheduler = Scheduler { shared };
         for (i, instance) in instances.into_iter().enumerate() {
@@ -271,6 +272,9 @@ impl Scheduler {
 
     /// Why the version cannot compute any more (every worker gone), or `None` while it can.
     pub fn failure(&self) -> Option<String> {
+        if !self.shared.broken.load(Ordering::Acquire) {
+            return None;
+        }
         self.shared.state.lock().broken.clone()
     }
 }
@@ -383,6 +387,26 @@ mod tests {
         assert!(q.push(p, &pol).is_err(), "fifth request must be refused");
         let order: Vec<usize> = (0..4).flat_map(|_| sizes(q.next_batch(t, &pol))).collect();
         assert_eq!(order, vec![3, 4, 1, 2]);
+    }
+
+    #[test]
+    fn a_broken_queue_refuses_new_requests_and_drains_the_queued() {
+        let t = Instant::now();
+        let pol = policy(8, vec![], 1_000_000);
+        let mut q = QueueState::new(2);
+        let mut rx = vec![];
+        for level in [1, 0] {
+            let (p, x) = pending(1, level, t);
+            q.push(p, &pol).unwrap();
+            rx.push(x);
+        }
+        q.broken = Some("no instance".into());
+        let (p, _x) = pending(1, 0, t);
+        assert!(q.push(p, &pol).is_err(), "a broken queue takes nothing");
+        let drained: Vec<usize> = q.drain().iter().map(|p| p.level).collect();
+        assert_eq!(drained, vec![0, 1]);
+        assert!(q.is_empty());
+        assert!(matches!(q.next_batch(t, &pol), Decision::Idle));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kiln_core::{Error, ErrorCode, Result, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub model: Arc<dyn LoadedModel>,
     /// Worker threads still able to compute; the version is broken when it reaches zero.
     pub workers: AtomicUsize,
+    /// Set once the version is broken, so readiness checks need not take the queue's lock.
+    pub broken: AtomicBool,
 }
 
 impl Shared {
@@ -61,6 +63,7 @@ impl Shared {
         let drained = {
             let mut st = self.state.lock();
             st.broken = Some(reason);
+            self.broken.store(true, Ordering::Release);
             st.drain()
         };
         self.metrics.queue_depth.set(0);

@@ -343,3 +343,34 @@ async fn a_version_that_cannot_rebuild_goes_not_ready_and_fails_queued_requests_
     assert_eq!(infer(&v, &[4]).await.expect("after the reload"), [8]);
     assert_eq!(state_of(&repo).0, VersionState::Ready);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_serves_while_one_worker_is_left_and_goes_not_ready_when_none_is() {
+    let control = Arc::new(Control::default());
+    let (_dir, repo) = repository(
+        &control,
+        "[dynamic_batching]\nmax_queue_delay_us = 0\n[instance_group]\ncount = 2\n",
+    )
+    .await;
+    let v = repo.get("flaky", None).expect("flaky serves");
+    assert_eq!(control.created.load(Ordering::SeqCst), 2);
+    control.fail_create.store(true, Ordering::SeqCst);
+
+    let e = infer(&v, &[PANIC]).await.expect_err("first panic");
+    assert_eq!(e.code, ErrorCode::Internal, "{}", e.message);
+    // The worker that panicked cannot rebuild and stops; the other one serves on.
+    for i in 0..4 {
+        assert_eq!(infer(&v, &[i]).await.expect("one worker left"), [2 * i]);
+    }
+    assert_eq!(state_of(&repo).0, VersionState::Ready);
+
+    let e = infer(&v, &[PANIC]).await.expect_err("second panic");
+    assert_eq!(e.code, ErrorCode::Internal, "{}", e.message);
+    eventually("the version goes not-ready", || {
+        state_of(&repo).0 == VersionState::Unavailable
+    })
+    .await;
+    assert!(repo.get("flaky", None).is_err());
+    let e = infer(&v, &[1]).await.expect_err("refused at once");
+    assert_eq!(e.code, ErrorCode::Unavailable, "{}", e.message);
+}
