@@ -54,8 +54,9 @@ pub struct ServeArgs {
     /// Worker threads of the async runtime (network and protocol work; compute has its own).
     #[arg(long, env = "KILN_IO_THREADS")]
     io_threads: Option<usize>,
-    /// Token the control plane (embedding deltas under `/admin/v1`, gRPC `kiln.admin.v1`)
-    /// requires as `Authorization: Bearer <token>`; without it the control plane is open.
+    /// Token every state-changing endpoint requires as `Authorization: Bearer <token>` (gRPC:
+    /// `authorization` metadata): repository load and unload, shared-memory register and
+    /// unregister, embedding deltas (`/admin/v1`, `kiln.admin.v1`); without it they are open.
     #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Let clients register system shared-memory regions and pass tensors through them
