@@ -526,7 +526,7 @@ async fn a_shrunk_object_is_a_400_not_a_crash() {
         "{e}"
     );
     // an output into the shrunk part: the input comes inline, the output cannot be written
-    let mut out_only = mlp_request(&[x.clone()]);
+    let mut out_only = mlp_request(std::slice::from_ref(&x));
     out_only["outputs"] = body["outputs"].clone();
     let (st, v) = s.post("/v2/models/mlp/infer", &out_only).await;
     assert_eq!(st, 400, "{v}");
@@ -535,13 +535,13 @@ async fn a_shrunk_object_is_a_400_not_a_crash() {
         "{v}"
     );
 
-    let mut req = grpc_mlp(&[x.clone()], "shrunk");
+    let mut req = grpc_mlp(std::slice::from_ref(&x), "shrunk");
     req.raw_input_contents.clear();
     req.inputs[0].parameters = grpc_shm_params("sh", 0, 1024);
     let e = s.grpc().await.model_infer(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("shrunk"), "{e:?}");
-    let mut req = grpc_mlp(&[x.clone()], "shrunk-out");
+    let mut req = grpc_mlp(std::slice::from_ref(&x), "shrunk-out");
     req.outputs = vec![InferRequestedOutputTensor {
         name: "y".into(),
         parameters: grpc_shm_params("sh", 4096, 4),
