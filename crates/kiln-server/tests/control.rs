@@ -237,6 +237,10 @@ async fn index_and_load_errors_show_no_server_paths() {
     }
     copy_dir(&root.join("mlp"), &root.join("badconfig"));
     write_config(&root, "badconfig", "max_batch_size = \"many\"\n");
+    // datatypes are spelled in capitals in config.toml too, as over HTTP and gRPC
+    copy_dir(&root.join("mlp"), &root.join("lowercase"));
+    let lower = mlp_config(0, 8, &[], 1).replace("\"FP32\"", "\"fp32\"");
+    write_config(&root, "lowercase", &lower);
     let s = TestServer::temp(
         dir,
         Options {
@@ -279,6 +283,16 @@ async fn index_and_load_errors_show_no_server_paths() {
         .post("/v2/repository/models/badconfig/load", &json!({}))
         .await;
     assert!(error_of(&v).contains("badconfig/config.toml"), "{v}");
+    let (st, v) = s
+        .post("/v2/repository/models/lowercase/load", &json!({}))
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let msg = error_of(&v);
+    assert!(
+        msg.contains("lowercase/config.toml") && msg.contains("fp32"),
+        "{msg}"
+    );
+    clean("load of lowercase", &msg);
     let index = http_index(&s).await;
     for model in ["corrupt", "badconfig"] {
         let row = index_row(&index, model, None).unwrap_or_else(|| panic!("{model} in {index}"));
