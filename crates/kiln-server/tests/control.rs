@@ -311,3 +311,55 @@ async fn index_and_load_errors_show_no_server_paths() {
         clean(&format!("gRPC index reason of {}", m.name), &m.reason);
     }
 }
+
+/// An applied embedding delta is logged with the caller's address, the table and the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_deltas_are_logged_with_the_caller() {
+    capture_logs();
+    let s = guarded(&["dlrm_small"]).await;
+    let auth = format!("Bearer {TOKEN}");
+    let r = s
+        .client
+        .get(s.url("/admin/v1/models/dlrm_small/tables"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .expect("GET tables");
+    let (st, tables) = read_json(r).await;
+    assert_eq!(st, 200, "{tables}");
+    let dim = tables["tables"][0]["dim"].as_u64().expect("dim") as usize;
+    let table = tables["tables"][0]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let delta = kiln_embed::Delta {
+        source: "audit-test".into(),
+        seq: 1,
+        dim,
+        keys: vec![3, 5],
+        values: vec![0.25; 2 * dim],
+        ..Default::default()
+    };
+    let url = s.url(&format!(
+        "/admin/v1/models/dlrm_small/tables/{table}/deltas"
+    ));
+    let r = s
+        .client
+        .post(&url)
+        .header("Authorization", &auth)
+        .body(delta.encode())
+        .send()
+        .await
+        .expect("POST delta");
+    let (st, v) = read_json(r).await;
+    assert_eq!(st, 200, "{v}");
+    let lines = logged(&[
+        "embedding delta applied",
+        "caller=127.0.0.1:",
+        "model=\"dlrm_small\"",
+        &format!("table=\"{table}\""),
+        "rows=2",
+    ]);
+    let loose = logged(&["embedding delta applied"]);
+    assert_eq!(lines.len(), 1, "{loose:?}");
+}
