@@ -14,6 +14,7 @@ use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// How models get loaded.
@@ -80,6 +81,8 @@ pub struct ModelRepository {
     models: RwLock<BTreeMap<String, ModelSlot>>,
     /// Serializes loads, unloads and polls so two never race on one model.
     ops: tokio::sync::Mutex<()>,
+    /// Nice value added to the worker threads of versions loaded from now on.
+    worker_nice: AtomicI32,
 }
 
 /// Rejects names that could leave the repository directory.
@@ -114,7 +117,14 @@ impl ModelRepository {
             metrics,
             models: RwLock::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
+            worker_nice: AtomicI32::new(0),
         })
+    }
+
+    /// Runs the compute threads of versions loaded from now on at `nice` above the process's
+    /// priority, so that the network threads preempt them as soon as a request arrives.
+    pub fn set_worker_nice(&self, nice: i32) {
+        self.worker_nice.store(nice, Ordering::Relaxed);
     }
 
     /// The repository directory.
@@ -354,6 +364,7 @@ impl ModelRepository {
         let metrics = self.metrics.for_version(name, version);
         let name = name.to_string();
         let model_dir = dir.to_path_buf();
+        let nice = self.worker_nice.load(Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             tracing::info!(model = %name, version, backend = backend.name(), "loading version");
             let model = backend.load(&vdir, &config)?;
@@ -361,7 +372,7 @@ impl ModelRepository {
                 warm_up(model.as_ref(), &config, &model_dir)
                     .map_err(|e| Error::invalid(format!("warm-up failed: {}", e.message)))?;
             }
-            ServedVersion::start(&name, version, config, model, metrics)
+            ServedVersion::start(&name, version, config, model, metrics, nice)
         })
         .await
         .map_err(|e| Error::internal(format!("model load task failed: {e}")))?

@@ -58,6 +58,10 @@ pub struct BatchPolicy {
     pub max_delay: Duration,
     /// Most requests queued.
     pub max_queue: usize,
+    /// Nice value the worker threads add to their own (0: unchanged). A positive value lets
+    /// the network threads preempt compute at once, so admission and refusals stay fast while
+    /// every core computes.
+    pub worker_nice: i32,
 }
 
 /// What a worker should do next.
@@ -315,6 +319,7 @@ mod tests {
             preferred,
             max_delay: Duration::from_micros(delay_us),
             max_queue: 4,
+            worker_nice: 0,
         }
     }
 

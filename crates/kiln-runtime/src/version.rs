@@ -80,13 +80,17 @@ pub struct ServedVersion {
 }
 
 impl ServedVersion {
-    /// Starts the scheduler of a loaded model.
+    /// Starts the scheduler of a loaded model; its worker threads run at `worker_nice` above
+    /// the caller's nice value (see [`ModelRepository::set_worker_nice`]).
+    ///
+    /// [`ModelRepository::set_worker_nice`]: crate::ModelRepository::set_worker_nice
     pub fn start(
         name: &str,
         version: u64,
         config: Arc<ModelConfig>,
         model: Arc<dyn LoadedModel>,
         metrics: VersionMetrics,
+        worker_nice: i32,
     ) -> Result<Self> {
         let count = config.instance_group.count as usize;
         let db = &config.dynamic_batching;
@@ -101,6 +105,7 @@ impl ServedVersion {
             preferred,
             max_delay: Duration::from_micros(db.max_queue_delay_us),
             max_queue: db.max_queue_size,
+            worker_nice,
         };
         let stats = Arc::new(VersionStats::default());
         let scheduler = Scheduler::start(

@@ -87,6 +87,21 @@ pub(crate) fn new_instance(model: &Arc<dyn LoadedModel>) -> Result<Box<dyn Model
     }
 }
 
+/// Adds `nice` to the calling thread's nice value (Linux keeps one per thread). A failure is
+/// logged and the worker goes on at the normal priority.
+fn lower_priority(label: &str, nice: i32) {
+    // SAFETY: gettid and getpriority/setpriority take no pointers; they act on this thread only.
+    let (tid, now) = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        (tid, libc::getpriority(libc::PRIO_PROCESS, tid))
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, now + nice) } != 0 {
+        tracing::warn!(model = %label, nice, error = %std::io::Error::last_os_error(),
+            "cannot change the worker thread's priority");
+    }
+}
+
 /// The text of a panic payload.
 fn panic_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -127,6 +142,9 @@ impl Drop for WorkerExit {
 
 /// The loop of one worker thread.
 pub(crate) fn worker(shared: Arc<Shared>, instance: Box<dyn ModelInstance>) {
+    if shared.policy.worker_nice != 0 {
+        lower_priority(&shared.label, shared.policy.worker_nice);
+    }
     let mut exit = WorkerExit {
         shared: shared.clone(),
         failure: None,

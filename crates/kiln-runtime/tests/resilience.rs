@@ -140,6 +140,15 @@ async fn repository(
     control: &Arc<Control>,
     extra: &str,
 ) -> (tempfile::TempDir, Arc<ModelRepository>) {
+    repository_at(control, extra, 0).await
+}
+
+/// [`repository`] whose worker threads run at `nice` above the test process.
+async fn repository_at(
+    control: &Arc<Control>,
+    extra: &str,
+    nice: i32,
+) -> (tempfile::TempDir, Arc<ModelRepository>) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let model = dir.path().join("flaky");
     std::fs::create_dir_all(model.join("1")).expect("version directory");
@@ -159,6 +168,7 @@ async fn repository(
     let mut backends = Backends::default();
     backends.register(Arc::new(Scripted(control.clone(), io)));
     let repo = ModelRepository::new(dir.path(), backends, Arc::new(RuntimeMetrics::default()));
+    repo.set_worker_nice(nice);
     repo.start(ControlMode::None, &[]).await.expect("start");
     (dir, repo)
 }
@@ -373,4 +383,35 @@ async fn a_version_serves_while_one_worker_is_left_and_goes_not_ready_when_none_
     assert!(repo.get("flaky", None).is_err());
     let e = infer(&v, &[1]).await.expect_err("refused at once");
     assert_eq!(e.code, ErrorCode::Unavailable, "{}", e.message);
+}
+
+/// The nice value of a thread (`/proc/self/task/<tid>/stat`, field 19) or of the process.
+fn nice_of(stat: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let rest = &text[text.rfind(')')? + 2..];
+    rest.split(' ').nth(16)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_run_at_the_configured_nice_value() {
+    let control = Arc::new(Control::default());
+    let (_dir, repo) = repository_at(&control, "[instance_group]\ncount = 2\n", 7).await;
+    let v = repo.get("flaky", None).expect("flaky serves");
+    assert_eq!(infer(&v, &[1]).await.expect("answer"), vec![2]);
+    let base = nice_of(Path::new("/proc/self/stat")).expect("process nice value");
+    let want = (base + 7).min(19);
+    eventually("two worker threads at the raised nice value", || {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("thread list");
+        tasks
+            .filter_map(|t| t.ok())
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("kiln-flaky-1-"))
+            })
+            .filter(|t| nice_of(&t.path().join("stat")) == Some(want))
+            .count()
+            >= 2
+    })
+    .await;
 }

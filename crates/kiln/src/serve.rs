@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// Worker threads of the async runtime (network and protocol work; compute has its own).
     #[arg(long, env = "KILN_IO_THREADS")]
     io_threads: Option<usize>,
+    /// Nice value added to the compute (model worker) threads, 0-19: with a positive value the
+    /// network threads preempt compute as soon as a request arrives, so refusals and admission
+    /// stay fast when compute fills every core.
+    #[arg(long, env = "KILN_COMPUTE_NICE", default_value_t = 0,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    compute_nice: i32,
     /// Token every state-changing endpoint requires as `Authorization: Bearer <token>` (gRPC:
     /// `authorization` metadata): repository load and unload, shared-memory register and
     /// unregister, embedding deltas (`/admin/v1`, `kiln.admin.v1`); without it they are open.
@@ -151,6 +157,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     recsys.collector().register(&mut registry);
     backends.register(recsys);
     let repo = ModelRepository::new(&args.model_repository, backends, metrics);
+    repo.set_worker_nice(args.compute_nice);
 
     let addr = |port| SocketAddr::new(args.host, port);
     let config = ServerConfig {
