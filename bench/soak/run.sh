@@ -8,7 +8,7 @@
 # Env: SKIP_BUILD (use the binaries already built), SECS (seconds per load phase, default 10),
 # HIDDEN (width of the compute-bound model, default 2048), QUEUE (the model's max_queue_size,
 # default 2), OVERLOAD (offered load as a multiple of capacity, default 3), SERVER_FLAGS (extra
-# `kiln serve` flags; default `--http-header-timeout 2 --idle-timeout 5`, so the slow sockets are
+# `kiln serve` flags; default `--http-header-timeout 2 --idle-timeout 5 --compute-nice 10`, so the slow sockets are
 # recycled within the phase), IDLE / TRICKLE (slow sockets, default 400 / 400), CYCLES (default 50),
 # NICE (run server and generator at this nice level, e.g. -10 on a machine shared with builds).
 set -euo pipefail
@@ -44,7 +44,7 @@ pre=(nice -n "${NICE:-0}")
 cmd=("${pre[@]}" taskset -c 0 "$TARGET/release/kiln" serve --model-repository "$OUT/models" --host 127.0.0.1
   --http-port "$HP" --grpc-port "$GP" --metrics-port "$MP" --io-threads 1
   --model-control-mode explicit --load-model mlp --ready-file "$OUT/ready.json" --log warn
-  ${SERVER_FLAGS:---http-header-timeout 2 --idle-timeout 5})
+  ${SERVER_FLAGS:---http-header-timeout 2 --idle-timeout 5 --compute-nice 10})
 "${cmd[@]}" >"$OUT/kiln.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
