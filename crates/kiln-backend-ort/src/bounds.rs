@@ -1,86 +1,17 @@
 //! Inputs that index a table through a `Gather` (see [`kiln_core::gather`]), found at load time
-//! in the model file's protobuf, read with a schema of only the fields the analysis needs (so
-//! tensor data is skipped, not copied). ONNX Runtime itself refuses an index outside the table;
-//! checking first gives the client the same 400 as the other backends, before compute and
-//! without failing the other requests of its batch.
+//! in the model file's protobuf ([`crate::onnx_graph`]). ONNX Runtime itself refuses an index
+//! outside the table; checking first gives the client the same 400 as the other backends,
+//! before compute and without failing the other requests of its batch.
 
+use crate::onnx_graph::{read_graph, GraphProto};
 use kiln_core::gather::{GraphSketch, IndexBound, SketchNode};
-use prost::Message;
 use std::path::Path;
-
-/// `onnx.ModelProto`, only the graph.
-#[derive(Clone, PartialEq, Message)]
-struct ModelProto {
-    #[prost(message, optional, tag = "7")]
-    graph: Option<GraphProto>,
-}
-
-/// `onnx.GraphProto`: nodes, initializers and inputs.
-#[derive(Clone, PartialEq, Message)]
-struct GraphProto {
-    #[prost(message, repeated, tag = "1")]
-    node: Vec<NodeProto>,
-    #[prost(message, repeated, tag = "5")]
-    initializer: Vec<TensorProto>,
-    #[prost(message, repeated, tag = "11")]
-    input: Vec<ValueInfoProto>,
-}
-
-/// `onnx.NodeProto`.
-#[derive(Clone, PartialEq, Message)]
-struct NodeProto {
-    #[prost(string, repeated, tag = "1")]
-    input: Vec<String>,
-    #[prost(string, repeated, tag = "2")]
-    output: Vec<String>,
-    #[prost(string, tag = "3")]
-    name: String,
-    #[prost(string, tag = "4")]
-    op_type: String,
-    #[prost(message, repeated, tag = "5")]
-    attribute: Vec<AttributeProto>,
-    #[prost(string, tag = "7")]
-    domain: String,
-}
-
-/// `onnx.AttributeProto`: the integer and tensor values.
-#[derive(Clone, PartialEq, Message)]
-struct AttributeProto {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(int64, tag = "3")]
-    i: i64,
-    #[prost(message, optional, tag = "5")]
-    t: Option<TensorProto>,
-}
-
-/// `onnx.TensorProto`: name and dims, never the data.
-#[derive(Clone, PartialEq, Message)]
-struct TensorProto {
-    #[prost(int64, repeated, tag = "1")]
-    dims: Vec<i64>,
-    #[prost(string, tag = "8")]
-    name: String,
-}
-
-/// `onnx.ValueInfoProto`: the name.
-#[derive(Clone, PartialEq, Message)]
-struct ValueInfoProto {
-    #[prost(string, tag = "1")]
-    name: String,
-}
 
 /// The index bounds of the model at `path`; none when the file is not an ONNX protobuf (an
 /// ORT-format model, say), which ONNX Runtime then checks alone.
 pub fn index_bounds(path: &Path) -> Vec<IndexBound> {
-    let proto = std::fs::read(path)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string()));
-    match proto {
-        Ok(m) => m
-            .graph
-            .map(|g| sketch(&g).index_bounds())
-            .unwrap_or_default(),
+    match read_graph(path) {
+        Ok(g) => sketch(&g).index_bounds(),
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e,
                 "not an onnx protobuf: gather indices are left to onnxruntime");

@@ -5,16 +5,13 @@
 //! `[4, 16]` weight, so that only 4 features can ever be right. ONNX Runtime refuses another
 //! width at run time, but the server should refuse it before queueing (400 naming both shapes)
 //! and show the real dims in metadata. This reads the few facts it needs from the model file
-//! (a minimal decoding of the ONNX protobuf: nodes, initializer dims, graph inputs) and pins
+//! ([`crate::onnx_graph`]: nodes, initializer dims, graph inputs) and pins
 //! the contracted dim of every input that feeds a `MatMul` or `Gemm` whose other operand is a
 //! constant, directly or through shape-preserving unary nodes.
 
-use prost::Message;
+use crate::onnx_graph::{read_graph, GraphProto, NodeProto};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Files larger than this are not decoded (the analysis would hold a second copy in memory).
-const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Unary operators that keep their input's shape, which may stand between an input and the
 /// multiplication.
@@ -38,60 +35,6 @@ const SHAPE_PRESERVING: &[&str] = &[
     "Clip",
 ];
 
-#[derive(Clone, PartialEq, Message)]
-struct ModelProto {
-    #[prost(message, optional, tag = "7")]
-    graph: Option<GraphProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct GraphProto {
-    #[prost(message, repeated, tag = "1")]
-    node: Vec<NodeProto>,
-    #[prost(message, repeated, tag = "5")]
-    initializer: Vec<TensorProto>,
-    #[prost(message, repeated, tag = "11")]
-    input: Vec<ValueInfoProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct NodeProto {
-    #[prost(string, repeated, tag = "1")]
-    input: Vec<String>,
-    #[prost(string, repeated, tag = "2")]
-    output: Vec<String>,
-    #[prost(string, tag = "4")]
-    op_type: String,
-    #[prost(message, repeated, tag = "5")]
-    attribute: Vec<AttributeProto>,
-    #[prost(string, tag = "7")]
-    domain: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct AttributeProto {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(int64, tag = "3")]
-    i: i64,
-    #[prost(message, optional, tag = "5")]
-    t: Option<TensorProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TensorProto {
-    #[prost(int64, repeated, tag = "1")]
-    dims: Vec<i64>,
-    #[prost(string, tag = "8")]
-    name: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ValueInfoProto {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
 /// For each graph input the graph pins, `(axis, size)` pairs in the file's full dims (batch
 /// included). `ranks` gives each input's rank (from the session). Any failure to read the
 /// file yields no pins: the session has already loaded it, and ONNX Runtime still checks
@@ -108,18 +51,6 @@ pub fn pinned_dims(
         }
     };
     pins_of(&graph, ranks)
-}
-
-fn read_graph(path: &Path) -> Result<GraphProto, String> {
-    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(format!(
-            "file of {len} bytes is larger than {MAX_FILE_BYTES}"
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
-    model.graph.ok_or_else(|| "no graph".to_string())
 }
 
 fn pins_of(
@@ -238,9 +169,12 @@ fn is_default_domain(n: &NodeProto) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx_graph::{AttributeProto, ModelProto, TensorProto, ValueInfoProto};
+    use prost::Message;
 
     fn node(op: &str, inputs: &[&str], output: &str, attrs: &[(&str, i64)]) -> NodeProto {
         NodeProto {
+            name: String::new(),
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![output.to_string()],
             op_type: op.to_string(),

@@ -182,9 +182,18 @@ mod tests {
     #[test]
     fn bad_samples_name_the_field() {
         let cases = [
-            (SAMPLE.replace("count = 3", "count = 0"), "model_warmup[0].count"),
-            (SAMPLE.replace("batch_size = 2", "batch_size = 9"), "model_warmup[0].batch_size"),
-            (SAMPLE.replace("dims = [4]", "dims = [-1]"), "model_warmup[0].inputs.x.dims"),
+            (
+                SAMPLE.replace("count = 3", "count = 0"),
+                "model_warmup[0].count",
+            ),
+            (
+                SAMPLE.replace("batch_size = 2", "batch_size = 9"),
+                "model_warmup[0].batch_size",
+            ),
+            (
+                SAMPLE.replace("dims = [4]", "dims = [-1]"),
+                "model_warmup[0].inputs.x.dims",
+            ),
             (
                 SAMPLE.replace("random_data = true", "random_data = true\nzero_data = true"),
                 "model_warmup[0].inputs.x",

@@ -502,8 +502,8 @@ fn read_config(dir: &Path, name: &str) -> Result<(ModelConfig, u64)> {
     // named relative to the repository in errors, which clients see
     let shown = format!("{name}/config.toml");
     let (config, text) = if path.is_file() {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::invalid(format!("{shown}: {e}")))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::invalid(format!("{shown}: {e}")))?;
         let c = ModelConfig::parse(&text, name)
             .map_err(|e| Error::invalid(format!("{shown}: {}", e.message)))?;
         (c, text)

@@ -184,7 +184,8 @@ impl Server {
         };
         let limits = self.config.limits.clone();
         let max_body = self.config.max_request_bytes;
-        let gate = |name| listen::Gate::new(name, limits.max_connections, self.conn_metrics.clone());
+        let gate =
+            |name| listen::Gate::new(name, limits.max_connections, self.conn_metrics.clone());
 
         let app = http::router(self.state.clone(), max_body);
         let http = listen::serve_http(
@@ -231,7 +232,14 @@ impl Server {
 
         let metrics = self.metrics.map(|l| {
             let app = metrics_http::router(self.registry.clone());
-            listen::serve_http(l, app, gate("metrics"), limits.clone(), max_body, stop_rx.clone())
+            listen::serve_http(
+                l,
+                app,
+                gate("metrics"),
+                limits.clone(),
+                max_body,
+                stop_rx.clone(),
+            )
         });
 
         tracing::info!(http = %addrs.0, grpc = %addrs.1, metrics = ?addrs.2, "serving");

@@ -3,7 +3,6 @@
 //! (the `Bearer` scheme in any case); every state change is logged at info with the caller's
 //! address; and the repository index and load errors never show the server's paths.
 
-#[allow(unused_imports)] // the shared data helpers are not needed here
 mod common;
 
 use common::*;

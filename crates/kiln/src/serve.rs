@@ -287,7 +287,7 @@ fn raise_nofile(max_connections: usize) {
             "open-file limit (RLIMIT_NOFILE)"
         );
         let needed = (3 * max_connections as u64).saturating_add(256);
-        if lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as u64) < needed {
+        if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < needed {
             tracing::warn!(
                 limit = lim.rlim_cur,
                 max_connections,

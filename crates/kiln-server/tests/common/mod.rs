@@ -2,7 +2,7 @@
 //! port 0 over a model repository (the examples, or a copy in a temporary directory that a test
 //! may change), and helpers to build requests, read answers and compare numbers.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 mod data;
 
