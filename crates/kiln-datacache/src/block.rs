@@ -132,7 +132,7 @@ pub(crate) async fn fetch_block(
         DatacacheError::Remote {
             op: "read",
             path: path.to_string(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let data = buf.to_bytes();

@@ -106,7 +106,7 @@ impl DataCache {
         let device = FsDeviceBuilder::new(&dev_dir)
             .with_capacity(cfg.disk_bytes)
             .build()
-            .map_err(DatacacheError::Cache)?;
+            .map_err(|e| DatacacheError::Cache(Box::new(e)))?;
         let started = Instant::now();
         let hybrid = HybridCacheBuilder::new()
             .with_name("kiln-datacache")
@@ -121,7 +121,7 @@ impl DataCache {
             .with_recover_mode(RecoverMode::Quiet)
             .build()
             .await
-            .map_err(DatacacheError::Cache)?;
+            .map_err(|e| DatacacheError::Cache(Box::new(e)))?;
         tracing::info!(dir = %cfg.dir.display(), memory_bytes = cfg.memory_bytes, disk_bytes = cfg.disk_bytes,
             recover_ms = started.elapsed().as_millis() as u64, "data cache opened");
         let (recent_failures, failure_count) = (Mutex::new(HashMap::new()), AtomicUsize::new(0));
@@ -307,7 +307,7 @@ impl DataCache {
             Ok(Err(e)) => {
                 m.read_errors.inc();
                 self.note_failure(key);
-                return Err(DatacacheError::Cache(e));
+                return Err(DatacacheError::Cache(Box::new(e)));
             }
             Err(_) => {
                 self.note_failure(key);
@@ -497,6 +497,6 @@ impl DataCache {
             .hybrid
             .close()
             .await
-            .map_err(DatacacheError::Cache)
+            .map_err(|e| DatacacheError::Cache(Box::new(e)))
     }
 }

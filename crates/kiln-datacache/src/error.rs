@@ -31,9 +31,10 @@ pub enum DatacacheError {
         op: &'static str,
         /// Path relative to the source root.
         path: String,
-        /// The OpenDAL error.
+        /// The OpenDAL error (boxed: it is large, and every `Result` of the crate carries
+        /// this enum).
         #[source]
-        source: opendal::Error,
+        source: Box<opendal::Error>,
     },
     /// The remote returned a different number of bytes than the listing promised.
     #[error("remote object {path:?} changed: expected {expected} bytes, got {got}")]
@@ -69,7 +70,7 @@ pub enum DatacacheError {
     },
     /// The hybrid cache (foyer) failed.
     #[error("cache error")]
-    Cache(#[source] foyer::Error),
+    Cache(#[source] Box<foyer::Error>),
     /// Local file-system error.
     #[error("i/o error on {path}")]
     Io {

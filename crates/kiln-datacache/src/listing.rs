@@ -60,7 +60,7 @@ pub async fn list_source(
         let remote = |source| DatacacheError::Remote {
             op: "list",
             path: String::new(),
-            source,
+            source: Box::new(source),
         };
         let mut lister = op.lister_with("").recursive(true).await.map_err(remote)?;
         while let Some(entry) = lister.try_next().await.map_err(remote)? {
@@ -93,7 +93,7 @@ pub async fn list_source(
             let meta = r.map_err(|source| DatacacheError::Remote {
                 op: "stat",
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let mtime = meta
                 .last_modified()

@@ -357,6 +357,8 @@ async fn s3_dataset_through_fuse() {
                 Instant::now() < deadline && child.try_wait().unwrap().is_none(),
                 "daemon did not mount"
             );
+            // a test thread polling a child process, not a runtime thread
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(

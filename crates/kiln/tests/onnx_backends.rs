@@ -90,6 +90,8 @@ fn serve(repo: &Path, scratch: &Path, args: &[&str]) -> Server {
             server.child.try_wait().unwrap().is_none(),
             "kiln serve exited early"
         );
+        // a test thread polling a child process, not a runtime thread
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("kiln serve did not get ready");

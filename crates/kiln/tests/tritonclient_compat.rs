@@ -160,6 +160,8 @@ fn start_server(root: &Path, models: &Path, scratch: &Path) -> (Server, u16, u16
                 ready.display()
             );
         }
+        // a test thread polling a child process, not a runtime thread
+        #[allow(clippy::disallowed_methods)]
         sleep(Duration::from_millis(100));
     }
 }
@@ -213,6 +215,8 @@ fn tritonclient_http_and_grpc() {
                 tail(&client_log, 100)
             );
         }
+        // a test thread polling a child process, not a runtime thread
+        #[allow(clippy::disallowed_methods)]
         sleep(Duration::from_millis(100));
     };
     let report = fs::read_to_string(&client_log).unwrap_or_default();

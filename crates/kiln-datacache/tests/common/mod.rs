@@ -140,6 +140,8 @@ impl Moto {
                 Instant::now() < deadline,
                 "moto did not start on port {port}"
             );
+            // a test thread polling a child process, not a runtime thread
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(100));
         }
         Moto {
