@@ -3,21 +3,13 @@
 //! outside the table; checking first gives the client the same 400 as the other backends,
 //! before compute and without failing the other requests of its batch.
 
-use crate::onnx_graph::{read_graph, GraphProto};
+use crate::onnx_graph::GraphProto;
 use kiln_core::gather::{GraphSketch, IndexBound, SketchNode};
-use std::path::Path;
 
-/// The index bounds of the model at `path`; none when the file is not an ONNX protobuf (an
-/// ORT-format model, say), which ONNX Runtime then checks alone.
-pub fn index_bounds(path: &Path) -> Vec<IndexBound> {
-    match read_graph(path) {
-        Ok(g) => sketch(&g).index_bounds(),
-        Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e,
-                "not an onnx protobuf: gather indices are left to onnxruntime");
-            Vec::new()
-        }
-    }
+/// The index bounds of the model's graph; none when the file could not be read as an ONNX
+/// protobuf (an ORT-format model, say), which ONNX Runtime then checks alone.
+pub fn index_bounds(graph: Option<&GraphProto>) -> Vec<IndexBound> {
+    graph.map(|g| sketch(g).index_bounds()).unwrap_or_default()
 }
 
 /// The facts of the main graph the analysis needs.

@@ -9,9 +9,8 @@
 //! the contracted dim of every input that feeds a `MatMul` or `Gemm` whose other operand is a
 //! constant, directly or through shape-preserving unary nodes.
 
-use crate::onnx_graph::{read_graph, GraphProto, NodeProto};
+use crate::onnx_graph::{GraphProto, NodeProto};
 use std::collections::HashMap;
-use std::path::Path;
 
 /// Unary operators that keep their input's shape, which may stand between an input and the
 /// multiplication.
@@ -40,17 +39,10 @@ const SHAPE_PRESERVING: &[&str] = &[
 /// file yields no pins: the session has already loaded it, and ONNX Runtime still checks
 /// shapes at run time.
 pub fn pinned_dims(
-    path: &Path,
+    graph: Option<&GraphProto>,
     ranks: &HashMap<String, usize>,
 ) -> HashMap<String, Vec<(usize, i64)>> {
-    let graph = match read_graph(path) {
-        Ok(g) => g,
-        Err(why) => {
-            tracing::debug!(path = %path.display(), %why, "input dims not derived from the graph");
-            return HashMap::new();
-        }
-    };
-    pins_of(&graph, ranks)
+    graph.map(|g| pins_of(g, ranks)).unwrap_or_default()
 }
 
 fn pins_of(
@@ -228,7 +220,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.onnx");
         std::fs::write(&path, bytes).unwrap();
-        let pins = pinned_dims(&path, &ranks);
+        let graph = crate::onnx_graph::read_graph(&path).expect("the graph written above");
+        let pins = pinned_dims(Some(&graph), &ranks);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(pins["x"], vec![(1, 4)]);
         assert_eq!(pins["z"], vec![(1, 5)]);
@@ -237,6 +230,9 @@ mod tests {
             !pins.contains_key("q") && !pins.contains_key("W"),
             "{pins:?}"
         );
-        assert!(pinned_dims(Path::new("/nonexistent/model.onnx"), &ranks).is_empty());
+        assert!(
+            crate::onnx_graph::read_graph(std::path::Path::new("/nonexistent/model.onnx")).is_err()
+        );
+        assert!(pinned_dims(None, &ranks).is_empty());
     }
 }

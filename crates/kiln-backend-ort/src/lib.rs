@@ -23,6 +23,7 @@ pub mod settings;
 use crate::io::{resolve, FileTensor};
 use crate::library::LibraryError;
 use crate::model::{build_session, OrtModel, Recipe, Shared};
+use crate::onnx_graph::GraphProto;
 use crate::settings::{OrtSettings, ProviderSpec};
 use kiln_core::backend::{Backend, LoadedModel};
 use kiln_core::{Error, ModelConfig, Result};
@@ -31,12 +32,12 @@ use std::sync::Arc;
 
 /// Replaces the symbolic input dims that the graph fixes ([`derive`]) with their values, except
 /// the batch dimension.
-fn pin_derived_dims(path: &Path, inputs: &mut [FileTensor], batched: bool) {
+fn pin_derived_dims(graph: Option<&GraphProto>, inputs: &mut [FileTensor], batched: bool) {
     let ranks = inputs
         .iter()
         .map(|t| (t.name.clone(), t.dims.len()))
         .collect();
-    let pins = derive::pinned_dims(path, &ranks);
+    let pins = derive::pinned_dims(graph, &ranks);
     for t in inputs.iter_mut() {
         for &(axis, size) in pins.get(&t.name).into_iter().flatten() {
             if batched && axis == 0 {
@@ -145,7 +146,14 @@ impl Backend for OrtBackend {
             .iter()
             .map(FileTensor::from_outlet)
             .collect();
-        pin_derived_dims(&path, &mut inputs, config.max_batch_size > 0);
+        // One read of the graph for both load-time analyses (dims it pins, indices it bounds).
+        let graph = onnx_graph::read_graph(&path)
+            .inspect_err(|why| {
+                tracing::debug!(path = %path.display(), %why,
+                    "graph not analysed: input dims and gather indices are left to onnxruntime")
+            })
+            .ok();
+        pin_derived_dims(graph.as_ref(), &mut inputs, config.max_batch_size > 0);
         let outputs: Vec<FileTensor> = session
             .outputs()
             .iter()
@@ -179,7 +187,7 @@ impl Backend for OrtBackend {
             ),
         ];
         tracing::debug!(path = %path.display(), execution_provider = %provider, "onnxruntime model loaded");
-        let index_bounds = bounds::index_bounds(&path);
+        let index_bounds = bounds::index_bounds(graph.as_ref());
         let shared = Shared {
             io,
             output_index,
