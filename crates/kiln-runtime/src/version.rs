@@ -129,6 +129,11 @@ impl ServedVersion {
         })
     }
 
+    /// `model 'name' version v`, how errors name this version.
+    fn label(&self) -> String {
+        format!("model '{}' version {}", self.name, self.version)
+    }
+
     /// Inputs and outputs.
     pub fn io(&self) -> &ModelIo {
         self.model.io()
@@ -168,15 +173,9 @@ impl ServedVersion {
         let (inputs, rows) = self.validate(req.inputs)?;
         // The model's own data checks (e.g. ids within the table a Gather reads) run per
         // request, so a bad request never fails the others batched with it.
-        self.model.check_inputs(&inputs).map_err(|e| {
-            Error::new(
-                e.code,
-                format!(
-                    "model '{}' version {}: {}",
-                    self.name, self.version, e.message
-                ),
-            )
-        })?;
+        self.model
+            .check_inputs(&inputs)
+            .map_err(|e| Error::new(e.code, format!("{}: {}", self.label(), e.message)))?;
         let db = &self.config.dynamic_batching;
         let level = match req.priority {
             None | Some(0) => self.config.default_priority(),
@@ -215,16 +214,10 @@ impl ServedVersion {
             },
         };
         answer.map_err(|_| {
-            Error::unavailable(match self.scheduler.failure() {
-                Some(why) => format!(
-                    "model '{}' version {} stopped before answering: {why}",
-                    self.name, self.version
-                ),
-                None => format!(
-                    "model '{}' version {} stopped before answering",
-                    self.name, self.version
-                ),
-            })
+            let why = (self.scheduler.failure())
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
+            Error::unavailable(format!("{} stopped before answering{why}", self.label()))
         })?
     }
 
