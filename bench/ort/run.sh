@@ -9,13 +9,16 @@
 #   BACKENDS  Kiln backends (default "onnxruntime tract")
 #   INSTANCES instance_group.count (default 1)
 #   THREADS   instance_group.threads, i.e. ONNX Runtime intra-op threads; also the raw engine's
-#             intra-op threads (default 2; tract ignores it)
+#             intra-op threads (default 1, the one server core; tract ignores it)
 #   MAX_BATCH max_batch_size (default 64, as the examples); DELAY_US max_queue_delay_us (default 0)
 #   SPIN      onnxruntime models' parameters.allow_spinning (default true, the ORT default)
 #   CONC / MI / TRIALS / BATCHES / PROTOS as in ../shared/peers/README.md (CONC default 8)
 #   SHM=1     tensors through system shared memory (kiln serve --allow-client-shm,
 #             perf_analyzer --shared-memory system); rows are labelled kiln-BACKEND-shm
 #   SKIP_BUILD use the kiln binary already built; KILN a binary to use instead of target/release/kiln
+#   SERVER_CPUS / CLIENT_CPUS  cores (taskset lists) for the server and the raw engine / for
+#             perf_analyzer (default 0 / 1, so neither measures the other's load; empty = unpinned).
+#             Give THREADS no more threads than SERVER_CPUS has cores.
 # Results: $OUT/results.md (default bench/out/ort-DATE), Kiln's server-side latency quantiles from
 # its own histograms in $OUT/server_side.txt, CPU per request of the server and of perf_analyzer
 # (with the ceiling they leave; bench/ort/cpu.py) in $OUT/cpu.txt, the load average before and
@@ -28,10 +31,14 @@ OUT=${OUT:-$ROOT/bench/out/ort-$(date +%Y%m%d-%H%M%S)}
 export RESULTS=$OUT/results.md CONC=${CONC:-8}
 KILN=${KILN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln}
 HP=${HTTP_PORT:-18000} GP=${GRPC_PORT:-18001} MP=${METRICS_PORT:-18002}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
+SERVER_CPUS=${SERVER_CPUS-0} CLIENT_CPUS=${CLIENT_CPUS-1}
+pin_server=() pin_client=()
+[ -z "$SERVER_CPUS" ] || pin_server=(taskset -c "$SERVER_CPUS")
+[ -z "$CLIENT_CPUS" ] || pin_client=(taskset -c "$CLIENT_CPUS")
 what=${*:-raw kiln}
 mkdir -p "$OUT"
-echo "start: $(uptime)" >>"$OUT/load.txt"
+echo "start: $(uptime); server cpus '${SERVER_CPUS}', client cpus '${CLIENT_CPUS}', threads $THREADS" >>"$OUT/load.txt"
 
 pa_args() { # perf_analyzer fills inputs with random bytes; the ranker's ids are indices
   local a=""
@@ -43,7 +50,7 @@ kiln_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 if [[ " $what " == *" raw "* ]]; then
   for m in ${MODELS:-mlp ranker}; do
-    THREADS=$THREADS "$PEERS_SH" raw --results "$RESULTS" --label "raw onnxruntime $m (intra_op $THREADS)" \
+    THREADS=$THREADS "${pin_server[@]}" "$PEERS_SH" raw --results "$RESULTS" --label "raw onnxruntime $m (intra_op $THREADS)" \
       "$ROOT/examples/models/$m/1/model.onnx" ${BATCHES:-1 64} | tee -a "$OUT/raw.txt"
   done
 fi
@@ -70,7 +77,7 @@ TOML
       fi
     done
     rm -f "$OUT/ready.json"
-    "$KILN" serve --model-repository "$repo" --host 127.0.0.1 --http-port "$HP" --grpc-port "$GP" \
+    "${pin_server[@]}" "$KILN" serve --model-repository "$repo" --host 127.0.0.1 --http-port "$HP" --grpc-port "$GP" \
       --metrics-port "$MP" --ready-file "$OUT/ready.json" --log warn ${SHM:+--allow-client-shm} \
       >"$OUT/kiln-$backend.log" 2>&1 &
     kiln_pid=$!
@@ -84,7 +91,7 @@ TOML
           curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_before.txt"
           t0=$(kiln_ticks "$kiln_pid")
           PA_ARGS=$(pa_args "$m") PROTOS=$proto /usr/bin/time -f "%U %S" -o "$OUT/client_cpu.txt" \
-            "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" "$m" "$label" "$b" >/dev/null || true
+            "${pin_client[@]}" "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" "$m" "$label" "$b" >/dev/null || true
           t1=$(kiln_ticks "$kiln_pid")
           curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_after.txt"
           { echo "server-side, $label $proto batch $b conc $CONC:"

@@ -4,7 +4,10 @@
 #
 #   bench/serve/run.sh [kiln] [raw] [peers]      default: all three
 #
-# Env: SKIP_BUILD (use the binary already built), INSTANCES (kiln worker threads, default 2), DELAY_US (max_queue_delay_us, default 0),
+# Env: SKIP_BUILD (use the binary already built), KILNS ("label=binary ..." serves and measures
+# each binary in turn, e.g. a build before and after a change, instead of building), SERVER_CPUS /
+# CLIENT_CPUS (taskset core lists for the server and the raw engine / for perf_analyzer; default
+# 0 / 1, empty = unpinned), INSTANCES (kiln worker threads, default 1, one per server core), DELAY_US (max_queue_delay_us, default 0),
 # BACKEND (kiln backend for the model, default tract), CONC / MI / TRIALS / BATCHES as in
 # ../shared/peers/README.md. Results: bench/out/serve-DATE/results.md plus Kiln's server-side
 # latency quantiles (from its own histograms) per protocol and batch size.
@@ -18,11 +21,14 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 HP=${HTTP_PORT:-18000} GP=${GRPC_PORT:-18001} MP=${METRICS_PORT:-18002}
 MODEL_ONNX=$ROOT/examples/models/mlp/1/model.onnx
 what=${*:-kiln raw peers}
+SERVER_CPUS=${SERVER_CPUS-0} CLIENT_CPUS=${CLIENT_CPUS-1}
+pin_server=() pin_client=()
+[ -z "$SERVER_CPUS" ] || pin_server=(taskset -c "$SERVER_CPUS")
+[ -z "$CLIENT_CPUS" ] || pin_client=(taskset -c "$CLIENT_CPUS")
 mkdir -p "$OUT"
 
-if [[ " $what " == *" kiln "* ]]; then
-  [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kiln)
-  repo=$OUT/models
+run_kiln() { # label binary
+  local label=$1 bin=$2 repo=$OUT/models
   mkdir -p "$repo/mlp/1"
   cp "$MODEL_ONNX" "$repo/mlp/1/model.onnx"
   cat >"$repo/mlp/config.toml" <<TOML
@@ -40,20 +46,20 @@ dims = [1]
 max_queue_delay_us = ${DELAY_US:-0}
 max_queue_size = 4096
 [instance_group]
-count = ${INSTANCES:-2}
+count = ${INSTANCES:-1}
 TOML
-  "$TARGET/release/kiln" serve --model-repository "$repo" --host 127.0.0.1 \
+  rm -f "$OUT/ready.json"
+  "${pin_server[@]}" "$bin" serve --model-repository "$repo" --host 127.0.0.1 \
     --http-port "$HP" --grpc-port "$GP" --metrics-port "$MP" --ready-file "$OUT/ready.json" \
-    --log warn >"$OUT/kiln.log" 2>&1 &
+    --log warn >"$OUT/$label.log" 2>&1 &
   kiln_pid=$!
   trap 'kill $kiln_pid 2>/dev/null || true' EXIT
   for _ in $(seq 600); do [ -s "$OUT/ready.json" ] && break; sleep 0.1; done
-  [ -s "$OUT/ready.json" ] || { cat "$OUT/kiln.log"; exit 1; }
-  label="kiln-${BACKEND:-tract}"
+  [ -s "$OUT/ready.json" ] || { cat "$OUT/$label.log"; exit 1; }
   for proto in http grpc; do
     for b in ${BATCHES:-1 64}; do
       curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_before.txt"
-      PROTOS=$proto "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" mlp "$label" "$b" >/dev/null || true
+      PROTOS=$proto "${pin_client[@]}" "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" mlp "$label" "$b" >/dev/null || true
       curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_after.txt"
       { echo "server-side, $label $proto batch $b (all concurrencies):"
         python3 "$ROOT/bench/serve/hist.py" "$OUT/m_before.txt" "$OUT/m_after.txt" mlp; } | tee -a "$OUT/server_side.txt"
@@ -61,10 +67,19 @@ TOML
   done
   kill -TERM "$kiln_pid"; wait "$kiln_pid" || true
   trap - EXIT
+}
+
+if [[ " $what " == *" kiln "* ]]; then
+  if [ -n "${KILNS:-}" ]; then
+    for kv in $KILNS; do run_kiln "kiln-${kv%%=*}" "${kv#*=}"; done
+  else
+    [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kiln)
+    run_kiln "kiln-${BACKEND:-tract}" "$TARGET/release/kiln"
+  fi
 fi
 
 if [[ " $what " == *" raw "* ]]; then
-  "$PEERS_SH" raw "$MODEL_ONNX" ${BATCHES:-1 64} | tee "$OUT/raw.txt"
+  "${pin_server[@]}" "$PEERS_SH" raw "$MODEL_ONNX" ${BATCHES:-1 64} | tee "$OUT/raw.txt"
 fi
 
 if [[ " $what " == *" peers "* ]]; then
