@@ -12,34 +12,35 @@
 //! version through the repository. A new version whose weights file has no tensor for a table
 //! shares the live table of the version it replaces (deltas applied so far are kept); one that
 //! has it starts from the file.
+//!
+//! Modules: [`spec`] (the config), [`weights`] (the safetensors file), [`features`] (raw ids to
+//! table keys, the one definition of feature hashing), [`tables`] (the live-table registry and
+//! the sparse control plane), [`mlp`] and [`model`] (the CPU forward pass).
 
 #![warn(missing_docs)]
 
+pub mod features;
 pub mod mlp;
 pub mod model;
 pub mod spec;
+pub mod tables;
 pub mod weights;
 
 use kiln_core::{Backend, DataType, Error, LoadedModel, ModelConfig, ModelIo, Result, TensorSpec};
-use kiln_embed::{EmbedCollector, Pooling, Table};
+use kiln_embed::{EmbedCollector, Pooling};
 use model::RecsysModel;
-use parking_lot::Mutex;
-use spec::{Interaction, Layout, RecsysSpec};
-use std::collections::HashMap;
+use spec::{Interaction, RecsysSpec};
 use std::path::Path;
-use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::sync::Arc;
+pub use tables::TableRegistry;
 use weights::WeightsFile;
 
-/// Rows inserted per write while a table loads.
-const LOAD_CHUNK_ROWS: usize = 16_384;
-
-/// The `recsys` backend. Keeps the live tables of loaded models so a new version can share
-/// them, and the Prometheus collector of their metrics.
+/// The `recsys` backend. Its [`TableRegistry`] keeps the live tables of loaded models, so a
+/// new version can share them, and the Prometheus collector of their metrics; a registry can be
+/// shared with another backend ([`RecsysBackend::with_tables`]).
 #[derive(Default)]
 pub struct RecsysBackend {
-    live: Mutex<HashMap<String, Weak<Table>>>,
-    collector: EmbedCollector,
+    tables: Arc<TableRegistry>,
 }
 
 impl RecsysBackend {
@@ -48,89 +49,19 @@ impl RecsysBackend {
         Self::default()
     }
 
-    /// The collector of every table's metrics (`kiln_embed_*`); register it once.
-    pub fn collector(&self) -> &EmbedCollector {
-        &self.collector
+    /// A backend sharing the live tables of `tables`.
+    pub fn with_tables(tables: Arc<TableRegistry>) -> Self {
+        Self { tables }
     }
 
-    fn table(
-        &self,
-        model: &str,
-        spec: &spec::TableSpec,
-        weights: &WeightsFile,
-    ) -> Result<Arc<Table>> {
-        let full = format!("{model}/{}", spec.name);
-        let tensor = format!("{}.weight", spec.name);
-        if !weights.has(&tensor) {
-            let live = self.live.lock().get(&full).and_then(Weak::upgrade);
-            return live.ok_or_else(|| {
-                Error::invalid(format!(
-                    "table '{}': the weights have no '{tensor}' and no loaded version of '{model}' has this table to share",
-                    spec.name
-                ))
-            });
-        }
-        let shape = weights.shape(&tensor)?;
-        if shape.len() != 2 || shape[1] == 0 {
-            return Err(Error::invalid(format!(
-                "table '{}': '{tensor}' has shape {shape:?}; [rows, dim] expected",
-                spec.name
-            )));
-        }
-        let (rows, dim) = (shape[0], shape[1]);
-        let keys = if weights.has(&format!("{}.keys", spec.name)) {
-            let k = weights.i64(&format!("{}.keys", spec.name))?;
-            if k.len() != rows {
-                return Err(Error::invalid(format!(
-                    "table '{}': {} keys for {rows} rows",
-                    spec.name,
-                    k.len()
-                )));
-            }
-            Some(k)
-        } else {
-            None
-        };
-        let mut config = spec.config.clone();
-        config.name = full.clone();
-        config.dim = dim;
-        config.initial_rows = rows;
-        let direct = match spec.layout {
-            Layout::Hashed => false,
-            Layout::Direct if keys.is_some() => {
-                return Err(Error::invalid(format!(
-                    "table '{}': layout = \"direct\" addresses row k by key k, but the weights carry '{}.keys'; use layout = \"hashed\"",
-                    spec.name, spec.name
-                )))
-            }
-            Layout::Direct => true,
-        };
-        if direct {
-            config.key_space = Some(rows.max(1) as u64);
-        }
-        let table = Table::new(config)
-            .map_err(|e| Error::invalid(format!("table '{}': {e}", spec.name)))?;
-        let started = Instant::now();
-        let mut next = 0usize;
-        weights.f32_chunks(&tensor, LOAD_CHUNK_ROWS, |chunk| {
-            let n = chunk.len() / dim;
-            let ks: Vec<u64> = match &keys {
-                Some(k) => k[next..next + n].iter().map(|&k| k as u64).collect(),
-                None => (next as u64..(next + n) as u64).collect(),
-            };
-            table
-                .upsert(&ks, chunk, None)
-                .map_err(|e| Error::invalid(format!("table '{}': {e}", spec.name)))?;
-            next += n;
-            if rows >= 1 << 20 && next % (1 << 20) < n {
-                tracing::info!(table = %full, rows = next, of = rows, "loading table");
-            }
-            Ok(())
-        })?;
-        tracing::info!(table = %full, rows, dim, seconds = started.elapsed().as_secs_f64(), "table loaded");
-        let table = Arc::new(table);
-        self.live.lock().insert(full, Arc::downgrade(&table));
-        Ok(table)
+    /// The live tables.
+    pub fn tables(&self) -> &Arc<TableRegistry> {
+        &self.tables
+    }
+
+    /// The collector of every table's metrics (`kiln_embed_*`); register it once.
+    pub fn collector(&self) -> &EmbedCollector {
+        self.tables.collector()
     }
 }
 
@@ -166,16 +97,12 @@ impl Backend for RecsysBackend {
         let weights = WeightsFile::open(&path)?;
         let bottom = weights.mlp("bottom")?;
         let top = weights.mlp("top")?;
-        let tables = spec
-            .tables
-            .iter()
-            .map(|t| self.table(&model, t, &weights))
-            .collect::<Result<Vec<_>>>()?;
+        let mut tables = self.tables.open_all(&model, &spec.tables, &weights)?;
         let bw = bottom.last().map(|l| l.outputs).unwrap_or(0);
         let widths: Vec<usize> = spec
             .sparse
             .iter()
-            .map(|f| f.pooling.output_width(tables[f.table].dim()))
+            .map(|f| f.pooling.output_width(tables.get(f.table).dim()))
             .collect();
         let z_width = match spec.interaction {
             Interaction::Concat => bw + widths.iter().sum::<usize>(),
@@ -238,9 +165,6 @@ impl Backend for RecsysBackend {
         } else {
             None
         };
-        for t in &tables {
-            self.collector.add(t.metrics().clone());
-        }
         let pooling = |p: Pooling| match p {
             Pooling::Sum => "sum".to_string(),
             Pooling::Mean => "mean".to_string(),
@@ -251,10 +175,15 @@ impl Backend for RecsysBackend {
                 "interaction".to_string(),
                 format!("{:?}", spec.interaction).to_lowercase(),
             ),
-            ("tables".to_string(), tables.len().to_string()),
+            ("tables".to_string(), tables.tables().len().to_string()),
             (
                 "table_rows".to_string(),
-                tables.iter().map(|t| t.len()).sum::<usize>().to_string(),
+                tables
+                    .tables()
+                    .iter()
+                    .map(|t| t.len())
+                    .sum::<usize>()
+                    .to_string(),
             ),
             (
                 "pooling".to_string(),
@@ -266,6 +195,7 @@ impl Backend for RecsysBackend {
             ("threads".to_string(), threads.to_string()),
             ("gemm".to_string(), "gemm crate, f32".to_string()),
         ];
+        tables.publish_metrics();
         Ok(Arc::new(RecsysModel {
             io,
             spec,
@@ -277,7 +207,6 @@ impl Backend for RecsysBackend {
             z_width,
             threads,
             pool,
-            collector: self.collector.clone(),
             describe,
         }))
     }

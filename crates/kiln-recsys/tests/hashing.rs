@@ -2,8 +2,12 @@
 //! a BYTES feature hashed with xxh3 into 100 buckets (sum pooling), an INT64 feature hashed into
 //! 50 buckets (mean pooling, -1 padding), a 2-wide dense input, and a top layer that sums
 //! everything, so each output is checked against a hand computation.
+//!
+//! A second model stores its rows under keys computed with `kiln_recsys::features::key_of`, as
+//! an online learner would write them, and checks that serving finds exactly those rows.
 
 use kiln_core::{Backend, DataType, ModelConfig, Tensor};
+use kiln_recsys::features::{key_of, Hashing, RawId};
 use kiln_recsys::RecsysBackend;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -158,4 +162,102 @@ fn load_errors_name_what_is_wrong() {
         .err()
         .expect("refused");
     assert!(e.message.contains("t_other"), "{e}");
+}
+
+const KEYED: &str = r#"
+backend = "recsys"
+default_model_filename = "model.safetensors"
+max_batch_size = 8
+[parameters]
+interaction = "concat"
+output = "score"
+output_activation = "none"
+dense_input = "dense"
+[[parameters.sparse]]
+name = "user"
+table = "t_user"
+max_ids = 1
+data_type = "BYTES"
+hash = "xxh3"
+[[parameters.sparse]]
+name = "items"
+table = "t_item"
+max_ids = 3
+hash = "xxh3"
+buckets = 1000
+input = "ragged"
+"#;
+
+/// Rows written under keys a learner computes with `key_of` are the rows serving pools.
+#[test]
+fn rows_keyed_by_key_of_are_the_rows_served() {
+    let users: [&[u8]; 3] = [b"alice", b"bob", b"carol"];
+    let items: [i64; 5] = [0, 7, 42, 9_000_000_001, -2];
+    let user_keys: Vec<i64> = users
+        .iter()
+        .map(|u| key_of(RawId::Bytes(u), Hashing::Xxh3, None) as i64)
+        .collect();
+    let item_keys: Vec<i64> = items
+        .iter()
+        .map(|&i| key_of(RawId::Int(i), Hashing::Xxh3, Some(1000)) as i64)
+        .collect();
+    // user row r is [r + 1; 4]; item row r is [10^r / 1000, 0, 0, 0]
+    let user: Vec<f32> = (0..3).flat_map(|r| [(r + 1) as f32; 4]).collect();
+    let item_value = |r: usize| 10f32.powi(r as i32) / 1000.0;
+    let item: Vec<f32> = (0..5)
+        .flat_map(|r| [item_value(r), 0.0, 0.0, 0.0])
+        .collect();
+    let i64_bytes = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let bufs: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("t_user.weight", Dtype::F32, vec![3, 4], f32_bytes(&user)),
+        ("t_user.keys", Dtype::I64, vec![3], i64_bytes(&user_keys)),
+        ("t_item.weight", Dtype::F32, vec![5, 4], f32_bytes(&item)),
+        ("t_item.keys", Dtype::I64, vec![5], i64_bytes(&item_keys)),
+        (
+            "bottom.0.weight",
+            Dtype::F32,
+            vec![4, 2],
+            f32_bytes(&[0.0; 8]),
+        ),
+        ("bottom.0.bias", Dtype::F32, vec![4], f32_bytes(&[0.0; 4])),
+        (
+            "top.0.weight",
+            Dtype::F32,
+            vec![1, 12],
+            f32_bytes(&[1.0; 12]),
+        ),
+        ("top.0.bias", Dtype::F32, vec![1], f32_bytes(&[0.0])),
+    ];
+    let views: Vec<(&str, TensorView<'_>)> = bufs
+        .iter()
+        .map(|(n, dtype, shape, data)| (*n, TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("keyed/1");
+    std::fs::create_dir_all(&v1).unwrap();
+    safetensors::serialize_to_file(views, None, &v1.join("model.safetensors")).unwrap();
+    let config = ModelConfig::parse(KEYED, "keyed").unwrap();
+    let model = RecsysBackend::new().load(&v1, &config).expect("load");
+
+    // rows: (bob, [7, 42]), (alice, []), (carol, [9000000001, -2, 0]), (unknown, [-1 padding, 123])
+    let request_users: [&[u8]; 4] = [b"bob", b"alice", b"carol", b"dave"];
+    let values: [i64; 7] = [7, 42, 9_000_000_001, -2, 0, -1, 123];
+    let lengths: [i32; 4] = [2, 0, 3, 2];
+    let inputs = vec![
+        Tensor::from_vec("dense", vec![4, 2], &[0.0f32; 8]),
+        strings("user", &request_users),
+        Tensor::from_vec("items_values", vec![7], &values),
+        Tensor::from_vec("items_lengths", vec![4], &lengths),
+    ];
+    let out = model.execute(&inputs).expect("execute");
+    let got: Vec<f32> = out[0].to_vec().unwrap();
+    let want = [
+        4.0 * 2.0 + item_value(1) + item_value(2),
+        4.0 * 1.0,
+        4.0 * 3.0 + item_value(3) + item_value(4) + item_value(0),
+        0.0, // an unknown user, padding and an id no row was written for: zeros
+    ];
+    for (r, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() < 1e-4, "row {r}: got {g}, want {w}");
+    }
 }
