@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,7 +33,9 @@ struct StateLabel {
 /// All metrics of one cache process. Cheap to share (`Arc`) and to update.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// The `kiln_cache_*` families, plus collectors the process adds
+    /// ([`Metrics::register_collector`]).
+    registry: Mutex<Registry>,
     /// Bytes served from the memory tier.
     pub hit_bytes_memory: Counter,
     /// Bytes served from the disk tier.
@@ -219,7 +223,7 @@ impl Metrics {
             hit_bytes_memory,
             hit_bytes_disk,
             remote_read_nanos: AtomicU64::new(0),
-            registry,
+            registry: Mutex::new(registry),
             miss_bytes,
             hit_files,
             miss_files,
@@ -280,10 +284,16 @@ impl Metrics {
             .set(disk as i64);
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Adds `collector` to what [`Metrics::encode`] exposes, after the cache's own metrics: the
+    /// process that runs the cache adds its own (process metrics, for one).
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry.lock().register_collector(collector);
+    }
+
+    /// OpenMetrics text exposition of every metric, ending with `# EOF`.
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry.lock());
         s
     }
 
@@ -393,4 +403,39 @@ pub struct StatsSnapshot {
     pub metadata_files: u64,
     /// Heap bytes of the metadata cache.
     pub metadata_heap_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+    use prometheus_client::metrics::gauge::ConstGauge;
+
+    #[derive(Debug)]
+    struct Answer;
+
+    impl Collector for Answer {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let g = ConstGauge::new(42i64);
+            let m = encoder.encode_descriptor(
+                "test_answer",
+                "an extra family",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)
+        }
+    }
+
+    #[test]
+    fn a_registered_collector_is_encoded_before_the_terminator() {
+        let m = Metrics::new();
+        m.miss_files.inc();
+        m.register_collector(Box::new(Answer));
+        let text = m.encode();
+        assert!(text.contains("\nkiln_cache_miss_files_total 1\n"), "{text}");
+        assert!(text.contains("\ntest_answer 42\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
+use prometheus_client::collector::Collector;
 
 use crate::admin::{self, DaemonInfo};
 use crate::error::{DatacacheError, Result};
@@ -119,9 +120,22 @@ pub fn prepare_mountpoint(path: &Path, cache_dir: &Path) -> Result<PathBuf> {
 /// Runs a mount until `shutdown` resolves or the file system is unmounted from outside, then
 /// unmounts, flushes the cache and returns.
 pub async fn run_mount(cfg: MountConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    run_mount_with_collectors(cfg, Vec::new(), shutdown).await
+}
+
+/// [`run_mount`], with `collectors` added to the metrics the admin endpoint serves: the process
+/// that runs the mount adds its own (the `kiln` binary adds process metrics).
+pub async fn run_mount_with_collectors(
+    cfg: MountConfig,
+    collectors: Vec<Box<dyn Collector>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     let cache_dir = cfg.service.cache.dir.clone();
     let mountpoint = prepare_mountpoint(&cfg.mountpoint, &cache_dir)?;
     let svc = Arc::new(CacheService::open(cfg.service.clone()).await?);
+    for c in collectors {
+        svc.metrics.register_collector(c);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_url = None;
     let mut admin_task = None;
