@@ -194,15 +194,9 @@ pub fn check_input_shape(spec: &TensorSpec, shape: &[i64], batched: bool) -> Res
     if ok {
         return Ok(());
     }
-    let expected: Vec<i64> = if batched {
-        std::iter::once(-1)
-            .chain(spec.dims.iter().copied())
-            .collect()
-    } else {
-        spec.dims.clone()
-    };
     Err(crate::error::Error::invalid(format!(
-        "input '{}': shape {shape:?} does not match the model's {expected:?}",
-        spec.name
+        "input '{}': shape {shape:?} does not match the model's {:?}",
+        spec.name,
+        spec.client_shape(batched)
     )))
 }

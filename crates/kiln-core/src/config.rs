@@ -81,6 +81,18 @@ pub struct TensorSpec {
     pub allow_ragged_batch: bool,
 }
 
+impl TensorSpec {
+    /// The shape clients are shown (model metadata, shape errors): a batching model's tensors
+    /// lead with a variable (`-1`) batch dimension.
+    pub fn client_shape(&self, batched: bool) -> Vec<i64> {
+        batched
+            .then_some(-1)
+            .into_iter()
+            .chain(self.dims.iter().copied())
+            .collect()
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
