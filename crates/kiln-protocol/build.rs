@@ -1,5 +1,71 @@
 //! Generates the gRPC messages, server and client from `proto/` with a pure-Rust protobuf
 //! compiler, so building needs no system `protoc`.
+//!
+//! The control-plane answers (model metadata, model configuration, statistics, repository
+//! index) also derive `serde::Serialize`, so the HTTP front end renders the very message the
+//! gRPC front end sends, as Triton renders its protobuf model configuration to JSON: field
+//! names as in the `.proto`, enums by their names, the version policy's oneof as its chosen
+//! field, unset messages left out.
+
+/// Messages (with their nested types) that HTTP renders as JSON.
+const JSON_MESSAGES: &[&str] = &[
+    ".inference.ServerMetadataResponse",
+    ".inference.ModelMetadataResponse",
+    ".inference.ModelConfig",
+    ".inference.ModelRateLimiter",
+    ".inference.ModelInstanceGroup",
+    ".inference.ModelTensorReshape",
+    ".inference.ModelInput",
+    ".inference.ModelOutput",
+    ".inference.ModelQueuePolicy",
+    ".inference.ModelDynamicBatching",
+    ".inference.ModelParameter",
+    ".inference.ModelTransactionPolicy",
+    ".inference.ModelResponseCache",
+    ".inference.ModelStatisticsResponse",
+    ".inference.ModelStatistics",
+    ".inference.StatisticDuration",
+    ".inference.InferStatistics",
+    ".inference.InferResponseStatistics",
+    ".inference.InferBatchStatistics",
+    ".inference.MemoryUsage",
+    ".inference.RepositoryIndexResponse",
+];
+
+/// Enum fields of those messages, with the function (in `grpc_convert::json`) that writes the
+/// enum's name.
+const ENUM_FIELDS: &[(&str, &str)] = &[
+    (".inference.ModelInput.data_type", "data_type"),
+    (".inference.ModelOutput.data_type", "data_type"),
+    (".inference.ModelInput.format", "input_format"),
+    (".inference.ModelInstanceGroup.kind", "instance_kind"),
+    (
+        ".inference.ModelInstanceGroup.SecondaryDevice.kind",
+        "secondary_device_kind",
+    ),
+    (
+        ".inference.ModelQueuePolicy.timeout_action",
+        "timeout_action",
+    ),
+];
+
+/// Optional message fields, left out of the JSON when unset (as protobuf's JSON mapping does).
+const OPTIONAL_MESSAGES: &[&str] = &[
+    ".inference.ModelConfig.version_policy",
+    ".inference.ModelConfig.dynamic_batching",
+    ".inference.ModelConfig.model_transaction_policy",
+    ".inference.ModelConfig.response_cache",
+    ".inference.ModelInput.reshape",
+    ".inference.ModelOutput.reshape",
+    ".inference.ModelInstanceGroup.rate_limiter",
+    ".inference.ModelDynamicBatching.default_queue_policy",
+];
+
+/// String fields of the repository index left out when empty, as Triton's HTTP index does.
+const OPTIONAL_STRINGS: &[&str] = &[
+    ".inference.RepositoryIndexResponse.ModelIndex.version",
+    ".inference.RepositoryIndexResponse.ModelIndex.reason",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -11,13 +77,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
+    let mut b = tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .codec_path("crate::codec::ProtoCodec")
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
         .bytes(".kiln.admin.v1.ApplyDeltaRequest.delta")
-        .compile_fds(fds)?;
+        // sorted maps, so a configuration renders the same way every time
+        .btree_map(".inference.ModelConfig");
+    for m in JSON_MESSAGES {
+        b = b.type_attribute(m, "#[derive(serde::Serialize)]");
+    }
+    b = b.field_attribute(
+        ".inference.ModelConfig.version_policy",
+        "#[serde(serialize_with = \"crate::grpc_convert::json::version_policy\")]",
+    );
+    for (field, f) in ENUM_FIELDS {
+        b = b.field_attribute(
+            field,
+            format!("#[serde(serialize_with = \"crate::grpc_convert::json::{f}\")]"),
+        );
+    }
+    for field in OPTIONAL_MESSAGES {
+        b = b.field_attribute(field, "#[serde(skip_serializing_if = \"Option::is_none\")]");
+    }
+    for field in OPTIONAL_STRINGS {
+        b = b.field_attribute(
+            field,
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        );
+    }
+    b.compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use kiln_core::{DataType, Error, ErrorCode, ModelConfig, ModelIo, Result, Tensor
 use std::collections::HashMap;
 use std::fmt::Display;
 
+pub(crate) mod json;
 #[cfg(test)]
 mod tests;
 
