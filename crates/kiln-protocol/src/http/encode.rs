@@ -23,12 +23,69 @@ use kiln_core::{DataType, Error, Result, Tensor};
 /// `application/octet-stream`. Fails if an output's data do not match its shape, or if a
 /// `BYTES` output to be sent as JSON is not valid UTF-8 (the message tells the client to ask
 /// for it as binary data).
+///
+/// This joins the body into one buffer; a server writing to a socket should use
+/// [`encode_response_parts`], which shares large binary outputs instead of copying them.
 pub fn encode_response(
     model_name: &str,
     model_version: &str,
     id: Option<&str>,
     outputs: &[(Tensor, Delivery)],
 ) -> Result<(Bytes, Option<usize>)> {
+    let parts = encode_response_parts(model_name, model_version, id, outputs)?;
+    let json_len = parts.json_len;
+    Ok((parts.into_bytes(), json_len))
+}
+
+/// Binary outputs up to this size are copied after the JSON, so a small response is one
+/// buffer (one write); larger ones are sent from the output tensor's own memory.
+const SHARE_AT_BYTES: usize = 16 * 1024;
+
+/// An encoded HTTP inference response: `head`, then each of `tail` in order.
+#[derive(Debug, Clone)]
+pub struct EncodedResponse {
+    /// The JSON part, followed by the leading binary outputs smaller than 16 KiB.
+    pub head: Bytes,
+    /// The remaining binary outputs, sharing the output tensors' memory (no copy).
+    pub tail: Vec<Bytes>,
+    /// The length of the JSON part when any output is binary, for
+    /// `Inference-Header-Content-Length`; `None` for a JSON-only body.
+    pub json_len: Option<usize>,
+}
+
+impl EncodedResponse {
+    /// The body's length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Whether the body is empty (never, for a valid response).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The body as one buffer (copies the tail, if any).
+    pub fn into_bytes(self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head;
+        }
+        let mut buf = Vec::with_capacity(self.len());
+        buf.extend_from_slice(&self.head);
+        for b in &self.tail {
+            buf.extend_from_slice(b);
+        }
+        Bytes::from(buf)
+    }
+}
+
+/// Encodes an inference response as [`encode_response`] does, but leaves binary outputs of
+/// 16 KiB or more as shared slices after the JSON, so no output is copied into the body.
+pub fn encode_response_parts(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    outputs: &[(Tensor, Delivery)],
+) -> Result<EncodedResponse> {
     let json_estimate: usize = outputs
         .iter()
         .map(|(t, d)| {
@@ -39,12 +96,14 @@ pub fn encode_response(
             }
         })
         .sum();
-    let binary_len: usize = outputs
+    // the binary outputs copied after the JSON: the leading ones under the share size
+    let copied = outputs
         .iter()
         .filter(|(_, d)| *d == Delivery::Binary)
-        .map(|(t, _)| t.data.len())
-        .sum();
-    let mut buf = Vec::with_capacity(64 + json_estimate + binary_len);
+        .take_while(|(t, _)| t.data.len() < SHARE_AT_BYTES);
+    let copied_len: usize = copied.clone().map(|(t, _)| t.data.len()).sum();
+    let copied_count = copied.count();
+    let mut buf = Vec::with_capacity(64 + json_estimate + copied_len);
 
     buf.extend_from_slice(b"{\"model_name\":");
     write_str(&mut buf, model_name);
@@ -92,13 +151,22 @@ pub fn encode_response(
     buf.extend_from_slice(b"]}");
 
     if !outputs.iter().any(|(_, d)| *d == Delivery::Binary) {
-        return Ok((Bytes::from(buf), None));
+        return Ok(EncodedResponse {
+            head: Bytes::from(buf),
+            tail: Vec::new(),
+            json_len: None,
+        });
     }
-    let header_len = buf.len();
-    for (t, _) in outputs.iter().filter(|(_, d)| *d == Delivery::Binary) {
+    let json_len = buf.len();
+    let mut binary = outputs.iter().filter(|(_, d)| *d == Delivery::Binary);
+    for (t, _) in binary.by_ref().take(copied_count) {
         buf.extend_from_slice(&t.data);
     }
-    Ok((Bytes::from(buf), Some(header_len)))
+    Ok(EncodedResponse {
+        head: Bytes::from(buf),
+        tail: binary.map(|(t, _)| t.data.clone()).collect(),
+        json_len: Some(json_len),
+    })
 }
 
 /// Triton's HTTP error body: `{"error":"<message>"}`.

@@ -12,11 +12,13 @@ mod encode;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_parts;
+#[cfg(test)]
 mod tests_strict;
 
 pub use crate::request::{InferRequest, RequestedOutput};
 pub use decode::{decode_request, parse_json_object};
-pub use encode::{encode_response, error_body};
+pub use encode::{encode_response, encode_response_parts, error_body, EncodedResponse};
 
 /// The header that gives the length of the JSON part of a body with binary tensors.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
