@@ -1,13 +1,15 @@
 //! Kiln's runtime: the model repository (versions, hot reload, load/unload), one
 //! dynamic-batching scheduler per model version, Triton-style statistics and Prometheus metrics.
 //!
-//! It depends on `kiln-core` and the backends, never on the server above it.
+//! Of Kiln's crates it depends on `kiln-core` alone: it registers no engine itself (see
+//! [`Backends`]; the binary does), and never depends on the server above it.
 
 pub mod backends;
 pub mod metrics;
 pub mod repository;
 pub mod scheduler;
 pub mod stats;
+pub mod tables;
 pub mod version;
 mod warmup;
 mod worker;
@@ -15,4 +17,5 @@ mod worker;
 pub use backends::Backends;
 pub use metrics::RuntimeMetrics;
 pub use repository::{check_model_name, ControlMode, IndexEntry, ModelRepository, VersionState};
+pub use tables::{VersionDeltaAck, VersionTable};
 pub use version::{InferRequest, ServedVersion};

@@ -165,7 +165,7 @@ async fn repository_at(
         inputs: vec![spec("x")],
         outputs: vec![spec("y")],
     };
-    let mut backends = Backends::default();
+    let mut backends = Backends::new();
     backends.register(Arc::new(Scripted(control.clone(), io)));
     let repo = ModelRepository::new(dir.path(), backends, Arc::new(RuntimeMetrics::default()));
     repo.set_worker_nice(nice);

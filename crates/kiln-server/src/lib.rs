@@ -3,9 +3,11 @@
 //!
 //! [`Server::bind`] binds every port first (port 0 picks a free one, which tests use), then
 //! [`Server::serve`] runs until the shutdown future resolves: readiness turns false, listeners
-//! stop accepting, in-flight requests drain, and it returns.
+//! stop accepting, in-flight requests drain, and it returns. [`assemble`] puts a whole server
+//! together (metrics, model repository, listeners) for the binary and the tests alike.
 
 mod admission;
+mod assemble;
 mod body;
 mod error;
 mod grpc;
@@ -20,6 +22,7 @@ mod state;
 mod views;
 
 pub use admission::Admission;
+pub use assemble::{assemble, Assembled, Running, Settings};
 pub use error::to_status;
 pub use limits::Limits;
 pub use state::AppState;
@@ -67,6 +70,9 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The model repository cannot be served (its directory does not exist).
+    #[error(transparent)]
+    Repository(kiln_core::Error),
     /// A listener failed while serving.
     #[error("{what} server failed: {source}")]
     Serve {

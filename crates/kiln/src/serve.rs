@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use kiln_runtime::{Backends, ControlMode, ModelRepository, RuntimeMetrics};
-use kiln_server::{Limits, Server, ServerConfig};
+use kiln_runtime::{Backends, ControlMode};
+use kiln_server::{Limits, ServerConfig, Settings};
+use prometheus_client::registry::Registry;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,45 +145,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Mode::Explicit, None) => ControlMode::Explicit,
         (Mode::None, None) => ControlMode::None,
     };
-    let mut backends = Backends::default();
-    crate::onnx::configure(
-        &mut backends,
-        args.ort_library.clone(),
-        &args.default_onnx_backend,
-    )?;
-    let metrics = Arc::new(RuntimeMetrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
-    recsys.collector().register(&mut registry);
-    backends.register(recsys);
-    let repo = ModelRepository::new(&args.model_repository, backends, metrics);
-    repo.set_worker_nice(args.compute_nice);
-
+    let backends = backends(&args, &mut registry)?;
     let addr = |port| SocketAddr::new(args.host, port);
-    let config = ServerConfig {
-        http_addr: addr(args.http_port),
-        grpc_addr: addr(args.grpc_port),
-        metrics_addr: (!args.no_metrics).then(|| addr(args.metrics_port)),
-        max_request_bytes: args.max_request_bytes,
-        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-        allow_client_shm: args.allow_client_shm,
-        limits: limits(&args)?,
+    let settings = Settings {
+        model_repository: args.model_repository.clone(),
+        control_mode: mode,
+        startup_models: args.load_model.clone(),
+        compute_nice: args.compute_nice,
+        server: ServerConfig {
+            http_addr: addr(args.http_port),
+            grpc_addr: addr(args.grpc_port),
+            metrics_addr: (!args.no_metrics).then(|| addr(args.metrics_port)),
+            max_request_bytes: args.max_request_bytes,
+            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            allow_client_shm: args.allow_client_shm,
+            limits: limits(&args)?,
+        },
     };
-    let server = Server::bind(config, repo.clone(), registry).await?;
-    let ports = (
-        server.http_addr(),
-        server.grpc_addr(),
-        server.metrics_addr(),
-    );
-    // Serve health probes while the models load; readiness turns true once they are loaded.
-    let starter = server.starter();
-    starter.set_started(false);
-    let serving = tokio::spawn(server.serve(shutdown_signal()));
-    repo.start(mode, &args.load_model)
+    // Serves health probes while the models load; readiness turns true once they are loaded.
+    let running = kiln_server::assemble(settings, backends, registry)
+        .await?
+        .start(shutdown_signal())
         .await
         .with_context(|| format!("--model-repository {}", args.model_repository.display()))?;
-    starter.set_started(true);
+    let ports = (running.http_addr, running.grpc_addr, running.metrics_addr);
     if let Some(path) = &args.ready_file {
         let body = serde_json_ports(ports.0.port(), ports.1.port(), ports.2.map(|a| a.port()));
         let tmp = path.with_extension("tmp");
@@ -191,8 +178,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--ready-file {}", path.display()))?;
     }
     tracing::info!(http = %ports.0, grpc = %ports.1, metrics = ?ports.2, "kiln serve ready");
-    serving.await.context("server task failed")??;
+    running.task.await.context("server task failed")??;
     Ok(())
+}
+
+/// The backends `kiln serve` is built with: tract, ONNX Runtime (cargo feature `ort`) and
+/// recsys, whose metrics go into `registry`.
+fn backends(args: &ServeArgs, registry: &mut Registry) -> anyhow::Result<Backends> {
+    let mut backends = Backends::new();
+    backends.register(Arc::new(kiln_backend_tract::TractBackend));
+    crate::onnx::configure(
+        &mut backends,
+        args.ort_library.clone(),
+        &args.default_onnx_backend,
+    )?;
+    let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
+    recsys.collector().register(registry);
+    backends.register(recsys);
+    Ok(backends)
 }
 
 fn serde_json_ports(http: u16, grpc: u16, metrics: Option<u16>) -> String {

@@ -6,6 +6,7 @@ use crate::sparse;
 use crate::state::AppState;
 use kiln_protocol::admin as pb;
 use kiln_protocol::admin::sparse_admin_server::SparseAdmin;
+use kiln_runtime::{VersionDeltaAck, VersionTable};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -42,15 +43,16 @@ impl SparseAdmin for AdminService {
         Ok(Response::new(pb::ApplyDeltaResponse {
             results: results
                 .into_iter()
-                .map(|(v, a)| pb::DeltaResult {
-                    version: v,
+                .map(|VersionDeltaAck { version, ack: a }| pb::DeltaResult {
+                    version,
                     applied: a.applied,
                     rows: a.rows,
                     inserted: a.inserted,
                     removed: a.removed,
                     evicted: a.evicted,
                     last_sequence: a.last_sequence,
-                    gap_expected: a.gap.map(|g| g.0).unwrap_or(0),
+                    gap_expected: a.gap.map_or(0, |g| g.0),
+                    gap_got: a.gap.map_or(0, |g| g.1),
                 })
                 .collect(),
         }))
@@ -62,13 +64,13 @@ impl SparseAdmin for AdminService {
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
         authorize(&self.state, &r)?;
         let req = r.into_inner();
-        let tables = sparse::list_tables(&self.state, &req.model_name, &req.model_version)
-            .map_err(to_status)?;
+        let tables =
+            sparse::tables(&self.state, &req.model_name, &req.model_version).map_err(to_status)?;
         Ok(Response::new(pb::ListTablesResponse {
             tables: tables
                 .into_iter()
-                .map(|(v, t)| pb::TableInfo {
-                    version: v,
+                .map(|VersionTable { version, table: t }| pb::TableInfo {
+                    version,
                     name: t.name,
                     dim: t.dim as u64,
                     rows: t.rows,

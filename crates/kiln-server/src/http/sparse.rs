@@ -8,6 +8,7 @@ use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
+use kiln_runtime::{VersionDeltaAck, VersionTable};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -33,9 +34,9 @@ async fn apply(
     .map_err(|e| ApiError(kiln_core::Error::internal(format!("delta task: {e}"))))??;
     let versions: Vec<Value> = results
         .iter()
-        .map(|(v, a)| {
+        .map(|VersionDeltaAck { version, ack: a }| {
             json!({
-                "version": v.to_string(),
+                "version": version.to_string(),
                 "applied": a.applied,
                 "rows": a.rows,
                 "inserted": a.inserted,
@@ -71,11 +72,11 @@ pub async fn delta_v(
 
 fn tables_json(st: &AppState, who: &Caller, m: &str, v: &str) -> Api<Json<Value>> {
     who.authorize(st)?;
-    let tables: Vec<Value> = sparse::list_tables(st, m, v)?
+    let tables: Vec<Value> = sparse::tables(st, m, v)?
         .into_iter()
-        .map(|(v, t)| {
+        .map(|VersionTable { version, table: t }| {
             json!({
-                "version": v.to_string(),
+                "version": version.to_string(),
                 "name": t.name,
                 "dim": t.dim,
                 "rows": t.rows,

@@ -9,8 +9,8 @@ mod data;
 pub use data::*;
 
 use kiln_protocol::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use kiln_runtime::{Backends, ControlMode, ModelRepository, RuntimeMetrics};
-use kiln_server::{Server, ServerConfig, ServerError, Starter};
+use kiln_runtime::{Backends, ControlMode, ModelRepository};
+use kiln_server::{ServerConfig, ServerError, Settings, Starter};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -135,6 +135,17 @@ impl Default for Options {
     }
 }
 
+/// The backends of the test servers: tract (also the default for `.onnx` models) and recsys,
+/// whose metrics go into `registry`.
+pub fn backends(registry: &mut prometheus_client::registry::Registry) -> Backends {
+    let mut backends = Backends::new();
+    backends.register(Arc::new(kiln_backend_tract::TractBackend));
+    let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
+    recsys.collector().register(registry);
+    backends.register(recsys);
+    backends
+}
+
 /// A running in-process server; shut down (without waiting) on drop.
 pub struct TestServer {
     /// `http://127.0.0.1:<port>`.
@@ -173,48 +184,44 @@ impl TestServer {
 
     /// Binds every port (0 = any free one), loads the repository and serves it.
     pub async fn start_at(root: PathBuf, dir: Option<TempDir>, opts: Options) -> Self {
-        let metrics = Arc::new(RuntimeMetrics::default());
         let mut registry = prometheus_client::registry::Registry::default();
-        metrics.register(&mut registry);
-        let mut backends = Backends::default();
-        let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
-        recsys.collector().register(&mut registry);
-        backends.register(recsys);
-        let repo = ModelRepository::new(&root, backends, metrics);
+        let backends = backends(&mut registry);
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let config = ServerConfig {
-            http_addr: any,
-            grpc_addr: any,
-            metrics_addr: Some(any),
-            max_request_bytes: opts.max_request_bytes,
-            admin_token: opts.admin_token.clone(),
-            allow_client_shm: opts.allow_client_shm,
-            limits: opts.limits.clone(),
-        };
-        let server = Server::bind(config, repo.clone(), registry)
-            .await
-            .expect("bind");
-        repo.start(opts.mode, &[]).await.expect("start repository");
-        let http_addr = server.http_addr();
-        let grpc_addr = server.grpc_addr();
-        let metrics = format!("http://{}", server.metrics_addr().expect("metrics enabled"));
-        let starter = server.starter();
+        let mut settings = Settings::new(
+            &root,
+            ServerConfig {
+                http_addr: any,
+                grpc_addr: any,
+                metrics_addr: Some(any),
+                max_request_bytes: opts.max_request_bytes,
+                admin_token: opts.admin_token.clone(),
+                allow_client_shm: opts.allow_client_shm,
+                limits: opts.limits.clone(),
+            },
+        );
+        settings.control_mode = opts.mode;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(async move {
-            let _ = stopped.await;
-        }));
+        let running = kiln_server::assemble(settings, backends, registry)
+            .await
+            .expect("bind")
+            .start(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("start repository");
+        let metrics = running.metrics_addr.expect("metrics enabled");
         TestServer {
-            http: format!("http://{http_addr}"),
-            http_addr,
-            grpc_addr,
-            metrics,
-            repo,
+            http: format!("http://{}", running.http_addr),
+            http_addr: running.http_addr,
+            grpc_addr: running.grpc_addr,
+            metrics: format!("http://{metrics}"),
+            repo: running.repo,
             root,
             client: reqwest::Client::new(),
-            starter,
+            starter: running.starter,
             _dir: dir,
             stop: Some(stop),
-            task: Some(task),
+            task: Some(running.task),
         }
     }
 
