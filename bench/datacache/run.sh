@@ -39,11 +39,10 @@ log() { echo "== $*" >&2; }
 mkdir -p "$OUT"
 
 # ---------------------------------------------------------------- kiln binary
-log "building kiln-datacache (release)"
-(cd "$ROOT" && cargo build --release -q -p kiln-datacache --example kiln-cache)
-# examples/kiln-cache is `kiln cache` without the rest of the binary (same library code)
+log "building kiln (release)"
+(cd "$ROOT" && cargo build --release -q -p kiln --bin kiln)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-KILN=("$TARGET/release/examples/kiln-cache")
+KILN=("$TARGET/release/kiln" --log "info,foyer=warn,fuser=warn" cache)
 
 # ---------------------------------------------------------------- peers and dataset
 "$PEERS" setup

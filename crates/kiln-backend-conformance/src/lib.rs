@@ -16,36 +16,19 @@
 pub mod golden;
 pub mod suite;
 
-use kiln_backend_ort::library;
 use kiln_backend_ort::OrtBackend;
-use std::ffi::OsString;
-use std::io::Write;
 use std::path::PathBuf;
 
-/// The repository root (two levels above this crate).
+/// The repository root.
 pub fn repo_root() -> PathBuf {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    std::fs::canonicalize(&root).unwrap_or(root)
+    kiln_testkit::repo_root()
 }
 
-/// Where the tests find the onnxruntime library: `KILN_ORT_LIBRARY`, else the usual search
-/// (`ORT_DYLIB_PATH`, `KILN_PYTHON`) with the repository's `.venv` asked before `python3`.
+/// Where the tests find the onnxruntime library ([`kiln_testkit::ort_library_path`]:
+/// `KILN_ORT_LIBRARY`, `ORT_DYLIB_PATH`, then the Python `onnxruntime` package of
+/// `$KILN_PYTHON`, the repository's `.venv` or `python3`).
 pub fn locate_ort_library() -> Result<PathBuf, String> {
-    let explicit = std::env::var_os("KILN_ORT_LIBRARY")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
-    let mut pythons: Vec<OsString> = Vec::new();
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        pythons.push(p);
-    }
-    let venv = repo_root().join(".venv/bin/python");
-    if venv.exists() {
-        pythons.push(venv.into_os_string());
-    }
-    pythons.push("python3".into());
-    library::locate_with(explicit.as_deref(), &pythons)
-        .map(|l| l.path)
-        .map_err(|e| e.with_hint())
+    kiln_testkit::ort_library_path()
 }
 
 /// The ONNX Runtime backend with its library loaded, or `None` after saying on stderr why the
@@ -58,14 +41,7 @@ pub fn ort_backend() -> Option<OrtBackend> {
     match found {
         Ok(b) => Some(b),
         Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("onnxruntime tests: the library is required when CI is set: {why}");
-            }
-            // straight to the stderr handle: the harness captures eprintln! of passing tests
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED onnxruntime test (library absent): {why}"
-            );
+            kiln_testkit::skip("onnxruntime test", format!("library absent: {why}"));
             None
         }
     }

@@ -21,7 +21,7 @@ mod providers;
 pub mod settings;
 
 use crate::io::{resolve, FileTensor};
-use crate::library::LibraryError;
+use crate::library::{LibraryError, Source};
 use crate::model::{build_session, OrtModel, Recipe, Shared};
 use crate::onnx_graph::GraphProto;
 use crate::settings::{OrtSettings, ProviderSpec};
@@ -56,21 +56,37 @@ fn pin_derived_dims(graph: Option<&GraphProto>, inputs: &mut [FileTensor], batch
 /// Loads ONNX models with ONNX Runtime. Cheap to create: the library is loaded on first use.
 #[derive(Debug, Clone, Default)]
 pub struct OrtBackend {
-    /// The library given on the command line, tried before `ORT_DYLIB_PATH` and Python.
-    library: Option<PathBuf>,
+    /// The library the caller gave and where it came from, tried before `ORT_DYLIB_PATH`.
+    library: Option<(PathBuf, Source)>,
 }
 
 impl OrtBackend {
-    /// A backend that looks for the library at `library` first (`--ort-library`), then
-    /// `ORT_DYLIB_PATH`, then the Python `onnxruntime` package.
+    /// A backend that loads the library at `library` (`--ort-library`), else the one
+    /// `ORT_DYLIB_PATH` names.
     pub fn new(library: Option<PathBuf>) -> Self {
-        OrtBackend { library }
+        OrtBackend {
+            library: library.map(|p| (p, Source::Explicit)),
+        }
+    }
+
+    /// A backend that loads the library at `path`, which the caller found as `how` says (e.g.
+    /// "the onnxruntime package of .venv/bin/python"; the phrase appears in messages).
+    pub fn found(path: PathBuf, how: impl Into<String>) -> Self {
+        OrtBackend {
+            library: Some((path, Source::Found(how.into()))),
+        }
+    }
+
+    fn given(&self) -> Option<(&Path, Source)> {
+        self.library
+            .as_ref()
+            .map(|(p, source)| (p.as_path(), source.clone()))
     }
 
     /// Loads the library now (once per process) and reports where it came from, or why it
     /// cannot be used (the message says how to provide one).
     pub fn probe(&self) -> std::result::Result<PathBuf, String> {
-        library::runtime(self.library.as_deref())
+        library::runtime(self.given())
             .map(|rt| rt.path.clone())
             .map_err(|e| e.with_hint())
     }
@@ -95,7 +111,7 @@ impl Backend for OrtBackend {
                 path.display()
             )));
         }
-        let runtime = library::runtime(self.library.as_deref()).map_err(|e: LibraryError| {
+        let runtime = library::runtime(self.given()).map_err(|e: LibraryError| {
             Error::unavailable(format!("{}: {}", path.display(), e.with_hint()))
         })?;
         let at = |m: String| Error::invalid(format!("{}: {m}", path.display()));

@@ -1,18 +1,20 @@
 //! Finding and loading the ONNX Runtime shared library at run time.
 //!
 //! Nothing is linked or downloaded at build time. The library is looked up, in this order:
-//! 1. an explicit path (`kiln serve --ort-library` / `KILN_ORT_LIBRARY`);
-//! 2. the `ORT_DYLIB_PATH` environment variable;
-//! 3. the `onnxruntime` Python package: `$KILN_PYTHON`, `./.venv/bin/python`, then `python3` are
-//!    asked where the package lives, and its `capi/libonnxruntime.so*` is used.
+//! 1. a path the caller gives ([`OrtBackend::new`](crate::OrtBackend::new): `kiln serve
+//!    --ort-library` / `KILN_ORT_LIBRARY`; or [`OrtBackend::found`](crate::OrtBackend::found):
+//!    a path the caller discovered, with how);
+//! 2. the `ORT_DYLIB_PATH` environment variable, the ort crate's own convention for
+//!    `load-dynamic`, kept so that this backend loads what ort's documentation says it would.
+//!
+//! This crate does not search further: looking in a Python `onnxruntime` package (spawning an
+//! interpreter) is discovery, and belongs to the binary (`crates/kiln/src/onnx.rs`) or the tests.
 //!
 //! ONNX Runtime allows one library and one environment per process, so the first successful
 //! load is kept for the life of the process and shared by every model.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 /// The onnxruntime release the project pins (`scripts/requirements.txt`).
@@ -28,8 +30,8 @@ pub enum Source {
     Explicit,
     /// The `ORT_DYLIB_PATH` environment variable.
     OrtDylibPath,
-    /// The `onnxruntime` package of this Python interpreter.
-    Python(PathBuf),
+    /// Found by the caller; says how (e.g. "the onnxruntime package of .venv/bin/python").
+    Found(String),
 }
 
 impl fmt::Display for Source {
@@ -37,7 +39,7 @@ impl fmt::Display for Source {
         match self {
             Source::Explicit => f.write_str("--ort-library"),
             Source::OrtDylibPath => f.write_str("ORT_DYLIB_PATH"),
-            Source::Python(p) => write!(f, "the onnxruntime package of {}", p.display()),
+            Source::Found(how) => f.write_str(how),
         }
     }
 }
@@ -45,7 +47,7 @@ impl fmt::Display for Source {
 /// Why the library could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LibraryError {
-    /// No path was given and no Python `onnxruntime` package was found.
+    /// No path was given and `ORT_DYLIB_PATH` is not set.
     #[error("onnxruntime library not found ({searched})")]
     NotFound {
         /// What was tried, for the message.
@@ -92,14 +94,14 @@ pub struct Located {
     pub source: Source,
 }
 
-/// Finds the library without loading it; see the module documentation for the order.
+/// Finds the library without loading it: `explicit` (`--ort-library`), else `ORT_DYLIB_PATH`.
 pub fn locate(explicit: Option<&Path>) -> Result<Located, LibraryError> {
-    locate_with(explicit, &python_candidates())
+    locate_from(explicit.map(|p| (p, Source::Explicit)))
 }
 
-/// [`locate`] asking the given Python interpreters, in order, instead of the default ones.
-pub fn locate_with(explicit: Option<&Path>, pythons: &[OsString]) -> Result<Located, LibraryError> {
-    let given = |path: &Path, source: Source| {
+/// [`locate`] with a given path that came from `source`.
+fn locate_from(given: Option<(&Path, Source)>) -> Result<Located, LibraryError> {
+    let resolve = |path: &Path, source: Source| {
         std::fs::canonicalize(path)
             .map(|real| Located {
                 path: real,
@@ -110,66 +112,15 @@ pub fn locate_with(explicit: Option<&Path>, pythons: &[OsString]) -> Result<Loca
                 source_name: source.to_string(),
             })
     };
-    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
-        return given(p, Source::Explicit);
+    if let Some((p, source)) = given.filter(|(p, _)| !p.as_os_str().is_empty()) {
+        return resolve(p, source);
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return given(Path::new(&p), Source::OrtDylibPath);
-    }
-    let mut tried = Vec::new();
-    for python in pythons {
-        match python_package_library(python) {
-            Ok(path) => {
-                let source = Source::Python(PathBuf::from(python));
-                return given(&path, source);
-            }
-            Err(why) => tried.push(format!("{}: {why}", Path::new(&python).display())),
-        }
+        return resolve(Path::new(&p), Source::OrtDylibPath);
     }
     Err(LibraryError::NotFound {
-        searched: format!(
-            "no --ort-library, no ORT_DYLIB_PATH, no python onnxruntime package ({})",
-            tried.join("; ")
-        ),
+        searched: "no --ort-library, no ORT_DYLIB_PATH".into(),
     })
-}
-
-/// The interpreters asked for an `onnxruntime` package by default, in order: `$KILN_PYTHON`,
-/// `./.venv/bin/python` (relative to the working directory), `python3`.
-pub fn python_candidates() -> Vec<OsString> {
-    let mut out = Vec::new();
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        out.push(p);
-    }
-    let venv = Path::new(".venv/bin/python");
-    if venv.exists() {
-        out.push(venv.as_os_str().to_owned());
-    }
-    out.push("python3".into());
-    out
-}
-
-/// The library inside the `onnxruntime` package that `python` imports, without importing it.
-fn python_package_library(python: &std::ffi::OsStr) -> Result<PathBuf, String> {
-    let script = "import importlib.util as u\ns = u.find_spec('onnxruntime')\nprint(s.origin if s and s.origin else '')";
-    let out = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("exited with {}", out.status));
-    }
-    let origin = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if origin.is_empty() {
-        return Err("no onnxruntime package".into());
-    }
-    let capi = Path::new(&origin)
-        .parent()
-        .map(|d| d.join("capi"))
-        .ok_or_else(|| format!("odd package path {origin}"))?;
-    library_in(&capi).ok_or_else(|| format!("no onnxruntime library in {}", capi.display()))
 }
 
 /// The onnxruntime library file in `dir` (`libonnxruntime.so.1.32.0`, `libonnxruntime.so`, ...),
@@ -221,14 +172,15 @@ impl fmt::Debug for Runtime {
 /// after the library is installed.
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
 
-/// Loads the library (once per process) and creates the environment.
+/// Loads the library (once per process) and creates the environment: from `given` (a path and
+/// where it came from), else as [`locate`] finds it.
 ///
-/// Once a library is loaded every later call returns it, whatever `explicit` says: ONNX Runtime
+/// Once a library is loaded every later call returns it, whatever `given` says: ONNX Runtime
 /// cannot load a second one into the same process.
-pub fn runtime(explicit: Option<&Path>) -> Result<Arc<Runtime>, LibraryError> {
+pub fn runtime(given: Option<(&Path, Source)>) -> Result<Arc<Runtime>, LibraryError> {
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(rt) = slot.as_ref() {
-        if let Some(p) = explicit {
+        if let Some((p, _)) = &given {
             if std::fs::canonicalize(p).ok().as_deref() != Some(rt.path.as_path()) {
                 tracing::warn!(
                     requested = %p.display(),
@@ -239,7 +191,7 @@ pub fn runtime(explicit: Option<&Path>) -> Result<Arc<Runtime>, LibraryError> {
         }
         return Ok(rt.clone());
     }
-    let located = locate(explicit)?;
+    let located = locate_from(given)?;
     let load_error = |reason: String| LibraryError::Load {
         path: located.path.clone(),
         source_name: located.source.to_string(),

@@ -67,6 +67,24 @@ struct Inner {
     recent_failures: Mutex<HashMap<BlockKey, Instant>>,
     /// Number of entries in `recent_failures` (lets the hot path skip the lock).
     failure_count: AtomicUsize,
+    /// Read-ahead fetches spawned and not finished; [`DataCache::readahead_settled`] waits for 0.
+    readahead_in_flight: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one read-ahead fetch as in flight until dropped (also when its task is cancelled).
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn new(inner: Arc<Inner>) -> Self {
+        inner.readahead_in_flight.send_modify(|n| *n += 1);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.readahead_in_flight.send_modify(|n| *n -= 1);
+    }
 }
 
 /// How long a failed block fetch is answered from memory before it is tried again.
@@ -133,6 +151,7 @@ impl DataCache {
                 metrics,
                 recent_failures,
                 failure_count,
+                readahead_in_flight: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -235,6 +254,18 @@ impl DataCache {
         }
     }
 
+    /// Read-ahead fetches started and not finished yet.
+    pub fn readahead_in_flight(&self) -> usize {
+        *self.inner.readahead_in_flight.borrow()
+    }
+
+    /// Resolves once no read-ahead fetch is in flight (at once when none is).
+    pub async fn readahead_settled(&self) {
+        let mut rx = self.inner.readahead_in_flight.subscribe();
+        // the sender lives in `inner`, which `self` keeps alive: wait_for cannot fail
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
     fn readahead(&self, f: &FileRef, path: &str, last: u32) {
         let n = self.block_count(f.size);
         let until = (last + self.inner.cfg.readahead_blocks).min(n.saturating_sub(1));
@@ -247,7 +278,9 @@ impl DataCache {
                 continue;
             }
             let (this, f, path) = (self.clone(), *f, path.to_string());
+            let in_flight = InFlight::new(self.inner.clone());
             tokio::spawn(async move {
+                let _in_flight = in_flight;
                 if let Err(e) = this.get_block(&f, &path, i).await.map(|_| ()) {
                     tracing::debug!(path, block = i, error = %e, "read-ahead failed");
                 }

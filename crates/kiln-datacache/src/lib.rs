@@ -4,14 +4,16 @@
 //! Layers, bottom up: [`source`] (OpenDAL under-storage with timeouts and retries), [`meta`] and
 //! [`listing`] (the metadata cache and its on-disk snapshot), [`cache`] (foyer hybrid memory + disk
 //! block cache with integrity checks, on the [`engine`] wrapper), [`fs`] (the read-only FUSE file system), [`warmup`],
-//! [`admin`] (Prometheus `/metrics`, stats, refresh), [`mount`] (the daemon), and [`cli`] (clap).
+//! [`admin`] (Prometheus `/metrics`, stats, refresh), and [`mount`] (the daemon). The library
+//! takes typed configurations ([`service::ServiceConfig`], [`mount::MountConfig`],
+//! [`warmup::Selection`]) and returns [`DatacacheError`]; the command line (`kiln cache`) is the
+//! binary's (`crates/kiln/src/cache.rs`).
 
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod block;
 pub mod cache;
-pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod fs;
@@ -23,5 +25,4 @@ pub mod service;
 pub mod source;
 pub mod warmup;
 
-pub use cli::{run, CacheCommand};
 pub use error::{DatacacheError, Result};

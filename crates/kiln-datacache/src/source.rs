@@ -125,19 +125,6 @@ impl fmt::Debug for Credentials {
     }
 }
 
-impl Credentials {
-    /// Fills unset fields from the usual AWS environment variables. Called once at start-up.
-    pub fn with_aws_env(mut self) -> Self {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        self.access_key_id = self.access_key_id.or_else(|| env("AWS_ACCESS_KEY_ID"));
-        self.secret_access_key = self
-            .secret_access_key
-            .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
-        self.session_token = self.session_token.or_else(|| env("AWS_SESSION_TOKEN"));
-        self
-    }
-}
-
 /// Everything needed to reach the under-storage.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_datacache::cache::FileRef;
 use kiln_datacache::service::CacheService;
@@ -109,7 +110,11 @@ async fn large_file_blocks_readahead_and_coalesced_misses() {
         .await
         .unwrap();
     assert_eq!(&b[..], &common::content(42, size)[60_000..160_000]);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // the count is final once the read-ahead the reads started has finished
+    tokio::time::timeout(Duration::from_secs(30), svc.data.readahead_settled())
+        .await
+        .expect("read-ahead settles");
+    assert_eq!(svc.data.readahead_in_flight(), 0);
     assert_eq!(
         svc.metrics.remote_reads(),
         17,

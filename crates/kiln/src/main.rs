@@ -1,7 +1,9 @@
 //! `kiln`: one binary, one subcommand per subsystem. Thin: parsing, logging, wiring.
 
+mod cache;
 mod onnx;
 mod serve;
+mod signal;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -32,7 +34,7 @@ enum Command {
     /// Dataset cache: mount a remote dataset read-only through FUSE, warm it up, inspect it.
     Cache {
         #[command(subcommand)]
-        cmd: kiln_datacache::CacheCommand,
+        cmd: cache::CacheCommand,
     },
 }
 
@@ -55,6 +57,6 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .thread_name("kiln-cache")
             .build()?
-            .block_on(kiln_datacache::run(cmd)),
+            .block_on(cache::run(cmd)),
     }
 }

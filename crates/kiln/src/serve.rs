@@ -166,7 +166,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Serves health probes while the models load; readiness turns true once they are loaded.
     let running = kiln_server::assemble(settings, backends, registry)
         .await?
-        .start(shutdown_signal())
+        .start(crate::signal::shutdown_signal())
         .await
         .with_context(|| format!("--model-repository {}", args.model_repository.display()))?;
     let ports = (running.http_addr, running.grpc_addr, running.metrics_addr);
@@ -203,21 +203,6 @@ fn serde_json_ports(http: u16, grpc: u16, metrics: Option<u16>) -> String {
         .map(|p| p.to_string())
         .unwrap_or_else(|| "null".into());
     format!("{{\"http_port\":{http},\"grpc_port\":{grpc},\"metrics_port\":{metrics}}}\n")
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// A flag's seconds as a duration; `zero_off` maps 0 to `None`.

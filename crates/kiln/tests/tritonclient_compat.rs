@@ -5,10 +5,9 @@
 //!
 //! Needs the project's Python environment (`scripts/setup-python.sh` creates `.venv`); the
 //! interpreter can be overridden with `KILN_PYTHON`. Without it the test is skipped with a message,
-//! except when `CI` is set, where it fails.
+//! except when `CI` is set, where it fails (`kiln_testkit::python`).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -18,11 +17,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for the whole Python run; its own calls time out after 60 s each.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn repo_root() -> PathBuf {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    fs::canonicalize(&root).unwrap_or(root)
-}
 
 /// A scratch directory removed on drop (std only: no tempfile dependency).
 struct TempDir(PathBuf);
@@ -87,32 +81,6 @@ fn json_port(text: &str, key: &str) -> Option<u16> {
     rest[..end].parse().ok().filter(|&p| p != 0)
 }
 
-/// The Python interpreter with tritonclient, or `None` (after saying why) to skip the test.
-fn python(root: &Path) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "KILN_PYTHON={} does not exist", p.display());
-        return Some(p);
-    }
-    let p = root.join(".venv/bin/python");
-    if p.exists() {
-        return Some(p);
-    }
-    let why = format!(
-        "{} not found; run scripts/setup-python.sh to create the Python environment",
-        p.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("tritonclient compatibility test: {why}");
-    }
-    // straight to the stderr handle, not eprintln!, which the test harness captures and hides
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipping tritonclient compatibility test: {why}"
-    );
-    None
-}
-
 fn start_server(root: &Path, models: &Path, scratch: &Path) -> (Server, u16, u16) {
     let ready = scratch.join("ready.json");
     let log = scratch.join("kiln-serve.log");
@@ -168,8 +136,11 @@ fn start_server(root: &Path, models: &Path, scratch: &Path) -> (Server, u16, u16
 
 #[test]
 fn tritonclient_http_and_grpc() {
-    let root = repo_root();
-    let Some(python) = python(&root) else {
+    let root = kiln_testkit::repo_root();
+    let Some(python) = kiln_testkit::python(
+        "tritonclient compatibility test",
+        &["tritonclient.http", "tritonclient.grpc", "onnxruntime"],
+    ) else {
         return;
     };
     let models = root.join("examples/models");

@@ -9,7 +9,6 @@ use kiln_embed::Delta;
 use kiln_protocol::inference as pb;
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
@@ -18,33 +17,17 @@ pub const TOKEN: &str = "s3cret-token";
 pub const FEATURES: usize = 26;
 pub const IDS: usize = 20;
 
-/// The Python with numpy that runs the generator, or `None` (after saying why) to skip.
+/// The Python with numpy that runs the generator, or `None` (after saying why) to skip; under
+/// `CI` its absence fails the test instead.
 pub fn python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates = [root.join(".venv/bin/python"), PathBuf::from("python3")];
-    for p in candidates {
-        let ok = std::process::Command::new(&p)
-            .args(["-c", "import numpy"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
-            return Some(p);
-        }
-    }
-    let why = "no Python with numpy (run scripts/setup-python.sh) to generate the reference model";
-    if std::env::var_os("CI").is_some() {
-        panic!("recsys tests: {why}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED recsys tests: {why}");
-    None
+    kiln_testkit::python("recsys tests (reference model generator)", &["numpy"])
 }
 
 /// A repository holding the reference model at 10,000 rows per table.
 pub fn reference_repo() -> Option<TempDir> {
     let py = python()?;
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gen_dlrm.py");
+    let script = kiln_testkit::repo_root().join("examples/gen_dlrm.py");
     let out = std::process::Command::new(py)
         .arg(script)
         .args(["--out"])

@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn repo_root() -> PathBuf {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    fs::canonicalize(&root).unwrap_or(root)
-}
+pub use kiln_testkit::repo_root;
 
 /// A running `kiln serve`, killed on drop; its log is printed if the test failed.
 pub struct Server {
@@ -122,30 +119,9 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body_out)
 }
 
+/// The onnxruntime library the tests use ([`kiln_testkit::ort_library`]), or `None` after
+/// saying why (`test` names the caller); under `CI` its absence fails the test instead.
 #[cfg(feature = "ort")]
-/// The onnxruntime library of the repository's `.venv`, or `None` after saying why (`test`
-/// names the caller); under `CI` its absence fails the test instead.
 pub fn venv_library(test: &str) -> Option<PathBuf> {
-    let capi = repo_root().join(".venv/lib");
-    let found = fs::read_dir(&capi).ok().and_then(|it| {
-        it.filter_map(|e| e.ok())
-            .map(|e| e.path().join("site-packages/onnxruntime/capi"))
-            .find_map(|d| {
-                fs::read_dir(d)
-                    .ok()?
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .find(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("libonnxruntime.so."))
-                    })
-            })
-    });
-    if found.is_none() {
-        let why = "no onnxruntime library in .venv; run scripts/setup-python.sh";
-        assert!(std::env::var_os("CI").is_none(), "{test}: {why}");
-        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-    }
-    found
+    kiln_testkit::ort_library(test)
 }

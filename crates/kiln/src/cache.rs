@@ -1,4 +1,6 @@
-//! `kiln cache <command>`: clap definitions and the entry point the binary calls.
+//! `kiln cache <command>`: the dataset cache's flags, turned into the library's typed
+//! configurations ([`SourceConfig`], [`CacheConfig`], [`MountConfig`], [`Selection`]), and the
+//! commands' output.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,12 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use crate::admin::{self, WarmupRequest};
-use crate::cache::CacheConfig;
-use crate::mount::{run_mount, MountConfig};
-use crate::service::{CacheService, ServiceConfig};
-use crate::source::{Credentials, SourceConfig, SourceSpec};
-use crate::warmup::{self, Selection, WarmupReport};
+use kiln_datacache::admin::{self, WarmupRequest};
+use kiln_datacache::cache::CacheConfig;
+use kiln_datacache::mount::{run_mount, MountConfig};
+use kiln_datacache::service::{CacheService, ServiceConfig};
+use kiln_datacache::source::{Credentials, SourceConfig, SourceSpec};
+use kiln_datacache::warmup::{self, Selection, WarmupReport};
+use kiln_datacache::DatacacheError;
+
+use crate::signal::shutdown_signal;
 
 /// Dataset cache commands.
 #[derive(Debug, Subcommand)]
@@ -92,10 +97,8 @@ pub struct CacheArgs {
 #[derive(Debug, Clone, Args)]
 pub struct MountArgs {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub source: SourceArgs,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub cache: CacheArgs,
     /// FUSE worker threads.
     #[arg(long, env = "KILN_CACHE_FUSE_THREADS", default_value_t = 16)]
@@ -121,10 +124,8 @@ pub struct MountArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WarmupArgs {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub source: SourceArgs,
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub cache: CacheArgs,
     /// Only files under this prefix (relative to the source root).
     #[arg(long, env = "KILN_CACHE_WARMUP_PREFIX")]
@@ -161,7 +162,6 @@ pub struct AdminArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StatsArgs {
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub admin: AdminArgs,
     /// Print JSON.
     #[arg(long, env = "KILN_CACHE_JSON")]
@@ -195,12 +195,11 @@ impl SourceArgs {
     /// The under-storage configuration (credentials from flags, else the AWS env vars).
     pub fn to_config(&self) -> anyhow::Result<SourceConfig> {
         let url = self.source.as_deref().context("--source is required")?;
-        let credentials = Credentials {
+        let credentials = with_aws_env(Credentials {
             access_key_id: self.access_key_id.clone(),
             secret_access_key: self.secret_access_key.clone(),
             session_token: self.session_token.clone(),
-        }
-        .with_aws_env();
+        });
         Ok(SourceConfig {
             spec: SourceSpec::parse(url)?,
             endpoint: self.endpoint.clone(),
@@ -236,20 +235,13 @@ fn service_config(s: &SourceArgs, c: &CacheArgs) -> anyhow::Result<ServiceConfig
     })
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+/// Fills unset credentials from the usual AWS environment variables.
+fn with_aws_env(mut c: Credentials) -> Credentials {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    c.access_key_id = c.access_key_id.or_else(|| env("AWS_ACCESS_KEY_ID"));
+    c.secret_access_key = c.secret_access_key.or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+    c.session_token = c.session_token.or_else(|| env("AWS_SESSION_TOKEN"));
+    c
 }
 
 fn admin_url(cache_dir: &Path, explicit: Option<&str>) -> Option<String> {
@@ -260,7 +252,7 @@ fn admin_url(cache_dir: &Path, explicit: Option<&str>) -> Option<String> {
 
 /// Runs one `kiln cache` command. Async: call it from the binary's tokio runtime.
 pub async fn run(cmd: CacheCommand) -> anyhow::Result<()> {
-    crate::source::install_tls_provider();
+    kiln_datacache::source::install_tls_provider();
     match cmd {
         CacheCommand::Mount(a) => {
             let cfg = MountConfig {
@@ -375,19 +367,17 @@ async fn run_warmup(a: WarmupArgs) -> anyhow::Result<()> {
         warmup_remote(&url, sel, a.threads, show).await?
     } else {
         let svc = match CacheService::open(service_config(&a.source, &a.cache)?).await {
-            Err(crate::DatacacheError::Locked { pid, .. }) => {
-                match admin_url(&a.cache.cache_dir, None) {
-                    Some(url) => {
-                        tracing::info!(pid, admin = %url, "cache directory is held by a running mount; warming through it");
-                        let r = warmup_remote(&url, sel, a.threads, show).await?;
-                        return finish_warmup(r, a.json);
-                    }
-                    None => bail!(
+            Err(DatacacheError::Locked { pid, .. }) => match admin_url(&a.cache.cache_dir, None) {
+                Some(url) => {
+                    tracing::info!(pid, admin = %url, "cache directory is held by a running mount; warming through it");
+                    let r = warmup_remote(&url, sel, a.threads, show).await?;
+                    return finish_warmup(r, a.json);
+                }
+                None => bail!(
                     "cache directory {} is in use by pid {pid:?} and no admin endpoint is known",
                     a.cache.cache_dir.display()
                 ),
-                }
-            }
+            },
             other => other?,
         };
         let (_, tree) = svc.meta.current();
