@@ -72,7 +72,15 @@ impl ErrorCode {
     }
 }
 
+/// The cause of an [`Error`]: any error, shared so that one batch failure can answer every
+/// request of the batch.
+pub type Source = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// An error with a kind and a lowercase message that names what went wrong.
+///
+/// `Display` shows the message only: it is what clients get. The cause, when there is one,
+/// stays reachable through [`std::error::Error::source`] and is shown by [`Error::report`],
+/// which is what logs use.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
@@ -80,6 +88,9 @@ pub struct Error {
     pub code: ErrorCode,
     /// A message naming the offending field, model or file.
     pub message: String,
+    /// What caused it (an engine's, the operating system's or a library's error), if any.
+    #[source]
+    pub source: Option<Source>,
 }
 
 impl Error {
@@ -88,6 +99,7 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            source: None,
         }
     }
     /// A 400 / INVALID_ARGUMENT error.
@@ -106,7 +118,60 @@ impl Error {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
     }
+    /// This error with `cause` as its source; the message is unchanged.
+    pub fn with_source(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(cause));
+        self
+    }
+    /// This error with `prefix: ` in front of its message, keeping its code and source.
+    pub fn prefixed(mut self, prefix: impl std::fmt::Display) -> Self {
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+    /// The message followed by its chain of causes (`message: cause: cause`), for logs.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+}
+
+/// An [`Error`] shown with its causes; see [`Error::report`].
+pub struct Report<'a>(&'a Error);
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)?;
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }
 
 /// Result with the shared [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_is_kept_and_reported_but_not_shown_to_clients() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::internal("cannot load model 'm'")
+            .with_source(io)
+            .prefixed("version 1");
+        let fanned_out = e.clone();
+        assert_eq!(fanned_out.to_string(), "version 1: cannot load model 'm'");
+        assert_eq!(
+            fanned_out.report().to_string(),
+            "version 1: cannot load model 'm': no such file"
+        );
+        assert_eq!(
+            std::error::Error::source(&fanned_out).map(|c| c.to_string()),
+            Some("no such file".into())
+        );
+        assert_eq!(fanned_out.code, ErrorCode::Internal);
+    }
+}

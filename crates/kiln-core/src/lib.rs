@@ -10,6 +10,7 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod gather;
+pub mod request;
 pub mod tensor;
 pub mod warmup;
 
@@ -19,4 +20,5 @@ pub use backend::{
 pub use config::{ModelConfig, TensorSpec, VersionPolicy};
 pub use dtype::DataType;
 pub use error::{Error, ErrorCode, Result};
+pub use request::InferRequest;
 pub use tensor::Tensor;

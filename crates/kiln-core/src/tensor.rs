@@ -166,7 +166,11 @@ impl Tensor {
                 }
             }
             None => {
-                let got = self.byte_elements()?.len();
+                // counted without collecting the elements; the slower walk names the fault
+                let got = match crate::request::count_byte_elements(&self.data) {
+                    Some(n) => n,
+                    None => self.byte_elements()?.len(),
+                };
                 if got != n {
                     return Err(Error::invalid(format!(
                         "tensor '{}': expected {n} BYTES elements for shape {:?}, got {got}",

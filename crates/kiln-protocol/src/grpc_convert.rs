@@ -4,8 +4,7 @@ use crate::inference::model_infer_request::InferInputTensor;
 use crate::inference::model_infer_response::InferOutputTensor;
 use crate::inference::{self as pb, infer_parameter::ParameterChoice};
 use crate::request::{
-    check_raw_data, count_mismatch, input_elements, parse_dtype, Delivery, InferRequest,
-    RequestedOutput,
+    count_mismatch, input_elements, parse_dtype, Delivery, RequestedOutput, WireRequest,
 };
 use crate::shm::ShmRef;
 use bytes::Bytes;
@@ -18,14 +17,14 @@ pub(crate) mod json;
 #[cfg(test)]
 mod tests;
 
-/// Converts a gRPC `ModelInferRequest` into an [`InferRequest`].
+/// Converts a gRPC `ModelInferRequest` into a [`WireRequest`].
 ///
 /// Input data come either from `raw_input_contents` (one entry per input, in input order; the
 /// tensors share those buffers without copying) or from each input's typed `contents`
 /// (`fp32_contents`, `int64_contents`, `bytes_contents`, ...; FP16 only raw). Mixing the two
 /// forms is an error, as in Triton. The `priority` and `timeout` parameters are read from
 /// `int64_param` or `uint64_param`.
-pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
+pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<WireRequest> {
     // Inputs in shared memory have no entry in raw_input_contents (as tritonclient sends them).
     let mut shm = Vec::with_capacity(req.inputs.len());
     for input in &req.inputs {
@@ -47,11 +46,16 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
             }
         )));
     }
-    let mut inputs: Vec<Tensor> = Vec::with_capacity(req.inputs.len());
-    let mut shm_inputs = Vec::new();
+    let mut out = WireRequest::with_capacity(req.inputs.len(), req.outputs.len());
     let mut raw = req.raw_input_contents.into_iter();
     for (input, shm) in req.inputs.into_iter().zip(shm) {
-        let t = match shm {
+        if out.request.inputs().iter().any(|x| x.name == input.name) {
+            return Err(Error::invalid(format!(
+                "input '{}' appears twice",
+                input.name
+            )));
+        }
+        match shm {
             Some(r) => {
                 if input.contents.as_ref().is_some_and(has_contents) {
                     return Err(Error::invalid(format!(
@@ -60,23 +64,22 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
                         input.name
                     )));
                 }
-                shm_inputs.push((inputs.len(), r));
-                Tensor {
+                let i = out.request.push_unfilled(Tensor {
                     dtype: parse_dtype(&input.datatype, &input.name)?,
                     name: input.name,
                     shape: input.shape,
                     data: Bytes::new(),
-                }
+                });
+                out.shm_inputs.push((i, r));
             }
-            None => decode_input(input, if use_raw { raw.next() } else { None })?,
-        };
-        if inputs.iter().any(|x| x.name == t.name) {
-            return Err(Error::invalid(format!("input '{}' appears twice", t.name)));
+            None => {
+                let (t, what) = decode_input(input, if use_raw { raw.next() } else { None })?;
+                // the one length check of the input's data
+                out.request.push_input(t, what)?;
+            }
         }
-        inputs.push(t);
     }
 
-    let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(req.outputs.len());
     for o in req.outputs {
         if o.parameters.contains_key("classification") {
             return Err(Error::new(
@@ -87,29 +90,25 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<InferRequest> {
                 ),
             ));
         }
-        if outputs.iter().any(|r| r.name == o.name) {
+        if out.outputs.iter().any(|r| r.name == o.name) {
             return Err(Error::invalid(format!(
                 "output '{}' is requested twice",
                 o.name
             )));
         }
         let shared_memory = shm_param(&o.parameters, &format!("output '{}'", o.name))?;
-        outputs.push(RequestedOutput {
+        out.outputs.push(RequestedOutput {
             name: o.name,
             binary_data: None,
             shared_memory,
         });
     }
-
-    Ok(InferRequest {
-        id: Some(req.id).filter(|s| !s.is_empty()),
-        inputs,
-        outputs,
-        priority: uint_param(&req.parameters, "priority")?.filter(|&p| p != 0),
-        timeout_us: uint_param(&req.parameters, "timeout")?.filter(|&t| t != 0),
-        binary_data_output: false,
-        shm_inputs,
-    })
+    out.request.id = Some(req.id).filter(|s| !s.is_empty());
+    out.request.priority = uint_param(&req.parameters, "priority")?.filter(|&p| p != 0);
+    out.request.timeout = uint_param(&req.parameters, "timeout")?
+        .filter(|&t| t != 0)
+        .map(std::time::Duration::from_micros);
+    Ok(out)
 }
 
 /// Builds a gRPC `ModelInferResponse` carrying the outputs in `raw_output_contents`, as
@@ -227,8 +226,9 @@ pub fn model_config_to_grpc(config: &ModelConfig, io: &ModelIo, platform: &str) 
     }
 }
 
-/// Decodes one input from its raw bytes (`raw`) or its typed contents.
-fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
+/// Decodes one input from its raw bytes (`raw`) or its typed contents; returns it with the
+/// name of the field its data came from, for the length check when it enters the request.
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<(Tensor, &'static str)> {
     let InferInputTensor {
         name,
         datatype,
@@ -238,7 +238,7 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
     } = input;
     let dtype = parse_dtype(&datatype, &name)?;
     let expected = input_elements(&shape, &name)?;
-    let data = match raw {
+    let (data, what) = match raw {
         Some(data) => {
             if contents.as_ref().is_some_and(has_contents) {
                 return Err(Error::invalid(format!(
@@ -246,8 +246,7 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
                      send every input one way"
                 )));
             }
-            check_raw_data(&name, dtype, &shape, &data, "raw_input_contents")?;
-            data
+            (data, "raw_input_contents")
         }
         None => {
             let c = contents.unwrap_or_default();
@@ -256,15 +255,18 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor> {
                 let e = count_mismatch(&name, &shape, expected, got);
                 return Err(Error::invalid(format!("{} in contents.{field}", e.message)));
             }
-            Bytes::from(data)
+            (Bytes::from(data), "contents")
         }
     };
-    Ok(Tensor {
-        name,
-        dtype,
-        shape,
-        data,
-    })
+    Ok((
+        Tensor {
+            name,
+            dtype,
+            shape,
+            data,
+        },
+        what,
+    ))
 }
 
 /// True if any typed field of `c` holds data.

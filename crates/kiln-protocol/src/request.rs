@@ -1,31 +1,41 @@
-//! The transport-independent inference request both front ends decode into, and the checks
-//! they share.
+//! What a request carries besides the [`InferRequest`] itself (the outputs asked for, how to
+//! return them, inputs in shared memory), and the checks both decoders share.
 
 use crate::shm::ShmRef;
 use kiln_core::tensor::element_count;
 use kiln_core::{DataType, Error, Result};
 
-/// One inference request as the client sent it, whatever the transport.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct InferRequest {
-    /// Request id, echoed in the response.
-    pub id: Option<String>,
-    /// Input tensors in the order the client sent them; each one's data agrees with its shape.
-    pub inputs: Vec<kiln_core::Tensor>,
+pub(crate) use kiln_core::request::fmt_shape;
+/// The inference request both decoders produce and the runtime computes: one type from the
+/// protocol down to the scheduler.
+pub use kiln_core::InferRequest;
+
+/// One inference request as the client sent it, whatever the transport: the [`InferRequest`]
+/// the runtime computes, and what the server does with its outputs.
+#[derive(Debug, Clone)]
+pub struct WireRequest {
+    /// Id, inputs (each one's data agree with its shape), priority and timeout.
+    pub request: InferRequest,
     /// Outputs the client asked for; empty asks for every output of the model.
     pub outputs: Vec<RequestedOutput>,
-    /// Request priority (`parameters.priority`); `None` when absent or `0`, which the protocol
-    /// defines as the model's default priority.
-    pub priority: Option<u64>,
-    /// Request timeout in microseconds (`parameters.timeout`); `None` when absent or `0`, which
-    /// the protocol defines as no timeout.
-    pub timeout_us: Option<u64>,
     /// Request-level default for returning outputs as binary data over HTTP
     /// (`parameters.binary_data_output`); always false over gRPC.
     pub binary_data_output: bool,
-    /// Inputs whose data are in a registered shared-memory region, by index into `inputs`:
-    /// those tensors have empty data until [`crate::shm::Regions::resolve_inputs`] fills them.
+    /// Inputs whose data are in a registered shared-memory region, by index into the
+    /// request's inputs: those are unfilled until [`WireRequest::fill_shm_inputs`] fills them.
     pub shm_inputs: Vec<(usize, ShmRef)>,
+}
+
+impl WireRequest {
+    /// A request with room for `inputs` inputs and `outputs` requested outputs.
+    pub fn with_capacity(inputs: usize, outputs: usize) -> Self {
+        WireRequest {
+            request: InferRequest::with_capacity(inputs),
+            outputs: Vec::with_capacity(outputs),
+            binary_data_output: false,
+            shm_inputs: Vec::new(),
+        }
+    }
 }
 
 /// An output the client asked for.
@@ -34,7 +44,7 @@ pub struct RequestedOutput {
     /// Output name.
     pub name: String,
     /// The output's `parameters.binary_data` over HTTP: `Some(true)` returns it as binary data,
-    /// `Some(false)` as JSON, `None` follows [`InferRequest::binary_data_output`].
+    /// `Some(false)` as JSON, `None` follows [`WireRequest::binary_data_output`].
     pub binary_data: Option<bool>,
     /// Where to write the output instead of the response: its shared-memory parameters.
     pub shared_memory: Option<ShmRef>,
@@ -51,7 +61,7 @@ pub enum Delivery {
     SharedMemory(ShmRef),
 }
 
-impl InferRequest {
+impl WireRequest {
     /// Whether the output `name` goes back as binary data over HTTP: its own `binary_data`
     /// parameter if the client asked for it with one, else the request-level default.
     pub fn output_is_binary(&self, name: &str) -> bool {
@@ -61,20 +71,6 @@ impl InferRequest {
             .and_then(|o| o.binary_data)
             .unwrap_or(self.binary_data_output)
     }
-}
-
-/// Formats a shape the way error messages show it: `[1,256]`.
-pub(crate) fn fmt_shape(shape: &[i64]) -> String {
-    let mut s = String::with_capacity(2 + shape.len() * 4);
-    s.push('[');
-    for (i, d) in shape.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&d.to_string());
-    }
-    s.push(']');
-    s
 }
 
 /// Parses a protocol data type name for the input `name`.
@@ -101,67 +97,6 @@ pub(crate) fn input_elements(shape: &[i64], name: &str) -> Result<usize> {
     element_count(shape, &format!("input '{name}'"))
 }
 
-/// Counts the length-prefixed elements of `BYTES` data, or `None` if the data are malformed.
-pub(crate) fn count_byte_elements(data: &[u8]) -> Option<usize> {
-    let mut i = 0usize;
-    let mut n = 0usize;
-    while i < data.len() {
-        let len_bytes: [u8; 4] = data.get(i..i + 4)?.try_into().ok()?;
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        i = i.checked_add(4 + len)?;
-        if i > data.len() {
-            return None;
-        }
-        n += 1;
-    }
-    Some(n)
-}
-
-/// Checks that raw little-endian data of `len` bytes (`BYTES`: `data`) fits the input's shape.
-/// `what` names where the data came from (`binary_data_size`, `raw_input_contents`).
-pub(crate) fn check_raw_data(
-    name: &str,
-    dtype: DataType,
-    shape: &[i64],
-    data: &[u8],
-    what: &str,
-) -> Result<()> {
-    let n = input_elements(shape, name)?;
-    match dtype.size() {
-        Some(w) => {
-            let want = n.checked_mul(w).ok_or_else(|| {
-                Error::invalid(format!(
-                    "input '{name}': shape {} is too large",
-                    fmt_shape(shape)
-                ))
-            })?;
-            if data.len() != want {
-                return Err(Error::invalid(format!(
-                    "input '{name}': {what} is {} bytes, but shape {} of {dtype} needs {want}",
-                    data.len(),
-                    fmt_shape(shape)
-                )));
-            }
-        }
-        None => match count_byte_elements(data) {
-            Some(got) if got == n => {}
-            Some(got) => {
-                return Err(Error::invalid(format!(
-                    "input '{name}': expected {n} elements for shape {}, got {got}",
-                    fmt_shape(shape)
-                )))
-            }
-            None => {
-                return Err(Error::invalid(format!(
-                    "input '{name}': {what} is not a sequence of 4-byte little-endian lengths \
-                     each followed by that many bytes"
-                )))
-            }
-        },
-    }
-    Ok(())
-}
-
 /// The error for a wrong number of elements in the input `name`.
 pub(crate) fn count_mismatch(name: &str, shape: &[i64], want: usize, got: usize) -> Error {
     Error::invalid(format!(
@@ -175,17 +110,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn byte_element_counting() {
-        assert_eq!(count_byte_elements(b""), Some(0));
-        assert_eq!(count_byte_elements(b"\x01\0\0\0a\0\0\0\0"), Some(2));
-        assert_eq!(count_byte_elements(b"\x02\0\0\0a"), None);
-        assert_eq!(count_byte_elements(b"\x01\0\0"), None);
-        assert_eq!(count_byte_elements(b"\xff\xff\xff\xff"), None);
-    }
-
-    #[test]
     fn output_binary_choice() {
-        let mut r = InferRequest {
+        let mut r = WireRequest {
             outputs: vec![
                 RequestedOutput {
                     name: "a".into(),
@@ -199,7 +125,7 @@ mod tests {
                 },
             ],
             binary_data_output: true,
-            ..Default::default()
+            ..WireRequest::with_capacity(0, 2)
         };
         assert!(!r.output_is_binary("a"));
         assert!(r.output_is_binary("b"));

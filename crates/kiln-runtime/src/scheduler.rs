@@ -45,6 +45,9 @@ pub struct Pending {
     pub deadline: Option<Instant>,
     /// Where the answer goes; closed when the client has gone.
     pub reply: oneshot::Sender<Result<Answer>>,
+    /// The request's tracing span (disabled when nothing listens): the batch that computes
+    /// the request links to it, so a trace crosses the queue.
+    pub span: tracing::Span,
 }
 
 /// How batches are formed.
@@ -308,6 +311,7 @@ mod tests {
                 arrival,
                 deadline: None,
                 reply: tx,
+                span: tracing::Span::none(),
             },
             rx,
         )

@@ -10,30 +10,8 @@ use kiln_core::{Error, ErrorCode, ModelConfig, Result, Tensor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// An inference request as the runtime sees it, decoded from either protocol.
-#[derive(Debug, Clone)]
-pub struct InferRequest {
-    /// Input tensors, any order.
-    pub inputs: Vec<Tensor>,
-    /// Priority level (1 = most urgent); `None` or 0 takes the model's default.
-    pub priority: Option<u64>,
-    /// Timeout; `None` or zero takes the model's default.
-    pub timeout: Option<Duration>,
-    /// When the server received the request, so request time includes decoding.
-    pub received: Instant,
-}
-
-impl InferRequest {
-    /// A request with default priority and timeout, received now.
-    pub fn new(inputs: Vec<Tensor>) -> Self {
-        InferRequest {
-            inputs,
-            priority: None,
-            timeout: None,
-            received: Instant::now(),
-        }
-    }
-}
+/// The request [`ServedVersion::infer`] computes: the one request type of every layer.
+pub use kiln_core::InferRequest;
 
 /// One request in the in-flight gauge. Dropping it leaves the gauge, also when the request's
 /// future is dropped mid-way, which then counts as a cancelled request.
@@ -142,6 +120,9 @@ impl ServedVersion {
     /// Validates, queues and awaits one request. Failures are counted by reason; a request
     /// whose future is dropped before it is answered (the client went away) counts as
     /// `cancelled`.
+    ///
+    /// The current tracing span (the caller's request span, if it entered one) goes with the
+    /// request through the queue: the batch that computes it links to it.
     pub async fn infer(&self, req: InferRequest) -> Result<Vec<Tensor>> {
         let mut in_flight = InFlight::start(&self.metrics);
         let received = req.received;
@@ -169,13 +150,15 @@ impl ServedVersion {
         }
     }
 
-    async fn run(&self, req: InferRequest) -> Result<Answer> {
-        let (inputs, rows) = self.validate(req.inputs)?;
+    async fn run(&self, mut req: InferRequest) -> Result<Answer> {
+        // the data lengths were checked when the inputs entered the request (or are now, for
+        // a request built unchecked)
+        let (inputs, rows) = self.validate(req.take_inputs()?)?;
         // The model's own data checks (e.g. ids within the table a Gather reads) run per
         // request, so a bad request never fails the others batched with it.
         self.model
             .check_inputs(&inputs)
-            .map_err(|e| Error::new(e.code, format!("{}: {}", self.label(), e.message)))?;
+            .map_err(|e| e.prefixed(self.label()))?;
         let db = &self.config.dynamic_batching;
         let level = match req.priority {
             None | Some(0) => self.config.default_priority(),
@@ -200,6 +183,7 @@ impl ServedVersion {
             arrival: Instant::now(),
             deadline,
             reply: tx,
+            span: tracing::Span::current(),
         })?;
         let answer = match deadline {
             None => rx.await,
@@ -222,8 +206,9 @@ impl ServedVersion {
     }
 
     /// Checks names, types and shapes against the model and puts inputs in model order.
-    /// Returns the inputs and the request's rows (1 when the model does not batch).
-    pub fn validate(&self, mut given: Vec<Tensor>) -> Result<(Vec<Tensor>, usize)> {
+    /// Returns the inputs and the request's rows (1 when the model does not batch). The data
+    /// lengths are not checked again: [`InferRequest`] checked them.
+    fn validate(&self, mut given: Vec<Tensor>) -> Result<(Vec<Tensor>, usize)> {
         let io = self.model.io();
         let max_batch = self.config.max_batch_size as usize;
         let mut ordered = Vec::with_capacity(io.inputs.len());
@@ -287,7 +272,6 @@ impl ServedVersion {
             // the spec's dims are the engine's (derived from the graph where the file leaves
             // a dim free), so a request the graph cannot compute is refused here
             check_input_shape(spec, &t.shape, max_batch > 0)?;
-            t.validate()?;
             if self.config.reject_non_finite_inputs {
                 check_finite(&t, &self.name)?;
             }

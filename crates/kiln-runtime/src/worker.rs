@@ -43,9 +43,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// `e` with the model and version in front of its message.
+    /// `e` with the model and version in front of its message (code and cause kept).
     fn labeled(&self, e: Error) -> Error {
-        Error::new(e.code, format!("{}: {}", self.label, e.message))
+        e.prefixed(&self.label)
     }
 
     /// The error every request of a broken version gets.
@@ -223,11 +223,16 @@ fn run_batch(shared: &Shared, instance: &mut dyn ModelInstance, batch: Vec<Pendi
     if live.is_empty() {
         return false;
     }
+    // One span per batch, linked to the span of every request it computes (disabled, and
+    // free, when nothing listens).
+    let span = tracing::debug_span!("batch", model = %shared.label, requests = live.len());
     for p in &live {
+        span.follows_from(&p.span);
         let q = start - p.arrival;
         shared.stats.queue.add(q);
         shared.metrics.queue_seconds.observe(q.as_secs_f64());
     }
+    let _entered = span.enter();
     compute(shared, instance, live, start)
 }
 
@@ -258,7 +263,7 @@ fn compute(
             false
         }
         Ok(Err(e)) if e.code == ErrorCode::InvalidArgument && live.len() > 1 => {
-            tracing::debug!(error = %e, rows, "batch refused its data: retried request by request");
+            tracing::debug!(error = %e.report(), rows, "batch refused its data: retried request by request");
             let mut panicked = false;
             for p in live {
                 if panicked {
@@ -274,9 +279,9 @@ fn compute(
         }
         Ok(Err(e)) => {
             if e.code == ErrorCode::InvalidArgument {
-                tracing::debug!(model = %shared.label, error = %e, "request refused by the backend");
+                tracing::debug!(model = %shared.label, error = %e.report(), "request refused by the backend");
             } else {
-                tracing::warn!(model = %shared.label, error = %e, rows, "batch failed");
+                tracing::warn!(model = %shared.label, error = %e.report(), rows, "batch failed");
             }
             let e = shared.labeled(e);
             for p in live {

@@ -3,10 +3,10 @@
 
 use crate::state::AppState;
 use kiln_core::{Error, Result, Tensor};
-use kiln_protocol::{Delivery, InferRequest as WireRequest};
-use kiln_runtime::{InferRequest, ServedVersion};
+use kiln_protocol::{Delivery, WireRequest};
+use kiln_runtime::ServedVersion;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The answer of one inference: the version that computed it and the selected outputs, each
 /// with how it goes back (outputs bound for shared memory are already written there).
@@ -17,7 +17,8 @@ pub struct Inferred {
     pub outputs: Vec<(Tensor, Delivery)>,
 }
 
-/// Runs `req` on `model` / `version` (empty = latest).
+/// Runs `req` on `model` / `version` (empty = latest), received at `received`. The caller's
+/// request span, if it entered one, follows the request into the batch that computes it.
 pub async fn infer(
     state: &AppState,
     model: &str,
@@ -43,21 +44,15 @@ pub async fn infer(
         }
     }
     let WireRequest {
-        inputs,
+        mut request,
         outputs: requested,
-        priority,
-        timeout_us,
         binary_data_output,
         ..
     } = req;
-    let all = served
-        .infer(InferRequest {
-            inputs,
-            priority,
-            timeout: timeout_us.map(Duration::from_micros),
-            received,
-        })
-        .await?;
+    request.received = received;
+    let all = served.infer(request).await.inspect_err(|e| {
+        tracing::debug!(error = %e.report(), "request failed");
+    })?;
     let default = if binary_data_output {
         Delivery::Binary
     } else {

@@ -4,6 +4,7 @@ mod cache;
 mod onnx;
 mod serve;
 mod signal;
+mod telemetry;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -40,17 +41,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .map_err(|e| anyhow::anyhow!("--log '{}': {e}", cli.log))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => sub.json().init(),
-        LogFormat::Text => sub.init(),
-    }
+    let otlp = match &cli.command {
+        Command::Serve(a) => a.otlp_endpoint.as_deref(),
+        _ => None,
+    };
+    let _telemetry = telemetry::init(&cli.log, matches!(cli.log_format, LogFormat::Json), otlp)?;
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Cache { cmd } => tokio::runtime::Builder::new_multi_thread()

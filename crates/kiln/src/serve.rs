@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// Once listening, write `{"http_port":..,"grpc_port":..,"metrics_port":..}` to this file.
     #[arg(long, env = "KILN_READY_FILE")]
     ready_file: Option<PathBuf>,
+    /// Export each request's span, and the span of the batch that computed it, to this
+    /// OpenTelemetry collector over OTLP/gRPC (e.g. `http://localhost:4317`). Off by default.
+    #[arg(long, env = "KILN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

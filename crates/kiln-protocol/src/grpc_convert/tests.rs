@@ -48,13 +48,13 @@ fn raw_inputs_are_zero_copy() {
         ..Default::default()
     };
     let r = request_from_grpc(req).unwrap();
-    assert_eq!(r.inputs, vec![x.clone(), h, s]);
+    assert_eq!(r.request.inputs(), vec![x.clone(), h, s]);
     assert_eq!(
-        r.inputs[0].data.as_ptr(),
+        r.request.inputs()[0].data.as_ptr(),
         x.data.as_ptr(),
         "raw data are shared"
     );
-    assert_eq!(r.id.as_deref(), Some("7"));
+    assert_eq!(r.request.id.as_deref(), Some("7"));
     assert_eq!(
         r.outputs,
         vec![RequestedOutput {
@@ -64,7 +64,11 @@ fn raw_inputs_are_zero_copy() {
         }]
     );
     assert_eq!(
-        (r.priority, r.timeout_us, r.binary_data_output),
+        (
+            r.request.priority,
+            r.request.timeout.map(|t| t.as_micros() as u64),
+            r.binary_data_output
+        ),
         (None, None, false)
     );
 }
@@ -80,9 +84,10 @@ fn raw_inputs_survive_the_wire() {
     let wire = Bytes::from(req.encode_to_vec());
     let decoded = ModelInferRequest::decode(wire.clone()).unwrap();
     let r = request_from_grpc(decoded).unwrap();
-    assert_eq!(r.inputs, vec![x]);
+    assert_eq!(r.request.inputs(), vec![x]);
     assert!(
-        wire.as_ptr_range().contains(&r.inputs[0].data.as_ptr()),
+        wire.as_ptr_range()
+            .contains(&r.request.inputs()[0].data.as_ptr()),
         "decoded without a copy"
     );
 }
@@ -170,7 +175,7 @@ fn typed_contents_of_every_type() {
             ..Default::default()
         };
         let r = request_from_grpc(req).unwrap();
-        assert_eq!(r.inputs, vec![want.clone()], "{}", want.dtype);
+        assert_eq!(r.request.inputs(), vec![want.clone()], "{}", want.dtype);
     }
 }
 
@@ -286,10 +291,19 @@ fn priority_and_timeout_parameters() {
         },
     );
     let r = request_from_grpc(req.clone()).unwrap();
-    assert_eq!((r.priority, r.timeout_us), (Some(3), Some(2500)));
+    assert_eq!(
+        (
+            r.request.priority,
+            r.request.timeout.map(|t| t.as_micros() as u64)
+        ),
+        (Some(3), Some(2500))
+    );
 
     req.parameters.insert("priority".into(), uint(0));
-    assert_eq!(request_from_grpc(req.clone()).unwrap().priority, None);
+    assert_eq!(
+        request_from_grpc(req.clone()).unwrap().request.priority,
+        None
+    );
 
     req.parameters.insert(
         "priority".into(),

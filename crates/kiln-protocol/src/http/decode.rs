@@ -2,15 +2,14 @@
 
 use super::data::parse_data;
 use super::{json_error_message, JsonObject};
-use crate::request::{
-    check_raw_data, count_mismatch, input_elements, parse_dtype, InferRequest, RequestedOutput,
-};
+use crate::request::{count_mismatch, input_elements, parse_dtype, RequestedOutput, WireRequest};
 use crate::shm::ShmRef;
 use bytes::Bytes;
 use kiln_core::{Error, ErrorCode, Result, Tensor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::time::Duration;
 
 /// The JSON part of a request. Unknown fields are ignored, as Triton does.
 #[derive(Deserialize)]
@@ -57,7 +56,7 @@ struct OutputJson {
 /// inputs are zero-copy slices of `body`. Every error is an
 /// [`ErrorCode::InvalidArgument`] (or [`ErrorCode::Unsupported`] for extensions Kiln does not
 /// serve) whose message names the offending field.
-pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<InferRequest> {
+pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<WireRequest> {
     let json_len = match json_header_len {
         Some(n) if n > body.len() => {
             return Err(Error::invalid(format!(
@@ -71,29 +70,32 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Inf
     let req: RequestJson<'_> = parse_json_object(&body[..json_len])?;
 
     let params = req.parameters.unwrap_or_default();
-    let mut out = InferRequest {
-        id: req.id,
-        priority: uint_param(&params, "priority")?.filter(|&p| p != 0),
-        timeout_us: uint_param(&params, "timeout")?.filter(|&t| t != 0),
-        binary_data_output: bool_param(&params, "binary_data_output")?.unwrap_or(false),
-        inputs: Vec::with_capacity(req.inputs.len()),
-        outputs: Vec::with_capacity(req.outputs.len()),
-        shm_inputs: Vec::new(),
-    };
+    let mut out = WireRequest::with_capacity(req.inputs.len(), req.outputs.len());
+    out.request.id = req.id;
+    out.request.priority = uint_param(&params, "priority")?.filter(|&p| p != 0);
+    out.request.timeout = uint_param(&params, "timeout")?
+        .filter(|&t| t != 0)
+        .map(Duration::from_micros);
+    out.binary_data_output = bool_param(&params, "binary_data_output")?.unwrap_or(false);
 
     let mut offset = json_len;
     for (i, JsonObject(input)) in req.inputs.into_iter().enumerate() {
-        let (tensor, shm) = decode_input(i, input, &body, &mut offset, json_header_len.is_some())?;
-        if out.inputs.iter().any(|t| t.name == tensor.name) {
+        let (tensor, source) =
+            decode_input(i, input, &body, &mut offset, json_header_len.is_some())?;
+        if out.request.inputs().iter().any(|t| t.name == tensor.name) {
             return Err(Error::invalid(format!(
                 "input '{}' appears twice",
                 tensor.name
             )));
         }
-        if let Some(r) = shm {
-            out.shm_inputs.push((out.inputs.len(), r));
+        match source {
+            // the one length check of the input's data
+            Source::Body(what) => out.request.push_input(tensor, what)?,
+            Source::Shm(r) => {
+                let i = out.request.push_unfilled(tensor);
+                out.shm_inputs.push((i, r));
+            }
         }
-        out.inputs.push(tensor);
     }
     if offset != body.len() {
         return Err(Error::invalid(format!(
@@ -159,15 +161,24 @@ pub fn parse_json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T> {
     Ok(v)
 }
 
+/// Where a decoded input's data came from.
+enum Source {
+    /// The body: binary data (`binary_data_size`) or JSON `data`, named for errors.
+    Body(&'static str),
+    /// A shared-memory region; the tensor's data are empty until read from it.
+    Shm(ShmRef),
+}
+
 /// Decodes input number `i`, taking its binary data (if any) from `body` at `*offset`. An
-/// input in shared memory comes back with empty data and where its data are.
+/// input in shared memory comes back with empty data and where its data are. The data's
+/// length is checked against the shape when the input enters the request.
 fn decode_input(
     i: usize,
     input: InputJson<'_>,
     body: &Bytes,
     offset: &mut usize,
     has_binary_part: bool,
-) -> Result<(Tensor, Option<ShmRef>)> {
+) -> Result<(Tensor, Source)> {
     let name = input
         .name
         .ok_or_else(|| Error::invalid(format!("inputs[{i}]: missing 'name'")))?;
@@ -195,10 +206,10 @@ fn decode_input(
             shape,
             data: Bytes::new(),
         };
-        return Ok((t, Some(r)));
+        return Ok((t, Source::Shm(r)));
     }
 
-    let data = match (binary_size, input.data) {
+    let (data, what) = match (binary_size, input.data) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid(format!(
                 "input '{name}': has both 'data' and parameters.binary_data_size"
@@ -228,15 +239,14 @@ fn decode_input(
                 })?;
             let data = body.slice(*offset..*offset + size);
             *offset += size;
-            check_raw_data(&name, dtype, &shape, &data, "binary_data_size")?;
-            data
+            (data, "binary_data_size")
         }
         (None, Some(raw)) => {
             let (data, got) = parse_data(raw, &name, dtype, expected)?;
             if got != expected {
                 return Err(count_mismatch(&name, &shape, expected, got));
             }
-            Bytes::from(data)
+            (Bytes::from(data), "data")
         }
     };
     Ok((
@@ -246,7 +256,7 @@ fn decode_input(
             shape,
             data,
         },
-        None,
+        Source::Body(what),
     ))
 }
 

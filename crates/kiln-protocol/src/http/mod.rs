@@ -16,7 +16,7 @@ mod tests_parts;
 #[cfg(test)]
 mod tests_strict;
 
-pub use crate::request::{InferRequest, RequestedOutput};
+pub use crate::request::{InferRequest, RequestedOutput, WireRequest};
 pub use decode::{decode_request, parse_json_object};
 pub use encode::{encode_response, encode_response_parts, error_body, EncodedResponse};
 

@@ -5,7 +5,7 @@ use half::f16;
 use kiln_core::{DataType, ErrorCode, Tensor};
 use serde_json::{json, Value};
 
-fn decode(json: &str) -> kiln_core::Result<InferRequest> {
+fn decode(json: &str) -> kiln_core::Result<WireRequest> {
     decode_request(Bytes::from(json.to_string()), None)
 }
 
@@ -67,13 +67,13 @@ fn flat_and_nested_json_agree() {
         r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[[1,2,3],[4,5,6.5]]}]}"#,
     )
     .unwrap();
-    assert_eq!(flat, nested);
-    let t = &flat.inputs[0];
+    assert_eq!(flat.request.inputs(), nested.request.inputs());
+    let t = &flat.request.inputs()[0];
     assert_eq!(
         t.to_vec::<f32>().unwrap(),
         vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]
     );
-    assert_eq!(flat.id, None);
+    assert_eq!(flat.request.id, None);
     assert!(flat.outputs.is_empty());
 }
 
@@ -87,7 +87,7 @@ fn every_dtype_round_trips_through_json() {
         assert!(v["outputs"][0].get("parameters").is_none(), "{v}");
         let (req_body, _) = response_to_request(&body, None);
         let got = decode_request(req_body, None).unwrap();
-        assert_eq!(got.inputs, vec![t.clone()], "{}", t.dtype);
+        assert_eq!(got.request.inputs(), vec![t.clone()], "{}", t.dtype);
     }
 }
 
@@ -116,9 +116,9 @@ fn every_dtype_round_trips_through_binary() {
     let (req_body, header) = response_to_request(&body, header);
     let got = decode_request(req_body.clone(), header).unwrap();
     let want: Vec<Tensor> = outputs.into_iter().map(|(t, _)| t).collect();
-    assert_eq!(got.inputs, want);
+    assert_eq!(got.request.inputs(), want);
     let range = req_body.as_ptr_range();
-    for t in &got.inputs {
+    for t in got.request.inputs() {
         assert!(
             range.contains(&t.data.as_ptr()),
             "{} is a slice of the body",
@@ -147,13 +147,16 @@ fn binary_inputs_mixed_with_json_inputs() {
     bin.extend_from_slice(&c.data);
     let (body, n) = with_binary(&json, &bin);
     let r = decode_request(body, Some(n)).unwrap();
-    assert_eq!(r.id.as_deref(), Some("42"));
-    assert_eq!(r.priority, Some(2));
-    assert_eq!(r.timeout_us, Some(1500));
+    assert_eq!(r.request.id.as_deref(), Some("42"));
+    assert_eq!(r.request.priority, Some(2));
+    assert_eq!(r.request.timeout.map(|t| t.as_micros() as u64), Some(1500));
     assert!(r.binary_data_output);
-    assert_eq!(r.inputs[0], a);
-    assert_eq!(r.inputs[1], Tensor::from_vec("b", vec![1, 2], &[7i64, -8]));
-    assert_eq!(r.inputs[2], c);
+    assert_eq!(r.request.inputs()[0], a);
+    assert_eq!(
+        r.request.inputs()[1],
+        Tensor::from_vec("b", vec![1, 2], &[7i64, -8])
+    );
+    assert_eq!(r.request.inputs()[2], c);
     assert_eq!(
         r.outputs,
         vec![
@@ -180,7 +183,7 @@ fn bytes_from_json_strings() {
     )
     .unwrap();
     assert_eq!(
-        r.inputs[0],
+        r.request.inputs()[0],
         Tensor::from_strings("s", vec![2], &["ab", "\u{e9}"])
     );
 }
@@ -193,13 +196,19 @@ fn fp16_from_json_numbers() {
         .iter()
         .map(|&v| f16::from_f32(v))
         .collect();
-    assert_eq!(r.inputs[0].to_vec::<f16>().unwrap(), want);
+    assert_eq!(r.request.inputs()[0].to_vec::<f16>().unwrap(), want);
 }
 
 #[test]
 fn zero_priority_and_timeout_mean_defaults() {
     let r = decode(r#"{"parameters":{"priority":0,"timeout":0},"inputs":[]}"#).unwrap();
-    assert_eq!((r.priority, r.timeout_us), (None, None));
+    assert_eq!(
+        (
+            r.request.priority,
+            r.request.timeout.map(|t| t.as_micros() as u64)
+        ),
+        (None, None)
+    );
 }
 
 #[test]
@@ -509,7 +518,10 @@ fn datatype_names() {
         r#"{"inputs":[{"name":"x","shape":[],"datatype":"UINT64","data":18446744073709551615}]}"#,
     )
     .unwrap();
-    assert_eq!(r.inputs[0].to_vec::<u64>().unwrap(), vec![u64::MAX]);
+    assert_eq!(
+        r.request.inputs()[0].to_vec::<u64>().unwrap(),
+        vec![u64::MAX]
+    );
 }
 
 #[test]
@@ -540,7 +552,7 @@ fn floats_round_trip_exactly() {
         let (req_body, _) = response_to_request(&body, None);
         let got = decode_request(req_body, None).unwrap();
         assert!(
-            got.inputs[0] == t,
+            got.request.inputs()[0] == t,
             "{} values differ after a json round trip",
             t.dtype
         );

@@ -89,8 +89,11 @@ fn object_bodies_still_decode_with_their_positions() {
         None,
     )
     .unwrap();
-    assert_eq!(r.id.as_deref(), Some("a"));
-    assert_eq!(r.inputs[0].to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+    assert_eq!(r.request.id.as_deref(), Some("a"));
+    assert_eq!(
+        r.request.inputs()[0].to_vec::<f32>().unwrap(),
+        vec![1.0, 2.0]
+    );
     assert_eq!(r.outputs[0].name, "y");
     let m = decode_err(r#"{"inputs":[{"name":"x",}]}"#);
     assert_eq!(
@@ -158,19 +161,19 @@ fn non_finite_outputs_are_valid_json_and_read_back() {
         )
         .unwrap();
         let got: Vec<f64> = match dt {
-            "FP16" => r.inputs[0]
+            "FP16" => r.request.inputs()[0]
                 .to_vec::<half::f16>()
                 .unwrap()
                 .into_iter()
                 .map(f64::from)
                 .collect(),
-            "FP32" => r.inputs[0]
+            "FP32" => r.request.inputs()[0]
                 .to_vec::<f32>()
                 .unwrap()
                 .into_iter()
                 .map(f64::from)
                 .collect(),
-            _ => r.inputs[0].to_vec::<f64>().unwrap(),
+            _ => r.request.inputs()[0].to_vec::<f64>().unwrap(),
         };
         assert!(got[0].is_nan(), "{dt}");
         assert_eq!(&got[1..], &[f64::INFINITY, f64::NEG_INFINITY, 2.0], "{dt}");

@@ -9,12 +9,32 @@ use std::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
+use tracing::{field, Instrument};
 
 /// The response stream of ModelStreamInfer.
 pub type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
+/// One inference, in the request's span: the batch that computes it links to it. The span is
+/// disabled, and free, unless a subscriber wants it (`--otlp-endpoint`, or a debug log filter).
 async fn run(
+    state: &AppState,
+    req: pb::ModelInferRequest,
+) -> kiln_core::Result<pb::ModelInferResponse> {
+    let span = tracing::debug_span!(
+        "request",
+        protocol = "grpc",
+        model = req.model_name.as_str(),
+        version = req.model_version.as_str(),
+        id = field::Empty
+    );
+    if !req.id.is_empty() {
+        span.record("id", req.id.as_str());
+    }
+    run_in_span(state, req).instrument(span).await
+}
+
+async fn run_in_span(
     state: &AppState,
     req: pb::ModelInferRequest,
 ) -> kiln_core::Result<pb::ModelInferResponse> {
@@ -27,7 +47,7 @@ async fn run(
         .admission
         .admit(&*state.version(&model, &version)?, Some(bytes))?;
     let wire = kiln_protocol::request_from_grpc(req)?;
-    let id = wire.id.clone();
+    let id = wire.request.id.clone();
     let done = crate::infer::infer(state, &model, &version, wire, received).await?;
     Ok(kiln_protocol::response_to_grpc(
         &done.version.name,

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use kiln_core::{Error, ErrorCode};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::{field, Instrument, Span};
 
 const HEADER_LEN: &str = "inference-header-content-length";
 
@@ -45,7 +46,17 @@ async fn run(
     body: Body,
 ) -> Response {
     let received = Instant::now();
-    match handle(st, max, model, version, headers, body, received).await {
+    // The request's span: the batch that computes it links to it. Disabled, and free, unless
+    // a subscriber wants it (`--otlp-endpoint`, or a debug log filter).
+    let span = tracing::debug_span!(
+        "request",
+        protocol = "http",
+        model,
+        version,
+        id = field::Empty
+    );
+    let handled = handle(st, max, model, version, headers, body, received, &span);
+    match handled.instrument(span.clone()).await {
         Ok(r) => r,
         Err(r) => r,
     }
@@ -114,6 +125,7 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, Response> {
 
 /// Refuses what the path and headers already condemn (bad headers 400, unknown model 404, full
 /// queue or spent budget 429) before the body is read; see `crate::admission` for the order.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     st: &AppState,
     max: MaxBody,
@@ -122,6 +134,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     received: Instant,
+    span: &Span,
 ) -> Result<Response, Response> {
     let err = |e: Error| ApiError(e).into_response();
     let header_len = header_len(headers).map_err(IntoResponse::into_response)?;
@@ -136,7 +149,10 @@ async fn handle(
             .map_err(err)?;
     }
     let req = kiln_protocol::decode_request(body, header_len).map_err(err)?;
-    let id = req.id.clone();
+    if let Some(id) = &req.request.id {
+        span.record("id", id.as_str());
+    }
+    let id = req.request.id.clone();
     let done = crate::infer::infer(st, model, version, req, received)
         .await
         .map_err(err)?;
