@@ -9,7 +9,7 @@ use crate::request::{
 use crate::shm::ShmRef;
 use bytes::Bytes;
 use kiln_core::tensor::Element;
-use kiln_core::{DataType, Error, ErrorCode, ModelConfig, ModelIo, Result, Tensor};
+use kiln_core::{DataType, Error, ErrorCode, Result, Tensor};
 use std::collections::HashMap;
 use std::fmt::Display;
 
@@ -143,86 +143,6 @@ pub fn response_to_grpc(
                 _ => t.data.clone(),
             })
             .collect(),
-    }
-}
-
-/// Builds the Triton `ModelConfig` message of a model from its configuration and the inputs
-/// and outputs it was loaded with. Batching models report `dynamic_batching`, since Kiln
-/// batches every model with `max_batch_size > 0`.
-pub fn model_config_to_grpc(config: &ModelConfig, io: &ModelIo, platform: &str) -> pb::ModelConfig {
-    use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
-    let vp = &config.version_policy;
-    let policy = if vp.all == Some(true) {
-        PolicyChoice::All(All {})
-    } else if let Some(versions) = &vp.specific {
-        PolicyChoice::Specific(Specific {
-            versions: versions.iter().map(|&v| v as i64).collect(),
-        })
-    } else {
-        PolicyChoice::Latest(Latest {
-            num_versions: vp.latest.unwrap_or(1),
-        })
-    };
-    let db = &config.dynamic_batching;
-    let dynamic_batching = (config.max_batch_size > 0).then(|| pb::ModelDynamicBatching {
-        preferred_batch_size: db.preferred_batch_sizes.iter().map(|&b| b as i32).collect(),
-        max_queue_delay_microseconds: db.max_queue_delay_us,
-        priority_levels: u64::from(db.priority_levels),
-        default_priority_level: u64::from(config.default_priority()),
-        default_queue_policy: Some(pb::ModelQueuePolicy {
-            timeout_action: pb::model_queue_policy::TimeoutAction::Reject as i32,
-            default_timeout_microseconds: db.default_timeout_ms.saturating_mul(1000),
-            allow_timeout_override: true,
-            max_queue_size: u32::try_from(db.max_queue_size).unwrap_or(u32::MAX),
-        }),
-        ..Default::default()
-    });
-    pb::ModelConfig {
-        name: config.model_name().to_string(),
-        platform: platform.to_string(),
-        backend: config.backend.clone().unwrap_or_default(),
-        version_policy: Some(pb::ModelVersionPolicy {
-            policy_choice: Some(policy),
-        }),
-        max_batch_size: i32::try_from(config.max_batch_size).unwrap_or(i32::MAX),
-        input: io
-            .inputs
-            .iter()
-            .map(|s| pb::ModelInput {
-                name: s.name.clone(),
-                data_type: s.data_type.triton_config_enum(),
-                dims: s.dims.clone(),
-                allow_ragged_batch: s.allow_ragged_batch,
-                ..Default::default()
-            })
-            .collect(),
-        output: io
-            .outputs
-            .iter()
-            .map(|s| pb::ModelOutput {
-                name: s.name.clone(),
-                data_type: s.data_type.triton_config_enum(),
-                dims: s.dims.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        dynamic_batching,
-        instance_group: vec![pb::ModelInstanceGroup {
-            name: format!("{}_0", config.model_name()),
-            kind: pb::model_instance_group::Kind::Cpu as i32,
-            count: i32::try_from(config.instance_group.count).unwrap_or(i32::MAX),
-            ..Default::default()
-        }],
-        default_model_filename: config.default_model_filename.clone(),
-        parameters: config
-            .parameters
-            .iter()
-            .map(|(k, v)| {
-                let string_value = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                (k.clone(), pb::ModelParameter { string_value })
-            })
-            .collect(),
-        ..Default::default()
     }
 }
 

@@ -29,7 +29,7 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
-pub use grpc_convert::{model_config_to_grpc, request_from_grpc, response_to_grpc};
+pub use grpc_convert::{request_from_grpc, response_to_grpc};
 pub use http::{
     decode_request, encode_response, encode_response_parts, error_body, EncodedResponse,
 };

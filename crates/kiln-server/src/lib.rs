@@ -9,6 +9,7 @@
 mod admission;
 mod assemble;
 mod body;
+mod control;
 mod error;
 mod grpc;
 mod http;
@@ -19,7 +20,6 @@ mod listen_grpc;
 mod metrics_http;
 mod sparse;
 mod state;
-mod views;
 
 pub use admission::Admission;
 pub use assemble::{assemble, Assembled, Running, Settings};

@@ -2,7 +2,6 @@ use super::*;
 use crate::inference::model_infer_request::InferRequestedOutputTensor;
 use crate::inference::{InferParameter, InferTensorContents, ModelInferRequest};
 use half::f16;
-use kiln_core::TensorSpec;
 use prost::Message;
 
 fn input(name: &str, datatype: &str, shape: &[i64]) -> InferInputTensor {
@@ -414,45 +413,6 @@ fn field_numbers_match_the_protocol() {
     );
     assert_eq!(pb::DataType::TypeString as i32, 13);
     assert_eq!(pb::DataType::TypeBf16 as i32, 14);
-}
-
-#[test]
-fn model_config_message() {
-    let config = ModelConfig::parse(
-        "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 100\npreferred_batch_sizes = [4]\n\
-         [parameters]\nthreads = 2\nmode = \"fast\"",
-        "m",
-    )
-    .unwrap();
-    let io = ModelIo {
-        inputs: vec![TensorSpec {
-            name: "x".into(),
-            data_type: DataType::Fp32,
-            dims: vec![16],
-            allow_ragged_batch: false,
-        }],
-        outputs: vec![TensorSpec {
-            name: "y".into(),
-            data_type: DataType::Bytes,
-            dims: vec![-1],
-            allow_ragged_batch: false,
-        }],
-    };
-    let c = model_config_to_grpc(&config, &io, "onnxruntime_onnx");
-    assert_eq!(c.name, "m");
-    assert_eq!(c.platform, "onnxruntime_onnx");
-    assert_eq!(c.max_batch_size, 8);
-    assert_eq!(c.input[0].data_type, pb::DataType::TypeFp32 as i32);
-    assert_eq!(c.output[0].data_type, pb::DataType::TypeString as i32);
-    assert_eq!(c.output[0].dims, vec![-1]);
-    let db = c.dynamic_batching.unwrap();
-    assert_eq!(db.preferred_batch_size, vec![4]);
-    assert_eq!(db.max_queue_delay_microseconds, 100);
-    assert_eq!(c.parameters["threads"].string_value, "2");
-    assert_eq!(c.parameters["mode"].string_value, "fast");
-    assert_eq!(c.instance_group[0].count, 1);
-    let unbatched = model_config_to_grpc(&ModelConfig::default_for("u"), &io, "");
-    assert!(unbatched.dynamic_batching.is_none());
 }
 
 /// The generated server and client carry the names the server crate and tests use.

@@ -1,19 +1,18 @@
 //! The gRPC front end: `inference.GRPCInferenceService` (KServe v2 plus Triton's extensions).
 //! Inference lives in [`infer`]; this file answers health, metadata, configuration,
-//! statistics and repository calls.
+//! statistics and repository calls as a thin adapter over [`crate::control`], which the HTTP
+//! front end answers from too.
 
 mod infer;
 mod sparse;
 
 pub use sparse::AdminService;
 
+use crate::control;
 use crate::error::to_status;
-use crate::state::{caller, extensions, AppState, SERVER_NAME, SERVER_VERSION};
-use crate::views;
+use crate::state::{caller, AppState};
 use kiln_protocol::inference as pb;
 use kiln_protocol::inference::grpc_inference_service_server::GrpcInferenceService;
-use kiln_runtime::stats::CountNs;
-use kiln_runtime::ServedVersion;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -59,45 +58,6 @@ pub fn oversize_is_resource_exhausted<B>(
     resp
 }
 
-fn stat(c: CountNs) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration {
-        count: c.count,
-        ns: c.ns,
-    })
-}
-
-fn stats_message(v: &ServedVersion) -> pb::ModelStatistics {
-    let s = v.stats.snapshot();
-    pb::ModelStatistics {
-        name: v.name.clone(),
-        version: v.version.to_string(),
-        last_inference: s.last_inference_ms,
-        inference_count: s.inference_count,
-        execution_count: s.execution_count,
-        inference_stats: Some(pb::InferStatistics {
-            success: stat(s.success),
-            fail: stat(s.fail),
-            queue: stat(s.queue),
-            compute_input: stat(s.compute_input),
-            compute_infer: stat(s.compute_infer),
-            compute_output: stat(s.compute_output),
-            cache_hit: stat(CountNs::default()),
-            cache_miss: stat(CountNs::default()),
-        }),
-        batch_stats: s
-            .batches
-            .iter()
-            .map(|(size, b)| pb::InferBatchStatistics {
-                batch_size: *size,
-                compute_input: stat(b.compute_input),
-                compute_infer: stat(b.compute_infer),
-                compute_output: stat(b.compute_output),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
 #[tonic::async_trait]
 impl GrpcInferenceService for Service {
     async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Rpc<pb::ServerLiveResponse> {
@@ -115,7 +75,7 @@ impl GrpcInferenceService for Service {
 
     async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Rpc<pb::ModelReadyResponse> {
         let r = r.into_inner();
-        let ready = self.state.ready() && self.state.version(&r.name, &r.version).is_ok();
+        let ready = control::model_ready(&self.state, &r.name, &r.version).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
@@ -123,14 +83,7 @@ impl GrpcInferenceService for Service {
         &self,
         _: Request<pb::ServerMetadataRequest>,
     ) -> Rpc<pb::ServerMetadataResponse> {
-        Ok(Response::new(pb::ServerMetadataResponse {
-            name: SERVER_NAME.into(),
-            version: SERVER_VERSION.into(),
-            extensions: extensions(&self.state)
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        }))
+        Ok(Response::new(control::server_metadata(&self.state)))
     }
 
     async fn model_metadata(
@@ -138,29 +91,9 @@ impl GrpcInferenceService for Service {
         r: Request<pb::ModelMetadataRequest>,
     ) -> Rpc<pb::ModelMetadataResponse> {
         let r = r.into_inner();
-        let v = self.state.version(&r.name, &r.version).map_err(to_status)?;
-        let batched = v.config.max_batch_size > 0;
-        let meta = |s: &kiln_core::TensorSpec| pb::model_metadata_response::TensorMetadata {
-            name: s.name.clone(),
-            datatype: s.data_type.as_str().into(),
-            shape: if batched {
-                std::iter::once(-1).chain(s.dims.iter().copied()).collect()
-            } else {
-                s.dims.clone()
-            },
-        };
-        Ok(Response::new(pb::ModelMetadataResponse {
-            name: v.name.clone(),
-            versions: self
-                .state
-                .serving_versions(&v.name)
-                .iter()
-                .map(|x| x.to_string())
-                .collect(),
-            platform: views::platform(&v),
-            inputs: v.io().inputs.iter().map(meta).collect(),
-            outputs: v.io().outputs.iter().map(meta).collect(),
-        }))
+        control::model_metadata(&self.state, &r.name, &r.version)
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Rpc<pb::ModelInferResponse> {
@@ -186,10 +119,7 @@ impl GrpcInferenceService for Service {
         r: Request<pb::ModelConfigRequest>,
     ) -> Rpc<pb::ModelConfigResponse> {
         let r = r.into_inner();
-        let v = self.state.version(&r.name, &r.version).map_err(to_status)?;
-        let mut config =
-            kiln_protocol::model_config_to_grpc(&v.config, v.io(), &views::platform(&v));
-        config.name = v.name.clone();
+        let config = control::model_config(&self.state, &r.name, &r.version).map_err(to_status)?;
         Ok(Response::new(pb::ModelConfigResponse {
             config: Some(config),
         }))
@@ -200,31 +130,9 @@ impl GrpcInferenceService for Service {
         r: Request<pb::ModelStatisticsRequest>,
     ) -> Rpc<pb::ModelStatisticsResponse> {
         let r = r.into_inner();
-        let model_stats = if r.name.is_empty() {
-            self.state
-                .repo
-                .serving()
-                .iter()
-                .map(|v| stats_message(v))
-                .collect()
-        } else if r.version.is_empty() {
-            self.state.version(&r.name, "").map_err(to_status)?;
-            self.state
-                .repo
-                .serving()
-                .iter()
-                .filter(|v| v.name == r.name)
-                .map(|v| stats_message(v))
-                .collect()
-        } else {
-            vec![stats_message(
-                self.state
-                    .version(&r.name, &r.version)
-                    .map_err(to_status)?
-                    .as_ref(),
-            )]
-        };
-        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+        control::model_statistics(&self.state, &r.name, &r.version)
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn repository_index(
@@ -232,20 +140,10 @@ impl GrpcInferenceService for Service {
         r: Request<pb::RepositoryIndexRequest>,
     ) -> Rpc<pb::RepositoryIndexResponse> {
         let ready_only = r.into_inner().ready;
-        let models = self
-            .state
-            .repo
-            .index()
-            .into_iter()
-            .filter(|e| !ready_only || e.state == kiln_runtime::VersionState::Ready)
-            .map(|e| pb::repository_index_response::ModelIndex {
-                name: e.name,
-                version: e.version.map(|v| v.to_string()).unwrap_or_default(),
-                state: e.state.as_str().into(),
-                reason: e.reason,
-            })
-            .collect();
-        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+        Ok(Response::new(control::repository_index(
+            &self.state,
+            ready_only,
+        )))
     }
 
     async fn repository_model_load(

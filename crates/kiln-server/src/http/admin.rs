@@ -1,17 +1,19 @@
-//! Health, metadata, configuration, statistics and repository endpoints.
+//! Health, metadata, configuration, statistics and repository endpoints: thin adapters over
+//! [`crate::control`], which builds each answer as its protobuf message; HTTP sends that
+//! message as JSON.
 
+use crate::control;
 use crate::error::ApiError;
-use crate::state::{caller, extensions, AppState, SERVER_NAME, SERVER_VERSION};
-use crate::views;
+use crate::state::{caller, AppState};
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use kiln_core::Error;
-use kiln_runtime::check_model_name;
-use serde_json::{json, Value};
+use kiln_protocol::inference as pb;
+use serde::Deserialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,109 +71,76 @@ pub async fn ready(State(st): State<Arc<AppState>>) -> StatusCode {
     }
 }
 
-pub async fn server_metadata(State(st): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "name": SERVER_NAME,
-        "version": SERVER_VERSION,
-        "extensions": extensions(&st),
-    }))
+/// A model route's path: `/v2/models/{model}` or `/v2/models/{model}/versions/{version}`
+/// (no version: the latest).
+#[derive(Deserialize)]
+pub struct ModelPath {
+    model: String,
+    #[serde(default)]
+    version: String,
 }
 
-async fn metadata(st: &AppState, model: &str, version: &str) -> Api<Json<Value>> {
-    let v = st.version(model, version)?;
-    Ok(Json(views::model_metadata(&v, &st.serving_versions(model))))
+pub async fn server_metadata(State(st): State<Arc<AppState>>) -> Json<pb::ServerMetadataResponse> {
+    Json(control::server_metadata(&st))
 }
 
 pub async fn model_metadata(
     State(st): State<Arc<AppState>>,
-    Path(m): Path<String>,
-) -> Api<Json<Value>> {
-    metadata(&st, &m, "").await
+    Path(p): Path<ModelPath>,
+) -> Api<Json<pb::ModelMetadataResponse>> {
+    Ok(Json(control::model_metadata(&st, &p.model, &p.version)?))
 }
 
-pub async fn model_metadata_v(
+pub async fn model_ready(
     State(st): State<Arc<AppState>>,
-    Path((m, v)): Path<(String, String)>,
-) -> Api<Json<Value>> {
-    metadata(&st, &m, &v).await
+    Path(p): Path<ModelPath>,
+) -> Api<StatusCode> {
+    control::model_ready(&st, &p.model, &p.version)?;
+    Ok(StatusCode::OK)
 }
 
-fn ready_answer(st: &AppState, model: &str, version: &str) -> Response {
-    match st.version(model, version) {
-        Ok(_) if st.ready() => StatusCode::OK.into_response(),
-        Ok(_) => ApiError(Error::unavailable("server is shutting down")).into_response(),
-        Err(e) => ApiError(e).into_response(),
-    }
-}
-
-pub async fn model_ready(State(st): State<Arc<AppState>>, Path(m): Path<String>) -> Response {
-    ready_answer(&st, &m, "")
-}
-
-pub async fn model_ready_v(
-    State(st): State<Arc<AppState>>,
-    Path((m, v)): Path<(String, String)>,
-) -> Response {
-    ready_answer(&st, &m, &v)
-}
-
+/// Triton's model configuration: the protobuf message as JSON.
 pub async fn model_config(
     State(st): State<Arc<AppState>>,
-    Path(m): Path<String>,
-) -> Api<Json<Value>> {
-    Ok(Json(views::model_config(st.version(&m, "")?.as_ref())))
+    Path(p): Path<ModelPath>,
+) -> Api<Json<pb::ModelConfig>> {
+    Ok(Json(control::model_config(&st, &p.model, &p.version)?))
 }
 
-pub async fn model_config_v(
-    State(st): State<Arc<AppState>>,
-    Path((m, v)): Path<(String, String)>,
-) -> Api<Json<Value>> {
-    Ok(Json(views::model_config(st.version(&m, &v)?.as_ref())))
-}
-
-fn stats_for(st: &AppState, model: Option<&str>, version: &str) -> Api<Json<Value>> {
-    let list: Vec<Value> = match model {
-        None => st
-            .repo
-            .serving()
-            .iter()
-            .map(|v| views::model_stats(v))
-            .collect(),
-        Some(m) if version.is_empty() => {
-            check_model_name(m)?;
-            st.version(m, "")?;
-            st.repo
-                .serving()
-                .iter()
-                .filter(|v| v.name == m)
-                .map(|v| views::model_stats(v))
-                .collect()
-        }
-        Some(m) => vec![views::model_stats(st.version(m, version)?.as_ref())],
-    };
-    Ok(Json(json!({ "model_stats": list })))
-}
-
-pub async fn all_stats(State(st): State<Arc<AppState>>) -> Api<Json<Value>> {
-    stats_for(&st, None, "")
+pub async fn all_stats(State(st): State<Arc<AppState>>) -> Api<Json<pb::ModelStatisticsResponse>> {
+    Ok(Json(control::model_statistics(&st, "", "")?))
 }
 
 pub async fn model_stats(
     State(st): State<Arc<AppState>>,
-    Path(m): Path<String>,
-) -> Api<Json<Value>> {
-    stats_for(&st, Some(&m), "")
+    Path(p): Path<ModelPath>,
+) -> Api<Json<pb::ModelStatisticsResponse>> {
+    Ok(Json(control::model_statistics(&st, &p.model, &p.version)?))
 }
 
-pub async fn model_stats_v(
+/// The body of `POST /v2/repository/index`; an empty body lists every version.
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    /// Only the versions that serve.
+    #[serde(default)]
+    ready: bool,
+}
+
+/// The repository index as Triton's HTTP API returns it: a JSON array of the index entries.
+pub async fn repository_index(
     State(st): State<Arc<AppState>>,
-    Path((m, v)): Path<(String, String)>,
-) -> Api<Json<Value>> {
-    stats_for(&st, Some(&m), &v)
-}
-
-pub async fn repository_index(State(st): State<Arc<AppState>>) -> Json<Value> {
-    Json(views::index(&st.repo.index()))
+    body: Bytes,
+) -> Api<Json<Vec<pb::repository_index_response::ModelIndex>>> {
+    let req: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(Error::invalid(format!(
+                "repository index request: {e} (expected {{\"ready\": true|false}})"
+            )))
+        })?
+    };
+    Ok(Json(control::repository_index(&st, req.ready).models))
 }
 
 pub async fn load(

@@ -21,22 +21,22 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/v2/models/{model}", get(admin::model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
-            get(admin::model_metadata_v),
+            get(admin::model_metadata),
         )
         .route("/v2/models/{model}/ready", get(admin::model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(admin::model_ready_v),
+            get(admin::model_ready),
         )
         .route("/v2/models/{model}/config", get(admin::model_config))
         .route(
             "/v2/models/{model}/versions/{version}/config",
-            get(admin::model_config_v),
+            get(admin::model_config),
         )
         .route("/v2/models/{model}/stats", get(admin::model_stats))
         .route(
             "/v2/models/{model}/versions/{version}/stats",
-            get(admin::model_stats_v),
+            get(admin::model_stats),
         )
         .route("/v2/models/{model}/infer", post(infer::infer))
         .route(
