@@ -6,7 +6,8 @@
 //! - [`grpc_convert`]: conversions between gRPC inference messages and [`InferRequest`] /
 //!   [`kiln_core::Tensor`].
 //! - [`codec`]: the gRPC codec (prost's, with undecodable messages as `INVALID_ARGUMENT`).
-//! - [`shm`]: the registered regions of Triton's system shared-memory extension.
+//! - [`shm`]: the parameters by which a tensor names a region of Triton's system shared-memory
+//!   extension (the registered regions themselves are server state).
 //!
 //! Both front ends decode into the same [`InferRequest`], so the layers above see one request
 //! type whatever the transport.

@@ -18,6 +18,7 @@ mod limits;
 mod listen;
 mod listen_grpc;
 mod metrics_http;
+pub mod shm;
 mod sparse;
 mod state;
 

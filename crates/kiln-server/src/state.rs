@@ -1,7 +1,7 @@
 //! State shared by the HTTP and gRPC front ends.
 
+use crate::shm::Regions;
 use kiln_core::{Error, ErrorCode, Result};
-use kiln_protocol::shm::Regions;
 use kiln_runtime::{check_model_name, ModelRepository, ServedVersion};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,12 +3,12 @@
 
 use super::admin::Caller;
 use crate::error::{invalid, ApiError};
+use crate::shm::RegionStatus;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use kiln_protocol::shm::RegionStatus;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -8,10 +8,11 @@
 //!   packs a request into a batch, so the view's saving is the pread copy, not the batch copy;
 //! - `write`: [`Regions::write`] of an output.
 //!
-//! Run: `cargo bench -p kiln-protocol --bench shm`.
+//! Run: `cargo bench -p kiln-server --bench shm`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kiln_protocol::shm::{Regions, ShmRef};
+use kiln_protocol::shm::ShmRef;
+use kiln_server::shm::Regions;
 use std::fs::File;
 use std::hint::black_box;
 use std::os::fd::FromRawFd;
