@@ -1,7 +1,7 @@
 //! Prometheus metrics of the runtime, per model and version: request outcomes, latency
 //! histograms (request, queue, compute, server overhead), batch sizes, queue depth and
-//! in-flight requests, plus process metrics. Handles are resolved once per served version so
-//! the hot path only touches atomics.
+//! in-flight requests. Handles are resolved once per served version so the hot path only
+//! touches atomics.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -213,55 +213,4 @@ impl VersionMetrics {
             })
             .inc();
     }
-}
-
-/// Process metrics in the conventional `process_*` names, read from `/proc` at scrape time.
-pub fn encode_process_metrics(out: &mut String) {
-    use std::fmt::Write;
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return;
-    };
-    // Fields after the parenthesised command name, which may contain spaces.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = 100.0; // sysconf(_SC_CLK_TCK) is 100 on Linux
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Indices are the stat(5) field numbers minus 3.
-    let cpu = (num(11) + num(12)) / ticks;
-    let threads = num(17);
-    let start_ticks = num(19);
-    let vsize = num(20);
-    let rss_pages = num(21);
-    let page = 4096.0;
-    let boot = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("btime ")
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-        })
-        .unwrap_or(0.0);
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let _ = write!(
-        out,
-        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
-         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n\
-         # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
-         # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
-         # HELP process_virtual_memory_bytes Virtual memory size in bytes.\n\
-         # TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {vsize}\n\
-         # HELP process_open_fds Number of open file descriptors.\n\
-         # TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
-         # HELP process_threads Number of OS threads in the process.\n\
-         # TYPE process_threads gauge\nprocess_threads {threads}\n\
-         # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
-         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n",
-        rss_pages * page,
-        boot + start_ticks / ticks,
-    );
 }

@@ -1,4 +1,6 @@
-//! `GET /metrics`: the runtime's Prometheus metrics plus process metrics.
+//! `GET /metrics`: the OpenMetrics exposition of the registry the server was bound with (the
+//! runtime's metrics, the server's own, and whatever its caller registered, such as process
+//! metrics).
 
 use axum::extract::State;
 use axum::http::header;
@@ -20,11 +22,6 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
         tracing::error!(error = %e, "cannot encode metrics");
     }
-    // Process metrics go before the OpenMetrics terminator.
-    let eof = body.rfind("# EOF").unwrap_or(body.len());
-    let mut process = String::new();
-    kiln_runtime::metrics::encode_process_metrics(&mut process);
-    body.insert_str(eof, &process);
     (
         [(
             header::CONTENT_TYPE,

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use kiln_datacache::admin::{self, WarmupRequest};
 use kiln_datacache::cache::CacheConfig;
-use kiln_datacache::mount::{run_mount, MountConfig};
+use kiln_datacache::mount::{run_mount_with_collectors, MountConfig};
 use kiln_datacache::service::{CacheService, ServiceConfig};
 use kiln_datacache::source::{Credentials, SourceConfig, SourceSpec};
 use kiln_datacache::warmup::{self, Selection, WarmupReport};
@@ -263,7 +263,8 @@ pub async fn run(cmd: CacheCommand) -> anyhow::Result<()> {
                 allow_other: a.allow_other,
                 admin_addr: (!a.no_admin).then_some(a.admin_addr),
             };
-            run_mount(cfg, shutdown_signal()).await?;
+            let process = vec![crate::process_metrics::ProcessCollector::boxed()];
+            run_mount_with_collectors(cfg, process, shutdown_signal()).await?;
             Ok(())
         }
         CacheCommand::Warmup(a) => run_warmup(a).await,

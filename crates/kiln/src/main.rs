@@ -2,6 +2,7 @@
 
 mod cache;
 mod onnx;
+mod process_metrics;
 mod serve;
 mod signal;
 mod telemetry;

@@ -150,6 +150,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Mode::None, None) => ControlMode::None,
     };
     let mut registry = prometheus_client::registry::Registry::default();
+    crate::process_metrics::ProcessCollector::register(&mut registry);
     let backends = backends(&args, &mut registry)?;
     let addr = |port| SocketAddr::new(args.host, port);
     let settings = Settings {
