@@ -1,5 +1,6 @@
 //! `POST /v2/models/{m}[/versions/{v}]/infer`: JSON or binary tensors in, the same out.
 
+use super::parts_body::PartsBody;
 use crate::error::{invalid, ApiError};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
@@ -157,11 +158,16 @@ async fn handle(
         .await
         .map_err(err)?;
     let version = done.version.version.to_string();
-    let (body, json_len) =
-        kiln_protocol::encode_response(&done.version.name, &version, id.as_deref(), &done.outputs)
-            .map_err(err)?;
+    let encoded = kiln_protocol::encode_response_parts(
+        &done.version.name,
+        &version,
+        id.as_deref(),
+        &done.outputs,
+    )
+    .map_err(err)?;
     drop(ticket);
-    let mut resp = Response::new(axum::body::Body::from(body));
+    let json_len = encoded.json_len;
+    let mut resp = Response::new(axum::body::Body::new(PartsBody::new(encoded)));
     let h = resp.headers_mut();
     match json_len {
         Some(n) => {

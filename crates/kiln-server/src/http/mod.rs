@@ -2,6 +2,7 @@
 
 mod admin;
 mod infer;
+mod parts_body;
 mod shm;
 mod sparse;
 
