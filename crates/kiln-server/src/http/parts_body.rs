@@ -48,3 +48,31 @@ impl Body for PartsBody {
         SizeHint::with_exact(self.remaining)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use kiln_core::Tensor;
+    use kiln_protocol::{encode_response, encode_response_parts, Delivery};
+
+    #[tokio::test]
+    async fn the_parts_make_the_one_buffer_body_with_an_exact_length() {
+        let big: Vec<f32> = (0..10_000).map(|i| i as f32).collect();
+        let outputs = [
+            (
+                Tensor::from_vec("a", vec![2], &[1f32, 2.0]),
+                Delivery::Binary,
+            ),
+            (Tensor::from_vec("b", vec![10_000], &big), Delivery::Binary),
+            (Tensor::from_vec("c", vec![1], &[3f32]), Delivery::Binary),
+        ];
+        let encoded = encode_response_parts("m", "1", None, &outputs).unwrap();
+        assert_eq!(encoded.tail.len(), 2);
+        let body = PartsBody::new(encoded);
+        let (joined, _) = encode_response("m", "1", None, &outputs).unwrap();
+        assert_eq!(body.size_hint().exact(), Some(joined.len() as u64));
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got, joined);
+    }
+}
