@@ -79,7 +79,7 @@ if [[ " $what " == *" kiln "* ]]; then
 fi
 
 if [[ " $what " == *" raw "* ]]; then
-  "${pin_server[@]}" "$PEERS_SH" raw "$MODEL_ONNX" ${BATCHES:-1 64} | tee "$OUT/raw.txt"
+  THREADS=${THREADS:-1} "${pin_server[@]}" "$PEERS_SH" raw "$MODEL_ONNX" ${BATCHES:-1 64} | tee "$OUT/raw.txt"
 fi
 
 if [[ " $what " == *" peers "* ]]; then
