@@ -37,6 +37,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
+        // reqwest is built without a default TLS provider (see the workspace Cargo.toml)
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(secs);
         let started = Instant::now();

@@ -464,7 +464,7 @@ async fn batched_requests_read_and_write_their_own_slots() {
                              "shared_memory_offset": 4 * i, "shared_memory_byte_size": 4}}],
             });
             tokio::spawn(async move {
-                let r = reqwest::Client::new()
+                let r = kiln_testkit::http_client()
                     .post(url)
                     .json(&body)
                     .send()

@@ -24,6 +24,13 @@ pub fn repo_root() -> PathBuf {
     std::fs::canonicalize(&root).unwrap_or(root)
 }
 
+/// An HTTP client for the tests. The workspace's reqwest is built without a default TLS crypto
+/// provider (opendal's setup), so this installs rustls' ring provider first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Whether the tests run under CI: `CI` is set to anything but empty, `0` or `false`.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))

@@ -337,7 +337,9 @@ async fn s3_dataset_through_fuse() {
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let metrics = reqwest::get(format!("{}/metrics", m.admin))
+    let metrics = kiln_testkit::http_client()
+        .get(format!("{}/metrics", m.admin))
+        .send()
         .await
         .unwrap()
         .text()

@@ -217,7 +217,7 @@ impl TestServer {
             metrics: format!("http://{metrics}"),
             repo: running.repo,
             root,
-            client: reqwest::Client::new(),
+            client: kiln_testkit::http_client(),
             starter: running.starter,
             _dir: dir,
             stop: Some(stop),
