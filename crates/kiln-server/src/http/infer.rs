@@ -167,7 +167,13 @@ async fn handle(
     .map_err(err)?;
     drop(ticket);
     let json_len = encoded.json_len;
-    let mut resp = Response::new(axum::body::Body::new(PartsBody::new(encoded)));
+    // a response that is one buffer (JSON, small outputs) goes out as one, as it always did
+    let body = if encoded.tail.is_empty() {
+        axum::body::Body::from(encoded.head)
+    } else {
+        axum::body::Body::new(PartsBody::new(encoded))
+    };
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     match json_len {
         Some(n) => {
