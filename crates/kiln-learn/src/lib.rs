@@ -1,0 +1,24 @@
+//! Kiln's online learner: impressions and actions in (Kafka or JSONL), joined into labelled
+//! samples inside a time window, learned by an FTRL (wide) or a DLRM-style (deep) trainer with
+//! progressive validation, and published as sequenced kiln-embed deltas to every serving replica
+//! (a Kafka delta topic, or the servers' delta admin API).
+//!
+//! Features are hashed with [`kiln_recsys::features`], the function serving applies, so the
+//! trainer and the server cannot disagree about a key.
+
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod event;
+pub mod featurize;
+pub mod join;
+pub mod optim;
+pub mod params;
+pub mod sample;
+pub mod source;
+pub mod trainer;
+pub mod wide;
+
+pub use error::{Error, Result};
+pub use sample::Sample;
+pub use trainer::{TableDelta, Trainer};

@@ -1,0 +1,1 @@
+//! Optimizers: per-coordinate updates over slices.
