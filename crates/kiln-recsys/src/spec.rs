@@ -96,6 +96,20 @@ struct RawSparse {
     data_type: Option<String>,
     #[serde(default)]
     input: InputForm,
+    #[serde(default)]
+    part: Part,
+}
+
+/// Which part of the model a sparse feature feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// Pooled rows go through the interaction and the top MLP (DLRM).
+    #[default]
+    Deep,
+    /// A dim-1 table whose pooled (summed) weight adds straight to the logit (logistic
+    /// regression, the wide part of Wide & Deep).
+    Wide,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -166,6 +180,8 @@ pub struct SparseFeature {
     /// Values + lengths inputs (`<name>_values` INT64 ragged, `<name>_lengths` INT32 `[N]`)
     /// instead of one padded `[N, max_ids]` input.
     pub ragged: bool,
+    /// The deep part (interaction, top MLP) or the wide part (added to the logit).
+    pub part: Part,
 }
 
 /// How a table's rows are addressed (see `kiln_embed::TableConfig::key_space`).
@@ -289,6 +305,7 @@ impl RecsysSpec {
                 buckets: s.buckets,
                 data_type,
                 ragged: s.input == InputForm::Ragged,
+                part: s.part,
             });
         }
         Ok(RecsysSpec {

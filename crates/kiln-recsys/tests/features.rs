@@ -6,7 +6,7 @@
 use kiln_core::{DataType, Tensor};
 use kiln_embed::{MultiHot, Pooling};
 use kiln_recsys::features::{bytes_key, int_key, key_of, FeatureIds, Hashing, RawId, PADDING};
-use kiln_recsys::spec::SparseFeature;
+use kiln_recsys::spec::{Part, SparseFeature};
 
 const INTS: [i64; 11] = [
     0,
@@ -153,6 +153,7 @@ fn feature(
         buckets,
         data_type,
         ragged,
+        part: Part::Deep,
     }
 }
 
