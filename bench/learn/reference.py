@@ -27,10 +27,16 @@ Sample order (--order):
               impression order); with a window just above the click delay (5 s) the two orders
               agree within 0.001. Compare a learner with the reference run in the same order.
 
+Batches (--batch B, FTRL): every sample of a batch of B is scored before any is learned. Users
+rate in bursts (a session's ratings share a timestamp), and FTRL's gain comes from learning a
+user's first ratings before scoring the next: in impression order its AUC is 0.776 at B = 1,
+0.759 at 16, 0.708 at 256, 0.683 at 1024. A trainer scored batch-wise matches the reference run
+with its batch size, not the per-sample one.
+
 Prints one line per learner: AUC, log loss, samples, positive rate; --json adds a JSON line.
 
     python reference.py STREAM.jsonl [--order impression|join] [--window-ms 1800000]
-        [--alpha 1 --beta 1 --l1 1 --l2 1] [--max-multi 4] [--no-bias] [--count-k 10]
+        [--alpha 1 --beta 1 --l1 1 --l2 1] [--batch 1] [--max-multi 4] [--no-bias] [--count-k 10]
 """
 
 import argparse
@@ -96,32 +102,41 @@ def logit(p):
     return math.log(p / (1.0 - p))
 
 
-def ftrl(samples, alpha, beta, l1, l2, bias):
-    """FTRL-Proximal, Algorithm 1 of McMahan et al. 2013, x_i = 1 for every present feature."""
+def ftrl(samples, alpha, beta, l1, l2, bias, batch=1):
+    """FTRL-Proximal, Algorithm 1 of McMahan et al. 2013, x_i = 1 for every present feature.
+
+    With batch > 1 every sample of a batch is scored before any of them is learned (then they
+    are learned one by one, in order), as a trainer that scores a whole batch first does.
+    """
     z, n = {}, {}
+
+    def weight(i):
+        zi = z.get(i, 0.0)
+        if abs(zi) <= l1:
+            return 0.0
+        return -(zi - math.copysign(l1, zi)) / ((beta + math.sqrt(n.get(i, 0.0))) / alpha + l2)
+
+    def coords_of(x):
+        return ([("", "bias")] if bias else []) + list(x)
+
     probs = []
-    for x, y in samples:
-        coords = [("", "bias")] if bias else []
-        coords.extend(x)
-        ws = []
-        s = 0.0
-        for i in coords:
-            zi = z.get(i, 0.0)
-            if abs(zi) <= l1:
-                w = 0.0
-            else:
-                w = -(zi - math.copysign(l1, zi)) / ((beta + math.sqrt(n.get(i, 0.0))) / alpha + l2)
-            ws.append(w)
-            s += w
-        p = sigmoid(s)
-        probs.append(p)
-        g = p - (1.0 if y else 0.0)
-        g2 = g * g
-        for i, w in zip(coords, ws):
-            ni = n.get(i, 0.0)
-            sigma = (math.sqrt(ni + g2) - math.sqrt(ni)) / alpha
-            z[i] = z.get(i, 0.0) + g - sigma * w
-            n[i] = ni + g2
+    for start in range(0, len(samples), batch):
+        chunk = samples[start : start + batch]
+        if batch > 1:
+            probs.extend(sigmoid(sum(weight(i) for i in coords_of(x))) for x, _ in chunk)
+        for x, y in chunk:
+            coords = coords_of(x)
+            ws = [weight(i) for i in coords]
+            p = sigmoid(sum(ws))
+            if batch == 1:
+                probs.append(p)
+            g = p - (1.0 if y else 0.0)
+            g2 = g * g
+            for i, w in zip(coords, ws):
+                ni = n.get(i, 0.0)
+                sigma = (math.sqrt(ni + g2) - math.sqrt(ni)) / alpha
+                z[i] = z.get(i, 0.0) + g - sigma * w
+                n[i] = ni + g2
     return probs
 
 
@@ -188,6 +203,7 @@ def main():
     ap.add_argument("--l1", type=float, default=1.0)
     ap.add_argument("--l2", type=float, default=1.0)
     ap.add_argument("--no-bias", action="store_true", help="FTRL without the bias coordinate")
+    ap.add_argument("--batch", type=int, default=1, help="FTRL scores this many samples before learning them")
     ap.add_argument("--max-multi", type=int, default=0, help="keep the first N values of a list feature (0: all)")
     ap.add_argument("--count-k", type=float, default=10.0, help="the counting baseline's prior, in impressions")
     ap.add_argument("--learners", default="ftrl,count,count_ui")
@@ -200,7 +216,7 @@ def main():
     results = {}
     for name in args.learners.split(","):
         if name == "ftrl":
-            probs = ftrl(samples, args.alpha, args.beta, args.l1, args.l2, not args.no_bias)
+            probs = ftrl(samples, args.alpha, args.beta, args.l1, args.l2, not args.no_bias, args.batch)
         elif name == "count":
             probs = counting(samples, args.count_k, use_user=False)
         elif name == "count_ui":
