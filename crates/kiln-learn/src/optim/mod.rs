@@ -1,1 +1,3 @@
 //! Optimizers: per-coordinate updates over slices.
+
+pub mod ftrl;
