@@ -5,7 +5,9 @@
 //! embedding table from `kiln-embed` and pooled; a dense FP32 `[N, D]` input through a bottom
 //! MLP; an interaction (concat, or DLRM pairwise dot products); a top MLP and an output
 //! activation. The MLPs run on the `gemm` crate ([`mlp`]); a batch is split into row ranges,
-//! one per instance thread, each running the whole forward pass.
+//! one per instance thread, each running the whole forward pass. Features marked
+//! `part = "wide"` add their summed dim-1 rows straight to the logit ([`wide`]): a model of
+//! wide features only is a logistic regression, one with both parts is Wide & Deep.
 //!
 //! Tables are live: [`kiln_core::SparseParameters::apply_delta`] applies sequenced deltas
 //! while batches run, and the next batch sees them. Dense weights change by loading a new
@@ -15,7 +17,8 @@
 //!
 //! Modules: [`spec`] (the config), [`weights`] (the safetensors file), [`features`] (raw ids to
 //! table keys, the one definition of feature hashing), [`tables`] (the live-table registry and
-//! the sparse control plane), [`mlp`] and [`model`] (the CPU forward pass).
+//! the sparse control plane), [`wide`] (the wide part's checks), [`mlp`] and [`model`] (the CPU
+//! forward pass).
 
 #![warn(missing_docs)]
 
@@ -25,11 +28,12 @@ pub mod model;
 pub mod spec;
 pub mod tables;
 pub mod weights;
+pub mod wide;
 
 use kiln_core::{Backend, DataType, Error, LoadedModel, ModelConfig, ModelIo, Result, TensorSpec};
 use kiln_embed::{EmbedCollector, Pooling};
 use model::RecsysModel;
-use spec::{Interaction, RecsysSpec};
+use spec::{Interaction, Part, RecsysSpec};
 use std::path::Path;
 use std::sync::Arc;
 pub use tables::TableRegistry;
@@ -95,42 +99,51 @@ impl Backend for RecsysBackend {
             )));
         }
         let weights = WeightsFile::open(&path)?;
-        let bottom = weights.mlp("bottom")?;
-        let top = weights.mlp("top")?;
+        let (bottom, top) = wide::mlps(&spec, &weights)?;
         let mut tables = self.tables.open_all(&model, &spec.tables, &weights)?;
+        let out_dim = top.last().map_or(1, |l| l.outputs);
+        let wide = wide::load(&spec, &weights, &tables, out_dim)?;
+        let deep: Vec<usize> = (0..spec.sparse.len())
+            .filter(|&i| spec.sparse[i].part == Part::Deep)
+            .collect();
         let bw = bottom.last().map(|l| l.outputs).unwrap_or(0);
-        let widths: Vec<usize> = spec
-            .sparse
+        let widths: Vec<usize> = deep
             .iter()
-            .map(|f| f.pooling.output_width(tables.get(f.table).dim()))
+            .map(|&i| {
+                let f = &spec.sparse[i];
+                f.pooling.output_width(tables.get(f.table).dim())
+            })
             .collect();
         let z_width = match spec.interaction {
+            _ if deep.is_empty() => 0,
             Interaction::Concat => bw + widths.iter().sum::<usize>(),
             Interaction::Dot => {
-                if let Some((f, w)) = spec.sparse.iter().zip(&widths).find(|(_, &w)| w != bw) {
+                if let Some((&i, w)) = deep.iter().zip(&widths).find(|(_, &w)| w != bw) {
                     return Err(Error::invalid(format!(
                         "interaction dot: feature '{}' pools to {w} values but the bottom MLP gives {bw}; all must be equal",
-                        f.name
+                        spec.sparse[i].name
                     )));
                 }
                 let n = widths.len() + 1;
                 bw + n * (n - 1) / 2
             }
         };
-        if top[0].inputs != z_width {
+        if let Some(top0) = top.first().filter(|t| t.inputs != z_width) {
             return Err(Error::invalid(format!(
-                "top.0 takes {} inputs but the {:?} interaction gives {z_width} (bottom {bw} + {} sparse features)",
-                top[0].inputs,
+                "top.0 takes {} inputs but the {:?} interaction gives {z_width} (bottom {bw} + {} deep sparse features)",
+                top0.inputs,
                 spec.interaction,
                 widths.len()
             )));
         }
-        let out_dim = top.last().map(|l| l.outputs).unwrap_or(0);
-        let mut inputs = vec![spec_of(
-            &spec.dense_input,
-            DataType::Fp32,
-            vec![bottom[0].inputs as i64],
-        )];
+        let mut inputs = Vec::new();
+        if let Some(dense) = &spec.dense_input {
+            inputs.push(spec_of(
+                dense,
+                DataType::Fp32,
+                vec![bottom[0].inputs as i64],
+            ));
+        }
         let mut input_index = Vec::new();
         for f in &spec.sparse {
             input_index.push(inputs.len());
@@ -147,6 +160,10 @@ impl Backend for RecsysBackend {
                 inputs.push(spec_of(&f.name, f.data_type, vec![f.max_ids as i64]));
             }
         }
+        let rows_input = inputs
+            .iter()
+            .position(|t| !t.allow_ragged_batch)
+            .unwrap_or(0);
         let io = ModelIo {
             inputs,
             outputs: vec![spec_of(&spec.output, DataType::Fp32, vec![out_dim as i64])],
@@ -170,11 +187,13 @@ impl Backend for RecsysBackend {
             Pooling::Mean => "mean".to_string(),
             Pooling::Concat { k } => format!("concat{k}"),
         };
-        let describe = vec![
-            (
-                "interaction".to_string(),
-                format!("{:?}", spec.interaction).to_lowercase(),
-            ),
+        let interaction = if deep.is_empty() {
+            "none (wide only)".to_string()
+        } else {
+            format!("{:?}", spec.interaction).to_lowercase()
+        };
+        let mut describe = vec![
+            ("interaction".to_string(), interaction),
             ("tables".to_string(), tables.tables().len().to_string()),
             (
                 "table_rows".to_string(),
@@ -195,6 +214,9 @@ impl Backend for RecsysBackend {
             ("threads".to_string(), threads.to_string()),
             ("gemm".to_string(), "gemm crate, f32".to_string()),
         ];
+        if !wide.features.is_empty() {
+            describe.push(("wide_features".to_string(), wide.features.len().to_string()));
+        }
         tables.publish_metrics();
         Ok(Arc::new(RecsysModel {
             io,
@@ -202,8 +224,12 @@ impl Backend for RecsysBackend {
             bottom,
             top,
             tables,
+            deep,
             widths,
+            wide,
             input_index,
+            rows_input,
+            out_dim,
             z_width,
             threads,
             pool,

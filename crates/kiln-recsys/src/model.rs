@@ -2,17 +2,19 @@
 //!
 //! A batch's sparse ids are decoded once ([`FeatureIds::decode`]); the rows are then split into
 //! ranges, one per thread, and each range runs the stages in turn: lookups and pooling of every
-//! sparse feature, the bottom MLP over the dense input, the interaction, the top MLP and the
-//! output activation.
+//! deep sparse feature, the bottom MLP over the dense input, the interaction, the top MLP, the
+//! wide sum (each wide feature's summed dim-1 rows and `wide.bias` added to the logit) and the
+//! output activation. A wide-only model runs the wide sum alone.
 
 use crate::features::FeatureIds;
 use crate::mlp::MlpScratch;
 use crate::spec::{Activation, Interaction, RecsysSpec};
 use crate::tables::{embed_err, ModelTables};
 use crate::weights::Linear;
+use crate::wide::WidePart;
 use bytes::Bytes;
 use kiln_core::{DataType, Error, LoadedModel, ModelIo, Result, SparseParameters, Tensor};
-use kiln_embed::LookupScratch;
+use kiln_embed::{LookupScratch, Pooling};
 use std::borrow::Cow;
 use std::cell::RefCell;
 
@@ -27,10 +29,18 @@ pub struct RecsysModel {
     pub(crate) top: Vec<Linear>,
     /// Per spec table.
     pub(crate) tables: ModelTables,
-    /// Pooled width of each sparse feature.
+    /// Indices of the deep sparse features (interaction, top MLP), in spec order.
+    pub(crate) deep: Vec<usize>,
+    /// Pooled width of each deep sparse feature.
     pub(crate) widths: Vec<usize>,
+    /// The wide features and bias, added to the logit.
+    pub(crate) wide: WidePart,
     /// Index of each sparse feature's (first) input.
     pub(crate) input_index: Vec<usize>,
+    /// The input whose first dimension is the batch's row count.
+    pub(crate) rows_input: usize,
+    /// Output width (1 for a model with a wide part).
+    pub(crate) out_dim: usize,
     pub(crate) z_width: usize,
     pub(crate) threads: usize,
     pub(crate) pool: Option<rayon::ThreadPool>,
@@ -43,6 +53,7 @@ struct Scratch {
     mlp: MlpScratch,
     z: Vec<f32>,
     pooled: Vec<f32>,
+    wide: Vec<f32>,
     keys: Vec<u64>,
     lookup: LookupScratch,
 }
@@ -87,7 +98,7 @@ fn f32_tensor(name: String, shape: Vec<i64>, values: Vec<f32>) -> Tensor {
 impl RecsysModel {
     /// The output width.
     fn out_dim(&self) -> usize {
-        self.top.last().map(|l| l.outputs).unwrap_or(0)
+        self.out_dim
     }
 
     /// Computes rows `r0..r0 + out.len() / out_dim` into `out`.
@@ -100,19 +111,27 @@ impl RecsysModel {
         s: &mut Scratch,
     ) -> Result<()> {
         let rows = out.len() / self.out_dim();
-        let dense_dim = self.bottom[0].inputs;
         let Scratch {
             mlp,
             z,
             pooled,
+            wide,
             keys,
             lookup,
         } = s;
-        let x = &dense[r0 * dense_dim..(r0 + rows) * dense_dim];
-        let bottom = mlp.run(&self.bottom, x, rows);
-        self.lookup_and_pool(ids, r0, rows, pooled, keys, lookup)?;
-        self.interact(bottom, pooled, rows, z);
-        mlp.run_into(&self.top, z, rows, out);
+        if self.deep.is_empty() {
+            out.fill(0.0);
+        } else {
+            let dense_dim = self.bottom[0].inputs;
+            let x = &dense[r0 * dense_dim..(r0 + rows) * dense_dim];
+            let bottom = mlp.run(&self.bottom, x, rows);
+            self.lookup_and_pool(ids, r0, rows, pooled, keys, lookup)?;
+            self.interact(bottom, pooled, rows, z);
+            mlp.run_into(&self.top, z, rows, out);
+        }
+        if !self.wide.is_empty() {
+            self.add_wide(ids, r0, out, wide, keys, lookup)?;
+        }
         if self.spec.activation == Activation::Sigmoid {
             for v in out.iter_mut() {
                 *v = 1.0 / (1.0 + (-*v).exp());
@@ -121,8 +140,36 @@ impl RecsysModel {
         Ok(())
     }
 
-    /// Looks up and pools every sparse feature of rows `r0..r0 + rows` into `pooled`, feature
-    /// after feature, each `[rows, width]`.
+    /// Adds the wide part to the logits `out` (`[rows]`, one output): `wide.bias` and, for each
+    /// wide feature, the sum of its rows' (dim-1) weights.
+    fn add_wide(
+        &self,
+        ids: &[FeatureIds<'_>],
+        r0: usize,
+        out: &mut [f32],
+        sum: &mut Vec<f32>,
+        keys: &mut Vec<u64>,
+        lookup: &mut LookupScratch,
+    ) -> Result<()> {
+        let rows = out.len();
+        if let Some(b) = self.wide.bias {
+            out.iter_mut().for_each(|v| *v += b);
+        }
+        sum.resize(rows, 0.0);
+        for &f in &self.wide.features {
+            let feat = &self.spec.sparse[f];
+            let input = ids[f].keys(feat, r0, rows, keys);
+            self.tables
+                .get(feat.table)
+                .lookup(&input, Pooling::Sum, sum, lookup)
+                .map_err(|e| embed_err(&feat.name, e))?;
+            out.iter_mut().zip(sum.iter()).for_each(|(v, w)| *v += w);
+        }
+        Ok(())
+    }
+
+    /// Looks up and pools every deep sparse feature of rows `r0..r0 + rows` into `pooled`,
+    /// feature after feature, each `[rows, width]`.
     fn lookup_and_pool(
         &self,
         ids: &[FeatureIds<'_>],
@@ -135,8 +182,8 @@ impl RecsysModel {
         let pooled_total: usize = self.widths.iter().sum();
         pooled.resize(rows * pooled_total, 0.0);
         let mut off = 0;
-        for (f, feat) in self.spec.sparse.iter().enumerate() {
-            let w = self.widths[f];
+        for (&f, &w) in self.deep.iter().zip(&self.widths) {
+            let feat = &self.spec.sparse[f];
             let input = ids[f].keys(feat, r0, rows, keys);
             let dst = &mut pooled[off * rows..(off + w) * rows];
             self.tables
@@ -234,18 +281,21 @@ impl LoadedModel for RecsysModel {
     }
 
     fn execute(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let rows = inputs.first().map(|t| t.rows()).unwrap_or(0);
+        let rows = inputs.get(self.rows_input).map(|t| t.rows()).unwrap_or(0);
         for (t, spec) in inputs.iter().zip(&self.io.inputs) {
             if !spec.allow_ragged_batch && t.rows() != rows {
                 return Err(Error::invalid(format!(
                     "input '{}' has {} rows, '{}' has {rows}",
                     spec.name,
                     t.rows(),
-                    self.io.inputs[0].name
+                    self.io.inputs[self.rows_input].name
                 )));
             }
         }
-        let dense = f32s(&inputs[0]);
+        let dense = match self.spec.dense_input {
+            Some(_) => f32s(&inputs[0]),
+            None => Cow::Borrowed(&[][..]),
+        };
         let ids = self.decode_ids(inputs)?;
         let out_dim = self.out_dim();
         let mut out = vec![0.0f32; rows * out_dim];

@@ -30,6 +30,14 @@
 //! #                               # numbers 0..rows (bucketized), no hash probe, deltas
 //! #                               # writing other keys are refused
 //! ```
+//!
+//! A feature with `part = "wide"` (default `"deep"`) is a logistic-regression term: its table
+//! has dim 1 and `pooling = "sum"`, and its pooled weight adds to the logit, as does the
+//! optional tensor `wide.bias` `[1]`. With deep features too the model is Wide & Deep: logit =
+//! top MLP output (one output) + wide sum + `wide.bias`, then the activation. A model whose
+//! features are all wide is wide-only, `p = activation(wide.bias + wide sum)` `[N, 1]`: it has
+//! no deep part, hence no dense input (its inputs are the sparse features alone), and refuses
+//! `interaction`, `dense_input` and `bottom.*` / `top.*` tensors, naming the one it got.
 
 use kiln_core::{DataType, Error, Result};
 use kiln_embed::{DefaultRow, GapPolicy, Pooling, StorageType, TableConfig};
@@ -138,13 +146,14 @@ struct RawTable {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawParams {
-    interaction: Interaction,
+    #[serde(default)]
+    interaction: Option<Interaction>,
     #[serde(default = "default_output")]
     output: String,
     #[serde(default)]
     output_activation: Activation,
-    #[serde(default = "default_dense")]
-    dense_input: String,
+    #[serde(default)]
+    dense_input: Option<String>,
     #[serde(default)]
     sparse: Vec<RawSparse>,
     #[serde(default)]
@@ -155,9 +164,6 @@ struct RawParams {
 
 fn default_output() -> String {
     "prob".into()
-}
-fn default_dense() -> String {
-    "dense".into()
 }
 
 /// One sparse feature.
@@ -208,14 +214,16 @@ pub struct TableSpec {
 /// A parsed recsys model definition.
 #[derive(Debug, Clone)]
 pub struct RecsysSpec {
-    /// Interaction of pooled vectors and the bottom MLP's output.
+    /// Interaction of the deep features' pooled vectors and the bottom MLP's output
+    /// (`Concat`, unused, for a wide-only model).
     pub interaction: Interaction,
     /// Output tensor name.
     pub output: String,
     /// Output activation.
     pub activation: Activation,
-    /// Dense input name.
-    pub dense_input: String,
+    /// Dense input name (default `"dense"`); `None` for a wide-only model, which has no dense
+    /// input.
+    pub dense_input: Option<String>,
     /// Sparse features, in input order (after the dense input).
     pub sparse: Vec<SparseFeature>,
     /// Tables in order of first use.
@@ -235,12 +243,29 @@ impl RecsysSpec {
         if raw.sparse.is_empty() {
             return Err(bad("at least one [[parameters.sparse]] feature is needed"));
         }
-        let mut names = std::collections::HashSet::new();
-        names.insert(raw.dense_input.clone());
-        names.insert(raw.output.clone());
-        if names.len() != 2 {
+        let wide_only = raw.sparse.iter().all(|s| s.part == Part::Wide);
+        let no_deep = |field: &str| {
+            bad(format!("{field}: every sparse feature is part = \"wide\": the model has no deep part (no interaction, no dense input); remove {field}"))
+        };
+        let interaction = match (raw.interaction, wide_only) {
+            (Some(_), true) => return Err(no_deep("interaction")),
+            (None, false) => {
+                return Err(bad(
+                    "interaction: missing (\"concat\" or \"dot\", for the deep features)",
+                ))
+            }
+            (i, _) => i.unwrap_or(Interaction::Concat),
+        };
+        let dense_input = match (raw.dense_input, wide_only) {
+            (Some(_), true) => return Err(no_deep("dense_input")),
+            (d, wide_only) => (!wide_only).then(|| d.unwrap_or_else(|| "dense".into())),
+        };
+        if dense_input.as_ref() == Some(&raw.output) {
             return Err(bad("dense_input and output must have different names"));
         }
+        let mut names = std::collections::HashSet::new();
+        names.insert(raw.output.clone());
+        names.extend(dense_input.clone());
         for t in raw.tables.keys() {
             if !raw.sparse.iter().any(|s| &s.table == t) {
                 return Err(bad(format!(
@@ -269,6 +294,11 @@ impl RecsysSpec {
                     return Err(ctx("concat_k is only for pooling = \"concat\"".into()))
                 }
             };
+            if s.part == Part::Wide && pooling != Pooling::Sum {
+                return Err(ctx(
+                    "part = \"wide\" needs pooling = \"sum\" (its weights add to the logit)".into(),
+                ));
+            }
             let data_type = match s.data_type.as_deref() {
                 None | Some("INT64") | Some("TYPE_INT64") => DataType::Int64,
                 Some("BYTES") | Some("TYPE_STRING") => DataType::Bytes,
@@ -309,13 +339,18 @@ impl RecsysSpec {
             });
         }
         Ok(RecsysSpec {
-            interaction: raw.interaction,
+            interaction,
             output: raw.output,
             activation: raw.output_activation,
-            dense_input: raw.dense_input,
+            dense_input,
             sparse,
             tables,
         })
+    }
+
+    /// Whether every sparse feature is wide (logistic regression: no MLPs, no dense input).
+    pub fn is_wide_only(&self) -> bool {
+        self.sparse.iter().all(|f| f.part == Part::Wide)
     }
 }
 

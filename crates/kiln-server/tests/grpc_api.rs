@@ -221,7 +221,7 @@ async fn config_statistics_and_repository() {
         .model_stats;
     let mut names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["dlrm_small", "mlp", "ranker"]);
+    assert_eq!(names, ["ctr_wide", "dlrm_small", "mlp", "ranker"]);
     assert_eq!(
         c.model_statistics(stats("nope")).await.unwrap_err().code(),
         Code::NotFound
@@ -284,7 +284,7 @@ async fn config_statistics_and_repository() {
         .into_inner()
         .models;
     let names: Vec<&str> = ready_only.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["dlrm_small", "ranker"]);
+    assert_eq!(names, ["ctr_wide", "dlrm_small", "ranker"]);
 
     c.repository_model_load(pb::RepositoryModelLoadRequest {
         model_name: "mlp".into(),
