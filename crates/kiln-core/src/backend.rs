@@ -73,6 +73,16 @@ pub trait SparseParameters: Send + Sync {
     /// Applies one encoded delta (the embedding store's binary delta format) to `table`. The
     /// next batch executed after this returns sees the change.
     fn apply_delta(&self, table: &str, encoded: &[u8]) -> Result<DeltaAck>;
+
+    /// The rows of `keys` in `table`, in order: `None` for a key without a row (the default
+    /// row a lookup would use is not materialized). The default refuses with `Unsupported`.
+    fn rows(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
+        let _ = keys;
+        Err(crate::Error::new(
+            crate::ErrorCode::Unsupported,
+            format!("table '{table}' cannot be read row by row"),
+        ))
+    }
 }
 
 /// What a table holds, for the admin API.

@@ -184,6 +184,19 @@ impl Drop for ModelTables {
     }
 }
 
+impl ModelTables {
+    /// The table named `table` in the spec, or a not-found error listing the model's tables.
+    fn named(&self, table: &str) -> Result<&Arc<Table>> {
+        match self.specs.iter().position(|t| t.name == table) {
+            Some(i) => Ok(&self.tables[i]),
+            None => Err(Error::not_found(format!(
+                "table '{table}' is not a table of this model (tables: {:?})",
+                self.specs.iter().map(|t| &t.name).collect::<Vec<_>>()
+            ))),
+        }
+    }
+}
+
 impl SparseParameters for ModelTables {
     fn tables(&self) -> Vec<SparseTableInfo> {
         self.specs
@@ -240,5 +253,10 @@ impl SparseParameters for ModelTables {
                 ..Default::default()
             },
         })
+    }
+
+    fn rows(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
+        let t = self.named(table)?;
+        Ok(keys.iter().map(|&k| t.get(k)).collect())
     }
 }

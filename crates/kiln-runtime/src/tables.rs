@@ -20,6 +20,18 @@ pub struct VersionDeltaAck {
     pub ack: DeltaAck,
 }
 
+/// Rows of one table of one model version, read by key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRows {
+    /// The model version read.
+    pub version: u64,
+    /// Elements per row.
+    pub dim: usize,
+    /// One entry per requested key, in order: its row, or `None` when the table has no row for
+    /// it (the default row a lookup would use is not materialized).
+    pub rows: Vec<Option<Vec<f32>>>,
+}
+
 /// One table of one addressed version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionTable {
@@ -74,6 +86,38 @@ impl ModelRepository {
                 })
             })
             .collect()
+    }
+
+    /// The rows of `keys` in `table` of `model` `version` (`None`: the version requests without
+    /// a version go to), so an operator can compare a replica with its trainer. An absent row
+    /// is `None`. Errors name the model, version and table.
+    pub fn rows(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        table: &str,
+        keys: &[u64],
+    ) -> Result<VersionRows> {
+        check_model_name(model)?;
+        let v = self.get(model, version)?;
+        let sparse = sparse_of(&v)?;
+        let Some(info) = sparse.tables().into_iter().find(|t| t.name == table) else {
+            return Err(Error::not_found(format!(
+                "{} has no table '{table}'",
+                label(&v)
+            )));
+        };
+        let rows = sparse.rows(table, keys).map_err(|e| {
+            Error::new(
+                e.code,
+                format!("{} table '{table}': {}", label(&v), e.message),
+            )
+        })?;
+        Ok(VersionRows {
+            version: v.version,
+            dim: info.dim,
+            rows,
+        })
     }
 
     /// The embedding tables of `model`: of `version`, or of every serving version when `None`.

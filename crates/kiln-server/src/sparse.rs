@@ -1,12 +1,15 @@
 //! The server's side of the sparse-model control plane shared by HTTP and gRPC: version
 //! parsing and the audit log around [`ModelRepository::apply_delta`] and
-//! [`ModelRepository::tables`]. Both are guarded by [`AppState::authorize`] in the front ends.
+//! [`ModelRepository::tables`], and the version parsing of [`ModelRepository::rows`]. All are
+//! guarded by [`AppState::authorize`] in the front ends.
 //!
 //! [`ModelRepository::apply_delta`]: kiln_runtime::ModelRepository::apply_delta
 //! [`ModelRepository::tables`]: kiln_runtime::ModelRepository::tables
+//! [`ModelRepository::rows`]: kiln_runtime::ModelRepository::rows
 
 use crate::state::{caller, parse_version, AppState};
 use kiln_core::Result;
+use kiln_runtime::tables::VersionRows;
 use kiln_runtime::{VersionDeltaAck, VersionTable};
 use std::net::SocketAddr;
 
@@ -51,4 +54,16 @@ pub fn apply_delta(
 /// The tables of `model` (`version` empty: every serving version).
 pub fn tables(state: &AppState, model: &str, version: &str) -> Result<Vec<VersionTable>> {
     state.repo.tables(model, parse_version(version)?)
+}
+
+/// The rows of `keys` in `table` of `model` (`version` empty: the version requests without one
+/// go to); `None` for a key without a row.
+pub fn rows(
+    state: &AppState,
+    model: &str,
+    version: &str,
+    table: &str,
+    keys: &[u64],
+) -> Result<VersionRows> {
+    state.repo.rows(model, parse_version(version)?, table, keys)
 }

@@ -75,6 +75,14 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
             "/admin/v1/models/{model}/versions/{version}/tables/{table}/deltas",
             post(sparse::delta_v),
         )
+        .route(
+            "/admin/v1/models/{model}/tables/{table}/rows",
+            get(sparse::rows),
+        )
+        .route(
+            "/admin/v1/models/{model}/versions/{version}/tables/{table}/rows",
+            get(sparse::rows_v),
+        )
         .route("/v2/repository/models/{model}/load", post(admin::load))
         .route("/v2/repository/models/{model}/unload", post(admin::unload))
         .fallback(admin::not_found)
