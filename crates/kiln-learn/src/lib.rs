@@ -7,6 +7,7 @@
 //! trainer and the server cannot disagree about a key.
 
 pub mod config;
+pub mod deep;
 pub mod error;
 pub mod eval;
 pub mod event;

@@ -1,3 +1,5 @@
 //! Optimizers: per-coordinate updates over slices.
 
+pub mod adagrad;
+pub mod adam;
 pub mod ftrl;
