@@ -74,6 +74,17 @@ pub trait SparseParameters: Send + Sync {
     /// next batch executed after this returns sees the change.
     fn apply_delta(&self, table: &str, encoded: &[u8]) -> Result<DeltaAck>;
 
+    /// Sets the last applied sequence number of `source` on `table`, so that the next delta
+    /// it accepts from that source is `seq + 1`: what restoring a live table from a snapshot
+    /// written elsewhere needs. The default refuses with `Unsupported`.
+    fn reset_source(&self, table: &str, source: &str, seq: u64) -> Result<()> {
+        let _ = (source, seq);
+        Err(crate::Error::new(
+            crate::ErrorCode::Unsupported,
+            format!("table '{table}' cannot have its delta sequence numbers set"),
+        ))
+    }
+
     /// The rows of `keys` in `table`, in order: `None` for a key without a row (the default
     /// row a lookup would use is not materialized). The default refuses with `Unsupported`.
     fn rows(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {

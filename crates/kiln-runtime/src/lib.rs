@@ -2,9 +2,13 @@
 //! dynamic-batching scheduler per model version, Triton-style statistics and Prometheus metrics.
 //!
 //! Of Kiln's crates it depends on `kiln-core` alone: it registers no engine itself (see
-//! [`Backends`]; the binary does), and never depends on the server above it.
+//! [`Backends`]; the binary does), and never depends on the server above it. The crate feature
+//! `kafka` adds `delta_source` (the Kafka delta-topic subscriber) and with it `kiln-embed` and
+//! rdkafka; without it the runtime builds without a C toolchain.
 
 pub mod backends;
+#[cfg(feature = "kafka")]
+pub mod delta_source;
 pub mod metrics;
 pub mod repository;
 pub mod scheduler;
