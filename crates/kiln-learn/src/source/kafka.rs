@@ -1,0 +1,270 @@
+//! The Kafka source: a consumer group over the impressions and the actions topics
+//! (`[sources.kafka]`), handing out raw event bytes with their positions.
+//!
+//! Offsets are never committed automatically (`enable.auto.commit=false`): the learner commits
+//! a position only once the samples it produced are checkpointed ([`KafkaSource::commit`]), so
+//! a crash or a rebalance replays events and never skips one. A group without a committed
+//! offset starts at the beginning of the topics (`auto.offset.reset=earliest`).
+//!
+//! Dropping an rdkafka consumer that holds a prefetched backlog has been seen to hang (leaving
+//! the group waits on the broker); [`KafkaSource::close`] and the drop therefore run it on a
+//! thread of their own and wait for it a bounded time.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaSourceConfig;
+use crate::error::{Error, Result};
+
+/// How long the drop of a [`KafkaSource`] waits for the consumer to leave its group.
+pub const DROP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings the consumer always has; `[sources.kafka] properties` may replace any of them
+/// except `enable.auto.commit`.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("auto.offset.reset", "earliest"),
+    // the learner commits after checkpoints, and only then
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+];
+
+/// Where an event was read: topic, partition and offset.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KafkaPosition {
+    /// The topic (the impressions or the actions topic).
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The event's offset.
+    pub offset: i64,
+}
+
+/// One event as read: its bytes (one JSON event; empty for a message without payload) and
+/// where it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaEvent {
+    /// The message payload.
+    pub payload: Vec<u8>,
+    /// Its position.
+    pub position: KafkaPosition,
+    /// The message timestamp (ms since epoch), when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A consumer-group member over the impressions and actions topics.
+pub struct KafkaSource {
+    consumer: Option<StreamConsumer>,
+    brokers: String,
+    group: String,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// Joins group `group_id` on `brokers` and subscribes to both topics. Must be called inside
+    /// a tokio runtime (the consumer keeps a task there). The group join itself happens while
+    /// [`KafkaSource::next_batch`] runs.
+    pub fn new(cfg: &KafkaSourceConfig) -> Result<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id);
+        for (k, v) in DEFAULTS {
+            config.set(*k, *v);
+        }
+        for (k, v) in &cfg.properties {
+            config.set(k, v);
+        }
+        if config.get("enable.auto.commit") != Some("false") {
+            return Err(Error::config(
+                "learn.toml",
+                "sources.kafka.properties.enable.auto.commit",
+                "must stay false: offsets are committed after checkpoints",
+            ));
+        }
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| Error::Kafka(format!("consumer for {}: {e}", cfg.brokers)))?;
+        let topics = [cfg.impressions_topic.as_str(), cfg.actions_topic.as_str()];
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::Kafka(format!("subscribe to {}: {e}", topics.join(", "))))?;
+        Ok(KafkaSource {
+            consumer: Some(consumer),
+            brokers: cfg.brokers.clone(),
+            group: cfg.group_id.clone(),
+        })
+    }
+
+    fn consumer(&self) -> &StreamConsumer {
+        self.consumer
+            .as_ref()
+            .expect("the consumer lives until drop")
+    }
+
+    /// Up to `max` events: waits up to `wait` for the first one, then takes those already
+    /// fetched without waiting. Empty when nothing arrived in `wait`. Errors the client
+    /// reports while reading (a broker gone for a while) are logged and reading goes on:
+    /// the client reconnects by itself.
+    pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<KafkaEvent>> {
+        let mut out = Vec::new();
+        let consumer = self.consumer();
+        let deadline = tokio::time::Instant::now() + wait;
+        while out.len() < max.max(1) {
+            let msg = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            } else {
+                match consumer.recv().now_or_never() {
+                    Some(m) => m,
+                    None => break,
+                }
+            };
+            match msg {
+                Ok(m) => out.push(KafkaEvent {
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    position: KafkaPosition {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    },
+                    timestamp_ms: m.timestamp().to_millis(),
+                }),
+                Err(e) if is_fatal(&e) => {
+                    return Err(Error::Kafka(format!("consume from {}: {e}", self.brokers)));
+                }
+                Err(e) => {
+                    tracing::warn!(brokers = %self.brokers, group = %self.group, "kafka source: {e}");
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits, for the group, every partition in `positions` as read up to and including
+    /// its position there (the committed offset is the highest given offset + 1: the next to
+    /// read). Call it only once the samples of those events are checkpointed. Blocks until
+    /// the broker acknowledged the commit.
+    pub fn commit(&self, positions: &[KafkaPosition]) -> Result<()> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for p in positions {
+            let e = next.entry((p.topic.as_str(), p.partition)).or_insert(0);
+            *e = (*e).max(p.offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(|e| Error::Kafka(format!("commit {topic}/{partition}: {e}")))?;
+        }
+        self.consumer()
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| Error::Kafka(format!("commit for group {}: {e}", self.group)))
+    }
+
+    /// The group's committed offsets (the next offset to read) of the partitions this member
+    /// holds now, asked of the broker with `timeout`.
+    pub fn committed(&self, timeout: Duration) -> Result<BTreeMap<(String, i32), i64>> {
+        let tpl = self
+            .consumer()
+            .committed(timeout)
+            .map_err(|e| Error::Kafka(format!("committed offsets of group {}: {e}", self.group)))?;
+        Ok(offsets(&tpl))
+    }
+
+    /// Consumer lag per (topic, partition) held now: the partition's end offset minus the
+    /// next offset this member reads. Asks the broker (each partition with `timeout`).
+    pub fn lag(&self, timeout: Duration) -> Result<BTreeMap<(String, i32), i64>> {
+        let consumer = self.consumer();
+        let position = consumer
+            .position()
+            .map_err(|e| Error::Kafka(format!("positions of group {}: {e}", self.group)))?;
+        let mut lag = BTreeMap::new();
+        for ((topic, partition), next) in offsets(&position) {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(|e| Error::Kafka(format!("end offset of {topic}/{partition}: {e}")))?;
+            lag.insert((topic, partition), (high - next.max(0)).max(0));
+        }
+        Ok(lag)
+    }
+
+    /// Leaves the group and closes the consumer, waiting at most `timeout`; false when that
+    /// was not enough (the close goes on in the background).
+    pub fn close(mut self, timeout: Duration) -> bool {
+        self.close_within(timeout)
+    }
+
+    fn close_within(&mut self, timeout: Duration) -> bool {
+        let Some(consumer) = self.consumer.take() else {
+            return true;
+        };
+        let (done, closed) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-source-close".into())
+            .spawn(move || {
+                consumer.unsubscribe();
+                drop(consumer);
+                let _ = done.send(());
+            });
+        if spawned.is_err() {
+            tracing::warn!(group = %self.group, "kafka source: no thread to close the consumer on");
+            return false;
+        }
+        let ok = closed.recv_timeout(timeout).is_ok();
+        if !ok {
+            tracing::warn!(
+                group = %self.group,
+                "kafka source: the consumer did not close within {timeout:?}; left closing"
+            );
+        }
+        ok
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.close_within(DROP_TIMEOUT);
+    }
+}
+
+/// The offsets in `tpl` that are real offsets, by (topic, partition).
+fn offsets(tpl: &TopicPartitionList) -> BTreeMap<(String, i32), i64> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a client error ends the source (the client cannot recover from it by itself).
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::ClientCreation(_) | KafkaError::Subscription(_) | KafkaError::ClientConfig(..)
+    )
+}
