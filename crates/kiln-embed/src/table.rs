@@ -229,6 +229,22 @@ impl Table {
         self.get_into(key, &mut v).ok()?.then_some(v)
     }
 
+    /// Calls `f(key, row)` for every row, shard by shard, in no particular order, under each
+    /// shard's read lock (writers wait for the shard being read, lookups do not). For a
+    /// trainer that keeps its state elsewhere and reads a restored snapshot back.
+    pub fn for_each_row(&self, mut f: impl FnMut(u64, &[f32])) {
+        let mut row = vec![0.0; self.config.dim];
+        for shard in self.shards.iter() {
+            let shard = shard.0.read();
+            for slot in 0..shard.slots() {
+                if let Some((key, _, _)) = shard.slot_meta(slot) {
+                    shard.copy_row(slot as u32, &mut row);
+                    f(key, &row);
+                }
+            }
+        }
+    }
+
     /// Writes rows (`values` holds `keys.len() * dim` floats, row-major). Existing keys are
     /// overwritten; new keys are inserted unless `filter` is given and does not admit them.
     /// This is the trainer-side write path; servers take rows through [`Table::apply`].
