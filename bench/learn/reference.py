@@ -21,6 +21,9 @@ Sample order (--order):
               arrives, a negative when its window (--window-ms after the impression) has passed,
               i.e. at the first event whose ts_ms >= impression ts_ms + window; at the end of the
               stream the open impressions close as negatives, oldest first.
+              --read-batch N closes windows only before every N-th event, as a learner that
+              reads events in batches and expires windows once per batch does: within a batch
+              the positives are then learned before the negatives.
               The join's order follows the labels: positives are learned seconds after their
               impressions, negatives a whole window later, in clumps. On MovieLens that inflates
               progressive-validation AUC (FTRL 0.831 with a 30 min window against 0.776 in
@@ -46,7 +49,7 @@ import sys
 from collections import OrderedDict
 
 
-def load_samples(path, order, window_ms, positive, max_multi):
+def load_samples(path, order, window_ms, positive, max_multi, read_batch=1):
     """(features, label) pairs: features a list of (name, value) in the impression's order."""
 
     def feats(ev):
@@ -72,21 +75,30 @@ def load_samples(path, order, window_ms, positive, max_multi):
         return [(x, ev_id in clicked) for ev_id, x in imps]
 
     open_imps = OrderedDict()  # id -> (ts_ms, features), in arrival order
+    watermark = 0
+
+    def expire():
+        while open_imps:
+            first_id, (first_ts, x) = next(iter(open_imps.items()))
+            if first_ts + window_ms > watermark:
+                break
+            del open_imps[first_id]
+            samples.append((x, False))
+
     with open(path) as f:
-        for line in f:
+        for n, line in enumerate(f):
             ev = json.loads(line)
             ts = ev["ts_ms"]
-            while open_imps:
-                first_id, (first_ts, x) = next(iter(open_imps.items()))
-                if first_ts + window_ms > ts:
-                    break
-                del open_imps[first_id]
-                samples.append((x, False))
+            if n % read_batch == 0:
+                expire()
+            watermark = max(watermark, ts)
             if ev["type"] == "impression":
                 open_imps[ev["id"]] = (ts, feats(ev))
             elif ev.get("action") in positive and ev["id"] in open_imps:
-                _, x = open_imps.pop(ev["id"])
-                samples.append((x, True))
+                if ts < open_imps[ev["id"]][0] + window_ms:
+                    _, x = open_imps.pop(ev["id"])
+                    samples.append((x, True))
+    expire()
     samples.extend((x, False) for _, x in open_imps.values())
     return samples
 
@@ -197,6 +209,9 @@ def main():
     ap.add_argument("stream")
     ap.add_argument("--order", choices=["impression", "join"], default="impression")
     ap.add_argument("--window-ms", type=int, default=30 * 60 * 1000)
+    ap.add_argument(
+        "--read-batch", type=int, default=1, help="join: close windows only before every N-th event (1: before each)"
+    )
     ap.add_argument("--positive", default="click", help="comma-separated positive actions")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=1.0)
@@ -210,7 +225,9 @@ def main():
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = ap.parse_args()
 
-    samples = load_samples(args.stream, args.order, args.window_ms, set(args.positive.split(",")), args.max_multi)
+    samples = load_samples(
+        args.stream, args.order, args.window_ms, set(args.positive.split(",")), args.max_multi, args.read_batch
+    )
     labels = [y for _, y in samples]
     pos_rate = sum(labels) / max(len(labels), 1)
     results = {}
