@@ -205,9 +205,18 @@ impl DeepTrainer {
                 .map_err(|e| ckpt_err(&path, e))?;
             keys.push(k.into_iter().map(|k| k as u64).collect::<Vec<_>>());
         }
-        for (s, k) in self.tables.iter_mut().zip(keys) {
-            let snap = dir.join(format!("{}.train.snap", s.name));
-            s.load(&snap, k, self.clock.clone())?;
+        // every table is read before any is replaced: a failed load changes nothing
+        let restored = self
+            .tables
+            .iter()
+            .zip(keys)
+            .map(|(s, k)| {
+                let snap = dir.join(format!("{}.train.snap", s.name));
+                s.restore(&snap, k, self.clock.clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (s, r) in self.tables.iter_mut().zip(restored) {
+            s.install(r);
         }
         self.net = net;
         self.opt1 = opt1;

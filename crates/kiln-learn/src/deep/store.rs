@@ -280,8 +280,9 @@ impl EmbStore {
         Ok(())
     }
 
-    /// Replaces the rows with those [`EmbStore::save`] wrote; `keys` are its live keys.
-    pub fn load(&mut self, path: &Path, keys: Vec<u64>, clock: Arc<dyn Clock>) -> Result<()> {
+    /// Reads the rows [`EmbStore::save`] wrote (`keys` are its live keys), for
+    /// [`EmbStore::install`].
+    pub fn restore(&self, path: &Path, keys: Vec<u64>, clock: Arc<dyn Clock>) -> Result<Restored> {
         let config = self.table.config().clone();
         let (table, info) =
             Table::restore_with_clock(config, path, clock).map_err(table_err(&self.name))?;
@@ -296,10 +297,17 @@ impl EmbStore {
                 ),
             });
         }
+        Ok(Restored(table, keys.into_iter().collect()))
+    }
+
+    /// Replaces the rows with restored ones.
+    pub fn install(&mut self, Restored(table, live): Restored) {
         self.table = table;
-        self.live = keys.into_iter().collect();
+        self.live = live;
         self.touched.clear();
         self.tombstones.clear();
-        Ok(())
     }
 }
+
+/// A table read back from a checkpoint and its live keys.
+pub(crate) struct Restored(Table, HashSet<u64>);
