@@ -1,5 +1,6 @@
 //! The Kafka source: a consumer group over the impressions and the actions topics
-//! (`[sources.kafka]`), handing out raw event bytes with their positions.
+//! (`[sources.kafka]`), handing out raw event bytes with their positions (stream 0 is the
+//! impressions topic, stream 1 the actions topic).
 //!
 //! Offsets are never committed automatically (`enable.auto.commit=false`): the learner commits
 //! a position only once the samples it produced are checkpointed ([`KafkaSource::commit`]), so
@@ -18,9 +19,10 @@ use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::{EventBatch, Position, Source};
 use crate::config::KafkaSourceConfig;
 use crate::error::{Error, Result};
 
@@ -62,6 +64,8 @@ pub struct KafkaEvent {
 /// A consumer-group member over the impressions and actions topics.
 pub struct KafkaSource {
     consumer: Option<StreamConsumer>,
+    /// The impressions topic, then the actions topic ([`Position::stream`] indexes them).
+    streams: Vec<String>,
     brokers: String,
     group: String,
 }
@@ -106,6 +110,7 @@ impl KafkaSource {
             .map_err(|e| Error::Kafka(format!("subscribe to {}: {e}", topics.join(", "))))?;
         Ok(KafkaSource {
             consumer: Some(consumer),
+            streams: topics.iter().map(|t| t.to_string()).collect(),
             brokers: cfg.brokers.clone(),
             group: cfg.group_id.clone(),
         })
@@ -117,16 +122,21 @@ impl KafkaSource {
             .expect("the consumer lives until drop")
     }
 
-    /// Up to `max` events: waits up to `wait` for the first one, then takes those already
-    /// fetched without waiting. Empty when nothing arrived in `wait`. Errors the client
-    /// reports while reading (a broker gone for a while) are logged and reading goes on:
-    /// the client reconnects by itself.
-    pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<KafkaEvent>> {
-        let mut out = Vec::new();
+    /// Reads up to `max` messages (at least one), handing each to `push` with its stream
+    /// index: waits up to `wait` for the first, then takes those already fetched without
+    /// waiting. Errors the client reports while reading (a broker gone for a while) are logged
+    /// and reading goes on: the client reconnects by itself.
+    async fn fill(
+        &self,
+        max: usize,
+        wait: Duration,
+        mut push: impl FnMut(u16, &BorrowedMessage<'_>) + Send,
+    ) -> Result<()> {
         let consumer = self.consumer();
         let deadline = tokio::time::Instant::now() + wait;
-        while out.len() < max.max(1) {
-            let msg = if out.is_empty() {
+        let mut n = 0;
+        while n < max.max(1) {
+            let msg = if n == 0 {
                 match tokio::time::timeout_at(deadline, consumer.recv()).await {
                     Ok(m) => m,
                     Err(_) => break,
@@ -138,15 +148,16 @@ impl KafkaSource {
                 }
             };
             match msg {
-                Ok(m) => out.push(KafkaEvent {
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    position: KafkaPosition {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                    },
-                    timestamp_ms: m.timestamp().to_millis(),
-                }),
+                Ok(m) => match self.streams.iter().position(|t| t == m.topic()) {
+                    Some(stream) => {
+                        push(stream as u16, &m);
+                        n += 1;
+                    }
+                    None => tracing::warn!(
+                        topic = m.topic(),
+                        "kafka source: a message of a topic not subscribed to"
+                    ),
+                },
                 Err(e) if is_fatal(&e) => {
                     return Err(Error::Kafka(format!("consume from {}: {e}", self.brokers)));
                 }
@@ -158,24 +169,67 @@ impl KafkaSource {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Up to `max` events: waits up to `wait` for the first one, then takes those already
+    /// fetched without waiting. Empty when nothing arrived in `wait`. A message without
+    /// payload is an empty event (the parser counts it as malformed). [`Source::next_batch`]
+    /// is the same read into an [`EventBatch`].
+    pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<KafkaEvent>> {
+        let mut out = Vec::new();
+        self.fill(max, wait, |_, m| {
+            out.push(KafkaEvent {
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                position: KafkaPosition {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                },
+                timestamp_ms: m.timestamp().to_millis(),
+            })
+        })
+        .await?;
         Ok(out)
     }
 
     /// Commits, for the group, every partition in `positions` as read up to and including
     /// its position there (the committed offset is the highest given offset + 1: the next to
     /// read). Call it only once the samples of those events are checkpointed. Blocks until
-    /// the broker acknowledged the commit.
+    /// the broker acknowledged the commit. [`Source::commit`] does the same with
+    /// [`Position`]s.
     pub fn commit(&self, positions: &[KafkaPosition]) -> Result<()> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for p in positions {
             let e = next.entry((p.topic.as_str(), p.partition)).or_insert(0);
             *e = (*e).max(p.offset + 1);
         }
+        self.commit_next(&next)
+    }
+
+    /// [`KafkaSource::commit`] with [`Position`]s (stream 0: impressions, 1: actions).
+    pub fn commit_positions(&self, positions: &[Position]) -> Result<()> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for p in positions {
+            let topic = self.streams.get(usize::from(p.stream)).ok_or_else(|| {
+                Error::Kafka(format!(
+                    "commit: no stream {} (streams: {:?})",
+                    p.stream, self.streams
+                ))
+            })?;
+            let e = next.entry((topic.as_str(), p.partition)).or_insert(0);
+            *e = (*e).max(p.offset + 1);
+        }
+        self.commit_next(&next)
+    }
+
+    /// Commits `next` (the next offset to read, per topic and partition) synchronously.
+    fn commit_next(&self, next: &BTreeMap<(&str, i32), i64>) -> Result<()> {
         if next.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &next {
+        for ((topic, partition), offset) in next {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(|e| Error::Kafka(format!("commit {topic}/{partition}: {e}")))?;
         }
@@ -241,6 +295,31 @@ impl KafkaSource {
             );
         }
         ok
+    }
+}
+
+impl Source for KafkaSource {
+    fn streams(&self) -> &[String] {
+        &self.streams
+    }
+
+    /// Never `Ok(None)`: a topic does not end.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Option<EventBatch>> {
+        let mut batch = EventBatch::new();
+        self.fill(max, wait, |stream, m| {
+            let position = Position {
+                stream,
+                partition: m.partition(),
+                offset: m.offset(),
+            };
+            batch.push(position, m.payload().unwrap_or_default());
+        })
+        .await?;
+        Ok(Some(batch))
+    }
+
+    fn commit(&mut self, positions: &[Position]) -> Result<()> {
+        self.commit_positions(positions)
     }
 }
 
