@@ -1,0 +1,119 @@
+"""Writes `movielens_deep`, a DLRM-style model over the MovieLens stream's features, untrained,
+for the deep trainer of the `kiln learn` quality benchmark.
+
+    python gen_movielens_deep.py --out DIR [--name movielens_deep] [--dim 16] [--top 64,1]
+        [--interaction dot|concat] [--hash-scale 0.01] [--seed 5]
+
+Features (deep, one table each, named like the feature, sum pooling, hash = "xxh3", buckets
+2^20, layout hashed): user_id BYTES [N, 1], item_id BYTES [N, 1], genres BYTES [N, 4] (multi-hot),
+hour INT64 [N, 1]. The events carry no dense features: the dense input `dense` is FP32 [N, 1]
+(the learner feeds zeros), so the bottom MLP (1 -> dim) gives a learned constant vector.
+
+Tables start empty (one row under key 2^20, which no hashed id reaches, as the weights file's
+tables need a row); a key gets a row when the learner first sees it, initialised to the table's
+default row: default_row = "hash" (deterministic, scale --hash-scale), which the dot
+interaction needs (its gradients vanish at zero rows).
+
+Top MLP: the interaction's width -> --top widths (last 1), ReLU between layers, sigmoid output.
+Linear weights N(0, sqrt(2 / (in + out))), top biases 0, from numpy.random.default_rng(seed). The
+bottom bias is U(0.1, 0.5), so that the bottom's ReLU passes its (constant) output and gradient:
+its dot products with the item and user rows act as learned per-row biases.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
+from gen_dlrm import Tensor, whole, write_safetensors  # noqa: E402
+
+BUCKETS = 1 << 20
+FEATURES = [("user_id", "BYTES", 1), ("item_id", "BYTES", 1), ("genres", "BYTES", 4), ("hour", "INT64", 1)]
+
+
+def config_toml(name, interaction, hash_scale):
+    lines = [
+        f"# DLRM-style MovieLens model for the kiln learn benchmark (bench/learn/gen_movielens_deep.py, {name})",
+        'backend = "recsys"',
+        'default_model_filename = "model.safetensors"',
+        "max_batch_size = 4096",
+        "",
+        "[instance_group]",
+        "count = 1",
+        "threads = 1",
+        "",
+        "[parameters]",
+        f'interaction = "{interaction}"',
+        'output = "prob"',
+        'output_activation = "sigmoid"',
+        'dense_input = "dense"',
+    ]
+    for fname, dtype, max_ids in FEATURES:
+        lines += [
+            "",
+            "[[parameters.sparse]]",
+            f'name = "{fname}"',
+            f'table = "{fname}"',
+            f"max_ids = {max_ids}",
+            'pooling = "sum"',
+            f'data_type = "{dtype}"',
+            'hash = "xxh3"',
+            f"buckets = {BUCKETS}",
+        ]
+    lines += [
+        "",
+        "[parameters.table_defaults]",
+        'layout = "hashed"',
+        'default_row = "hash"',
+        f"hash_scale = {hash_scale}",
+        'gap_policy = "apply"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def linear(rng, prefix, n_in, n_out, bias_low=0.0, bias_high=0.0):
+    w = (rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / (n_in + n_out))).astype(np.float32)
+    b = rng.uniform(bias_low, bias_high, n_out).astype(np.float32)
+    return [Tensor(f"{prefix}.weight", "F32", [n_out, n_in], whole(w)), Tensor(f"{prefix}.bias", "F32", [n_out], whole(b))]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="model repository directory")
+    p.add_argument("--name", default="movielens_deep")
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--top", default="64,1", help="top MLP widths after the interaction, the last 1")
+    p.add_argument("--interaction", choices=["dot", "concat"], default="dot")
+    p.add_argument("--hash-scale", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=5)
+    a = p.parse_args()
+    top = [int(w) for w in a.top.split(",")]
+    if not top or top[-1] != 1 or min(top) < 1:
+        raise SystemExit(f"--top {a.top!r}: positive widths, the last 1")
+    rng = np.random.default_rng(a.seed)
+
+    tensors = []
+    for fname, _, _ in FEATURES:
+        tensors += [
+            Tensor(f"{fname}.weight", "F32", [1, a.dim], whole(np.zeros((1, a.dim), np.float32))),
+            Tensor(f"{fname}.keys", "I64", [1], whole(np.array([BUCKETS], np.int64))),
+        ]
+    tensors += linear(rng, "bottom.0", 1, a.dim, 0.1, 0.5)
+    n = len(FEATURES)
+    width = a.dim + (n * (n + 1) // 2 if a.interaction == "dot" else n * a.dim)
+    for j, w in enumerate(top):
+        tensors += linear(rng, f"top.{j}", width, w)
+        width = w
+
+    model_dir = os.path.join(a.out, a.name)
+    os.makedirs(os.path.join(model_dir, "1"), exist_ok=True)
+    write_safetensors(os.path.join(model_dir, "1", "model.safetensors"), tensors, {"format": "kiln-movielens-deep-v1"})
+    with open(os.path.join(model_dir, "config.toml"), "w") as f:
+        f.write(config_toml(a.name, a.interaction, a.hash_scale))
+    print(f"gen_movielens_deep: wrote {model_dir} (dim {a.dim}, {a.interaction}, top {a.top})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
