@@ -16,7 +16,7 @@
 //!
 //! # Throughput
 //!
-//! Per sample: the next sample's slots are prefetched (their probe start and rows), every key
+//! Per sample: the next sample's entries are prefetched (where each key's probe starts), every key
 //! is found or inserted once (scoring), then each distinct coordinate is updated in place. No
 //! allocation per sample (the coordinate list is reused scratch, duplicates are found with a
 //! mark bit on the slot). `benches/ftrl.rs` measures it against a plain
@@ -152,23 +152,20 @@ impl WideTrainer {
         ftrl::sigmoid(logit) as f32
     }
 
-    #[inline(always)]
-    fn prefetch(&self, sample: &Sample) {
-        for (keys, &t) in sample.keys.iter().zip(&self.feature_table) {
-            let table = &self.tables[t as usize];
-            for &k in keys {
-                table.prefetch(k);
-            }
-        }
-    }
-
     /// Scores one sample (inserting admitted new keys), then learns it; returns the score.
+    /// The entries of `next`'s keys are prefetched feature by feature meanwhile, so their
+    /// cache misses overlap this sample's work a few at a time.
     #[inline]
-    fn learn_one(&mut self, sample: &Sample) -> f64 {
+    fn learn_one(&mut self, sample: &Sample, next: Option<&Sample>) -> f64 {
         let mut logit = self.bias[0];
         self.coords.clear();
-        for (keys, &t) in sample.keys.iter().zip(&self.feature_table) {
+        for (f, (keys, &t)) in sample.keys.iter().zip(&self.feature_table).enumerate() {
             let table = &mut self.tables[t as usize];
+            if let Some(ahead) = next.and_then(|n| n.keys.get(f)) {
+                for &k in ahead {
+                    table.prefetch(k);
+                }
+            }
             for &k in keys {
                 let Some(slot) = table.find_or_insert(k) else {
                     continue; // not admitted: weight 0, nothing to learn
@@ -223,10 +220,7 @@ impl Trainer for WideTrainer {
         }
         let mut probs = Vec::with_capacity(batch.len());
         for (i, sample) in batch.iter().enumerate() {
-            if let Some(next) = batch.get(i + 1) {
-                self.prefetch(next);
-            }
-            probs.push(self.learn_one(sample) as f32);
+            probs.push(self.learn_one(sample, batch.get(i + 1)) as f32);
         }
         probs
     }

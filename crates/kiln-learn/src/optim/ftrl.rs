@@ -103,10 +103,16 @@ impl Coord for f32 {
 /// The weight of one coordinate from its accumulators.
 #[inline(always)]
 pub fn weight(p: &FtrlParams, z: f64, n: f64) -> f64 {
+    weight_sqrt(p, z, n.sqrt())
+}
+
+/// [`weight`] given `sqrt(n)`.
+#[inline(always)]
+fn weight_sqrt(p: &FtrlParams, z: f64, sqrt_n: f64) -> f64 {
     if z.abs() <= p.l1 {
         0.0
     } else {
-        -(z - p.l1.copysign(z)) / ((p.beta + n.sqrt()) / p.alpha + p.l2)
+        -(z - p.l1.copysign(z)) / ((p.beta + sqrt_n) / p.alpha + p.l2)
     }
 }
 
@@ -115,9 +121,10 @@ pub fn weight(p: &FtrlParams, z: f64, n: f64) -> f64 {
 #[inline(always)]
 pub fn step(p: &FtrlParams, z: f64, n: f64, w: f64, g: f64) -> (f64, f64, f64) {
     let n1 = n + g * g;
-    let sigma = (n1.sqrt() - n.sqrt()) / p.alpha;
+    let s1 = n1.sqrt();
+    let sigma = (s1 - n.sqrt()) / p.alpha;
     let z1 = z + g - sigma * w;
-    (z1, n1, weight(p, z1, n1))
+    (z1, n1, weight_sqrt(p, z1, s1))
 }
 
 /// Writes the weight of every coordinate: `w[i] = weight(z[i], n[i])`.
