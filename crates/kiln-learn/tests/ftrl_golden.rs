@@ -179,8 +179,8 @@ fn the_slice_form_matches_the_reference_weights() {
     let mut w2 = vec![0.0; k + 1];
     ftrl::weights(&p, &z, &n, &mut w2);
     assert_eq!(w, w2);
-    for i in 0..k {
-        assert!((w[i] - g.weights[i]).abs() <= TOL_F64, "coordinate {i}");
+    for (i, (got, want)) in w.iter().zip(&g.weights).enumerate() {
+        assert!((got - want).abs() <= TOL_F64, "coordinate {i}");
     }
     assert!((w[k] - g.bias).abs() <= TOL_F64);
 }
