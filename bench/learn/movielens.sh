@@ -22,7 +22,11 @@
 #   KILN      the kiln binary (default $CARGO_TARGET_DIR/release/kiln, CARGO_TARGET_DIR default
 #             ~/.cache/kiln-target); built with `cargo build --release -p kiln` unless SKIP_BUILD
 #   DEEP_DIM / DEEP_TOP / DEEP_INTERACTION / DEEP_BATCH / DEEP_LR / DEEP_EMB_LR
-#             the deep model and trainer (defaults 16, "64,1", dot, 256, 0.001, 0.05)
+#             the deep model and trainer (defaults 16, "64,1", dot, 16, 0.001, 0.05); the same
+#             model and settings also run in NumPy (dlrm_reference.py, one hidden top layer: the
+#             first width of DEEP_TOP) in the learner's order.
+#             The batch is small because users rate in bursts: a batch scored before it is
+#             learned cannot use the first ratings of a session for the next (see reference.py).
 # Results: $OUT/results.md (also printed).
 set -euo pipefail
 
@@ -114,7 +118,7 @@ l2 = 1.0
 [trainer.deep]
 lr = ${DEEP_LR:-0.001}
 optimizer = "adam"
-batch_size = ${DEEP_BATCH:-256}
+batch_size = ${DEEP_BATCH:-16}
 embedding_optimizer = "adagrad"
 embedding_lr = ${DEEP_EMB_LR:-0.05}
 EOF
@@ -155,8 +159,13 @@ diff4() { [ "$1" = - ] && echo - || "$PY" -c "print(f'{$1 - $2:+.4f}')"; }
         "$PY" "$HERE/gen_movielens_deep.py" --out "$OUT/models" --dim "${DEEP_DIM:-16}" \
           --top "${DEEP_TOP:-64,1}" --interaction "${DEEP_INTERACTION:-dot}"
       fi
+      read -r a l <<<"$("$PY" "$HERE/dlrm_reference.py" "$STREAM" --order join --window-ms "$w" \
+        --batch "${DEEP_BATCH:-16}" --dim "${DEEP_DIM:-16}" --hidden "$(echo "${DEEP_TOP:-64,1}" | cut -d, -f1)" \
+        --interaction "${DEEP_INTERACTION:-dot}" --lr "${DEEP_LR:-0.001}" --embedding-lr "${DEEP_EMB_LR:-0.05}" |
+        awk '{print $3, $5}')"
+      row "reference DLRM (NumPy, batch ${DEEP_BATCH:-16})" "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")"
       read -r a l n s <<<"$(run_learner deep "$OUT/models/movielens_deep" "$w")"
-      row "**kiln learn deep** (DLRM dim ${DEEP_DIM:-16} ${DEEP_INTERACTION:-dot}, batch ${DEEP_BATCH:-256}, $n samples)" \
+      row "**kiln learn deep** (DLRM dim ${DEEP_DIM:-16} ${DEEP_INTERACTION:-dot}, batch ${DEEP_BATCH:-16}, $n samples)" \
         "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")" "$(diff4 "$a" "$rb")" "$s"
     fi
   done
