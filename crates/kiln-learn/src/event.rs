@@ -141,6 +141,7 @@ impl EventError {
                 EventErrorKind::MissingField
             }
             serde_json::error::Category::Data => EventErrorKind::WrongType,
+            _ if message.starts_with("number out of range") => EventErrorKind::WrongType,
             _ => EventErrorKind::Json,
         };
         EventError { kind, message }

@@ -72,6 +72,11 @@ fn malformed_events_say_why() {
         assert!(e.message.contains(names), "{line}: {e}");
         assert!(e.to_string().starts_with(kind.reason()), "{e}");
     }
+    // a number no f32 holds is a wrong value
+    let e =
+        parse_line(br#"{"type":"impression","id":"i","ts_ms":1,"features":{},"dense":[1e999]}"#)
+            .unwrap_err();
+    assert_eq!(e.kind, WrongType, "{e}");
     // a syntax error inside the features object stays a JSON error
     let e =
         parse_line(b"{\"type\":\"impression\",\"id\":\"i\",\"ts_ms\":1,\"features\":{\"a\":[1,}}")
