@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use kiln_runtime::delta_source::{DeltaSourceConfig, DeltaSourceMetrics, DeltaSubscriber};
 use kiln_runtime::{Backends, ControlMode};
 use kiln_server::{Limits, ServerConfig, Settings};
 use prometheus_client::registry::Registry;
@@ -115,6 +116,18 @@ pub struct ServeArgs {
     /// OpenTelemetry collector over OTLP/gRPC (e.g. `http://localhost:4317`). Off by default.
     #[arg(long, env = "KILN_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Follow Kafka delta topics, `kafka://HOST:PORT[,HOST:PORT...]`: every served model with
+    /// embedding tables applies each delta of its topic `<--delta-topic-prefix><model>`
+    /// (key: table name, value: a kiln-embed delta). Off by default.
+    #[arg(long, env = "KILN_DELTA_SOURCE")]
+    delta_source: Option<String>,
+    /// Learner snapshots (`<dir>/<model>/LATEST`): the latest is restored into the served tables
+    /// before the delta topic is read from the snapshot's offsets. Needs `--delta-source`.
+    #[arg(long, env = "KILN_DELTA_SNAPSHOT_DIR")]
+    delta_snapshot_dir: Option<PathBuf>,
+    /// Prefix of the delta topics' names.
+    #[arg(long, env = "KILN_DELTA_TOPIC_PREFIX", default_value = kiln_runtime::delta_source::DEFAULT_TOPIC_PREFIX)]
+    delta_topic_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,8 +162,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Mode::Explicit, None) => ControlMode::Explicit,
         (Mode::None, None) => ControlMode::None,
     };
+    let delta_source = delta_source(&args)?;
     let mut registry = prometheus_client::registry::Registry::default();
     crate::process_metrics::ProcessCollector::register(&mut registry);
+    let delta_metrics = Arc::new(DeltaSourceMetrics::default());
+    if delta_source.is_some() {
+        delta_metrics.register(&mut registry);
+    }
     let backends = backends(&args, &mut registry)?;
     let addr = |port| SocketAddr::new(args.host, port);
     let settings = Settings {
@@ -168,12 +186,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             limits: limits(&args)?,
         },
     };
+    // One shutdown for the server and the delta subscriber: a signal, or the server stopping.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        crate::signal::shutdown_signal().await;
+        on_signal.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     // Serves health probes while the models load; readiness turns true once they are loaded.
     let running = kiln_server::assemble(settings, backends, registry)
         .await?
-        .start(crate::signal::shutdown_signal())
+        .start(stopped(stop_rx.clone()))
         .await
         .with_context(|| format!("--model-repository {}", args.model_repository.display()))?;
+    let subscriber = match delta_source {
+        Some(config) => {
+            // not ready until the snapshots are restored into the served tables
+            running.starter.set_started(false);
+            let s = DeltaSubscriber::start(running.repo.clone(), config, delta_metrics).await;
+            running.starter.set_started(true);
+            Some(s)
+        }
+        None => None,
+    };
     let ports = (running.http_addr, running.grpc_addr, running.metrics_addr);
     if let Some(path) = &args.ready_file {
         let body = serde_json_ports(ports.0.port(), ports.1.port(), ports.2.map(|a| a.port()));
@@ -183,8 +222,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--ready-file {}", path.display()))?;
     }
     tracing::info!(http = %ports.0, grpc = %ports.1, metrics = ?ports.2, "kiln serve ready");
-    running.task.await.context("server task failed")??;
+    let server = async {
+        let done = running.task.await;
+        stop_tx.send_replace(true);
+        done
+    };
+    let subscriber = async {
+        if let Some(s) = subscriber {
+            stopped(stop_rx).await;
+            s.shutdown().await;
+        }
+    };
+    let (done, ()) = tokio::join!(server, subscriber);
+    done.context("server task failed")??;
     Ok(())
+}
+
+/// The delta subscriber's settings from the `--delta-*` flags; a bad URL is refused here,
+/// before anything starts.
+fn delta_source(args: &ServeArgs) -> anyhow::Result<Option<DeltaSourceConfig>> {
+    let Some(url) = args.delta_source.as_deref().filter(|u| !u.is_empty()) else {
+        if args.delta_snapshot_dir.is_some() {
+            anyhow::bail!("--delta-snapshot-dir needs --delta-source");
+        }
+        return Ok(None);
+    };
+    let mut config = DeltaSourceConfig::from_url(url).context("--delta-source")?;
+    if args.delta_topic_prefix.is_empty() {
+        anyhow::bail!("--delta-topic-prefix must not be empty");
+    }
+    config.topic_prefix = args.delta_topic_prefix.clone();
+    config.snapshot_dir = args.delta_snapshot_dir.clone();
+    Ok(Some(config))
 }
 
 /// The backends `kiln serve` is built with: tract, ONNX Runtime (cargo feature `ort`) and

@@ -126,6 +126,7 @@ pub(crate) async fn run(
     };
     let mut next: BTreeMap<i32, i64> = BTreeMap::new(); // next offset per assigned partition
     let mut tick = tokio::time::interval(config.lag_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut errors = 0u64;
     let mut waiting_logged = false;
     loop {
