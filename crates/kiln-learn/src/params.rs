@@ -409,8 +409,20 @@ impl ParamTable {
     /// Replaces every row with those of a snapshot written by [`ParamTable::snapshot_to`];
     /// nothing is pending for the next drain afterwards. A refused file changes nothing.
     pub fn restore(&mut self, path: &Path) -> Result<SnapshotInfo> {
-        let (table, info) =
-            Table::restore(self.full_config(), path).map_err(table_err(&self.config.name))?;
+        let (table, info) = self.read_snapshot(path)?;
+        self.replace_rows(&table);
+        Ok(info)
+    }
+
+    /// Reads and checks a snapshot written by [`ParamTable::snapshot_to`], changing nothing:
+    /// the first half of [`ParamTable::restore`], for a caller restoring several tables all
+    /// or nothing.
+    pub fn read_snapshot(&self, path: &Path) -> Result<(Table, SnapshotInfo)> {
+        Table::restore(self.full_config(), path).map_err(table_err(&self.config.name))
+    }
+
+    /// Replaces every row with those of `table` (from [`ParamTable::read_snapshot`]).
+    pub fn replace_rows(&mut self, table: &Table) {
         self.tick();
         let mut slots = Slots::new(self.width, (table.len() * 2).next_power_of_two().max(16));
         table.for_each_row(|key, row| {
@@ -421,7 +433,6 @@ impl ParamTable {
         self.slots = slots;
         self.touched.clear();
         self.tombstones.clear();
-        Ok(info)
     }
 }
 

@@ -117,7 +117,8 @@ impl WideTrainer {
         &self.ftrl
     }
 
-    /// The bias weight (`wide.bias`), for the runner to publish in a new model version.
+    /// The bias weight (`wide.bias`), for the runner to publish in a new model version (it is
+    /// a dense weight: deltas carry table rows only).
     pub fn bias(&self) -> f32 {
         self.bias[0] as f32
     }
@@ -273,9 +274,13 @@ impl Trainer for WideTrainer {
                 state["tables"]
             )));
         }
-        for t in &mut self.tables {
-            let file = dir.join(format!("{}.snap", t.name()));
-            t.restore(&file)?;
+        // every table read and checked before any is replaced: a refused state changes nothing
+        let mut read = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            read.push(t.read_snapshot(&dir.join(format!("{}.snap", t.name())))?.0);
+        }
+        for (t, table) in self.tables.iter_mut().zip(&read) {
+            t.replace_rows(table);
         }
         self.bias = bias;
         Ok(())

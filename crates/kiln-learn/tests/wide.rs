@@ -234,6 +234,19 @@ fn save_and_load_restore_every_weight_and_the_bias() {
             assert_eq!(ta.get(k), tb.get(k), "{} {k}", ta.name());
         }
     }
+    // a damaged table refuses the whole state and changes nothing
+    let before = b.predict(&stream[0]);
+    let user = dir.path().join("wide.user.snap");
+    let mut bytes = std::fs::read(&user).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&user, bytes).unwrap();
+    let mut c = WideTrainer::new(&spec(SPEC), FTRL).unwrap();
+    c.train(&stream[..10]);
+    let c_before = c.predict(&stream[0]);
+    assert!(c.load(dir.path()).is_err());
+    assert_eq!(c.predict(&stream[0]), c_before);
+    assert_eq!(b.predict(&stream[0]), before);
     // a state from another model is refused
     let other = spec("[[sparse]]\nname = \"x\"\ntable = \"w\"\nmax_ids = 1\npart = \"wide\"\n");
     let err = WideTrainer::new(&other, FTRL).unwrap().load(dir.path());
@@ -289,6 +302,32 @@ fn the_admission_filter_keeps_one_off_keys_out() {
     assert!(t.tables().iter().all(|p| p.is_empty()));
     t.train(&[s]);
     assert_eq!(t.tables()[0].len(), 1);
+}
+
+#[test]
+fn trains_the_ctr_wide_example_model() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/models/ctr_wide/config.toml"
+    );
+    let config: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let params = config["parameters"].as_table().unwrap();
+    let spec = RecsysSpec::parse(params).unwrap();
+    let mut t = WideTrainer::new(&spec, FTRL).unwrap();
+    let names: Vec<&str> = t.tables().iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["user_id", "item_id", "genres", "hour"]);
+    let s = Sample {
+        id: "imp-1".into(),
+        ts_ms: 0,
+        label: true,
+        keys: vec![vec![11], vec![22], vec![33, 34], vec![44]],
+        dense: vec![],
+        seen_ms: 0,
+    };
+    t.train(&[s]);
+    let d = t.drain_deltas();
+    assert_eq!(d.iter().map(|d| d.keys.len()).sum::<usize>(), 5);
+    assert!(d.iter().all(|d| d.dim == 1));
 }
 
 #[test]
