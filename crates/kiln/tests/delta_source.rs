@@ -2,7 +2,8 @@
 //! to `kiln.deltas.dlrm_small` reach the served rows; a garbage message and a delta of the wrong
 //! dim are counted and skipped while later deltas still apply; a second server started later
 //! with `--delta-snapshot-dir` restores the snapshot and replays the topic from the snapshot's
-//! offsets to the same rows. A bad `--delta-source` is refused at start naming the flag.
+//! offsets to the same rows; a model loaded after start follows its topic too. A bad
+//! `--delta-source` is refused at start naming the flag.
 
 mod common;
 
@@ -259,6 +260,15 @@ async fn deltas_apply_bad_messages_are_counted_and_a_late_replica_restores_the_s
     assert_eq!(rejected("wrong_dim"), 1.0);
     assert_eq!(metric(a.metrics, &applied), 2.0);
     assert_ne!(before3, rows(a.http, &[3]), "the valid delta changed key 3");
+    // a replayed delta is a duplicate: counted, nothing changes
+    let dups = format!("kiln_delta_source_duplicates_total{{model=\"{MODEL}\"}}");
+    produce(&p, TABLE, &d1.encode()).await;
+    until("the replay to be counted", || {
+        metric(a.metrics, &dups) == 1.0
+    })
+    .await;
+    assert_eq!(rows(a.http, &[2, 3]), row_values(&d2));
+    let after_d2 = after_d2 + 1;
     let lag = format!("kiln_delta_source_lag{{model=\"{MODEL}\",partition=\"0\"}}");
     until("the lag to reach 0", || metric(a.metrics, &lag) == 0.0).await;
 
@@ -309,8 +319,9 @@ async fn deltas_apply_bad_messages_are_counted_and_a_late_replica_restores_the_s
         row_values(&only_in_snapshot),
         "never published"
     );
-    // b read only what came after the snapshot: the wrong-dim delta and the garbage came before
+    // b read only what came after the snapshot: the bad messages and the replay came before
     assert_eq!(metric(b.metrics, &applied), 1.0);
+    assert_eq!(metric(b.metrics, &dups), 0.0);
     assert_eq!(
         metric(
             b.metrics,
@@ -325,6 +336,44 @@ async fn deltas_apply_bad_messages_are_counted_and_a_late_replica_restores_the_s
         ),
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_loaded_after_start_follows_its_topic() {
+    let Some(broker) = Broker::start("delta_source_late_model") else {
+        return;
+    };
+    broker.create_topic(TOPIC, 1);
+    let p = producer(&broker.bootstrap());
+    let repo = repo();
+    let scratch = tempfile::tempdir().unwrap();
+    let url = format!("kafka://{}", broker.bootstrap());
+    let s = serve(
+        repo.path(),
+        scratch.path(),
+        &["--delta-source", &url, "--model-control-mode", "explicit"],
+    )
+    .await;
+    let d1 = delta(1, 16, &[5, 6], 1.25);
+    produce(&p, TABLE, &d1.encode()).await;
+    let (st, body) = http(
+        s.http,
+        "POST",
+        &format!("/v2/repository/models/{MODEL}/load"),
+        "{}",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(dim(s.http), 16, "the test's deltas are of dlrm_small's dim");
+    until("the delta produced before the load", || {
+        rows(s.http, &[5, 6]) == row_values(&d1)
+    })
+    .await;
+    let d2 = delta(2, 16, &[6], -0.5);
+    produce(&p, TABLE, &d2.encode()).await;
+    until("the delta produced after the load", || {
+        rows(s.http, &[6]) == row_values(&d2)
+    })
+    .await;
 }
 
 #[test]
