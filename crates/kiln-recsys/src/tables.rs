@@ -259,4 +259,9 @@ impl SparseParameters for ModelTables {
         let t = self.named(table)?;
         Ok(keys.iter().map(|&k| t.get(k)).collect())
     }
+
+    fn reset_source(&self, table: &str, source: &str, seq: u64) -> Result<()> {
+        self.named(table)?.reset_source(source, seq);
+        Ok(())
+    }
 }
