@@ -2,12 +2,37 @@
 //! them, pooling of gathered rows (as serving's `kiln_embed::Table::lookup` pools) and the
 //! pooling's backward pass, which sums each key's gradient over the batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use kiln_embed::Pooling;
 
 use super::net::Real;
 use crate::sample::Sample;
+
+/// Hashes a u64 key with `kiln_embed::mix64` (keys are already hashed ids; SipHash's
+/// resistance to chosen keys costs a tenth of a training step here).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = kiln_embed::mix64(self.0 ^ b as u64);
+        }
+    }
+    fn write_u64(&mut self, k: u64) {
+        self.0 = kiln_embed::mix64(k);
+    }
+}
+
+/// A map keyed by table keys.
+pub type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+/// A set of table keys.
+pub type KeySet = HashSet<u64, BuildHasherDefault<KeyHasher>>;
 
 /// Ids above this are padding in serving (an INT64 -1); a sample never pools them.
 const PADDING: u64 = u64::MAX;
@@ -39,7 +64,7 @@ pub struct Plan {
     pub keys: Vec<Vec<u64>>,
     /// Per table, how many times each of `keys` occurs in the batch.
     pub counts: Vec<Vec<u32>>,
-    index: Vec<HashMap<u64, u32>>,
+    index: Vec<KeyMap<u32>>,
     /// Per feature, `offsets[r]..offsets[r + 1]` indexes `ids` for sample `r`.
     offsets: Vec<Vec<u32>>,
     /// Per feature, indices into that feature's table's `keys`.
@@ -53,7 +78,7 @@ impl Plan {
         self.rows = batch.len();
         self.keys.resize_with(tables, Vec::new);
         self.counts.resize_with(tables, Vec::new);
-        self.index.resize_with(tables, HashMap::new);
+        self.index.resize_with(tables, KeyMap::default);
         self.offsets.resize_with(features.len(), Vec::new);
         self.ids.resize_with(features.len(), Vec::new);
         for t in 0..tables {
