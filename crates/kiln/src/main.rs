@@ -1,6 +1,7 @@
 //! `kiln`: one binary, one subcommand per subsystem. Thin: parsing, logging, wiring.
 
 mod cache;
+mod learn;
 mod onnx;
 mod process_metrics;
 mod serve;
@@ -33,6 +34,9 @@ enum LogFormat {
 enum Command {
     /// Serve models over the KServe v2 / Triton protocol (HTTP and gRPC).
     Serve(serve::ServeArgs),
+    /// Learn online from impressions and actions (Kafka or JSONL) and publish embedding deltas
+    /// to the serving replicas.
+    Learn(learn::LearnArgs),
     /// Dataset cache: mount a remote dataset read-only through FUSE, warm it up, inspect it.
     Cache {
         #[command(subcommand)]
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&cli.log, matches!(cli.log_format, LogFormat::Json), otlp)?;
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Learn(args) => learn::run(args),
         Command::Cache { cmd } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("kiln-cache")
