@@ -216,3 +216,25 @@ pub fn write_dense_version(
     sync_dir(&mdir)?;
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dense_version_is_the_next_numbered_directory_with_only_the_dense_tensors() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(repo.path().join("m/1")).expect("version 1");
+        std::fs::create_dir_all(repo.path().join("m/7")).expect("version 7");
+        let t = vec![("wide.bias".to_string(), vec![1], vec![-0.25f32])];
+        let dir = write_dense_version(repo.path(), "m", "model.safetensors", &t).expect("write");
+        assert_eq!(dir, repo.path().join("m/8"));
+        let bytes = std::fs::read(dir.join("model.safetensors")).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        assert_eq!(st.names(), vec!["wide.bias"]);
+        let v = st.tensor("wide.bias").expect("bias");
+        assert_eq!(v.shape(), &[1]);
+        assert_eq!(v.data(), (-0.25f32).to_le_bytes().as_slice());
+        assert!(!repo.path().join("m/.tmp-8").exists());
+    }
+}
