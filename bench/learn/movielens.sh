@@ -26,7 +26,7 @@
 #             model and settings also run in NumPy (dlrm_reference.py, one hidden top layer: the
 #             first width of DEEP_TOP) in the learner's order.
 #             The batch is small because users rate in bursts: a batch scored before it is
-#             learned cannot use the first ratings of a session for the next (see reference.py).
+#             learned cannot use a user's first ratings of a burst for the next (see reference.py).
 # Results: $OUT/results.md (also printed).
 set -euo pipefail
 

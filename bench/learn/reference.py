@@ -31,7 +31,7 @@ Sample order (--order):
               agree within 0.001. Compare a learner with the reference run in the same order.
 
 Batches (--batch B, FTRL): every sample of a batch of B is scored before any is learned. Users
-rate in bursts (a session's ratings share a timestamp), and FTRL's gain comes from learning a
+rate in bursts (a burst's ratings often share a timestamp), and FTRL's gain comes from learning a
 user's first ratings before scoring the next: in impression order its AUC is 0.776 at B = 1,
 0.759 at 16, 0.708 at 256, 0.683 at 1024. A trainer scored batch-wise matches the reference run
 with its batch size, not the per-sample one.
