@@ -162,7 +162,10 @@ impl Learner {
         if !self.publisher.flush(FINAL_FLUSH) {
             tracing::warn!("stopping with deltas not yet acknowledged by every destination; the journal republishes them at the next start");
         }
-        self.snapshot(Duration::ZERO, &mut last_snap)?;
+        // a snapshot waiting for its batch completes now that everything is acknowledged
+        if self.pending_batch.is_some() {
+            self.snapshot(Duration::MAX, &mut last_snap)?;
+        }
         if self.checkpoints.is_some() {
             self.checkpoint(&joiner, &held, learned)?;
         }
