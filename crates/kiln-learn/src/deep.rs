@@ -8,11 +8,11 @@
 //! - Loss: log loss of `sigmoid(logit)`, averaged over the batch (PyTorch's
 //!   `BCEWithLogitsLoss`). The MLPs learn with Adam or AdaGrad ([`DenseOptimizer`]), embedding
 //!   rows with sparse AdaGrad (only the rows a batch touches).
-//! - Embedding rows live in trainer-side tables ([`store`]) of rows `[w | accumulator]`; a key
+//! - Embedding rows live in trainer-side `kiln_embed::Table`s of rows `[w | accumulator]`; a key
 //!   without a row pools the served default row, and gets a row once the admission filter has
 //!   seen it `min_count` times. Rows expire by the model's TTL (`ttl_s`) and memory cap, and
 //!   are then published as tombstones.
-//! - Progressive validation: [`Trainer::train`] returns each sample's probability before the
+//! - Progressive validation: [`crate::Trainer::train`] returns each sample's probability before the
 //!   batch is learned.
 //!
 //! Wide features (`part = "wide"`) are not trained here (the wide trainer learns them).
@@ -215,7 +215,6 @@ impl DeepTrainer {
                 config.embedding.initial_accumulator,
                 clock.clone(),
             )?;
-            let (_, values) = weights.f32(&tensor).map_err(field)?;
             let keys: Vec<u64> = match weights.has(&format!("{}.keys", ts.name)) {
                 true => weights
                     .i64(&format!("{}.keys", ts.name))
@@ -225,7 +224,29 @@ impl DeepTrainer {
                     .collect(),
                 false => (0..rows as u64).collect(),
             };
-            store.insert_served(&keys, &values)?;
+            if keys.len() != rows {
+                return Err(Error::config(
+                    file,
+                    &tensor,
+                    format!("{rows} rows, {} keys", keys.len()),
+                ));
+            }
+            // streamed a chunk at a time: a large table is never copied whole
+            let mut next = 0;
+            let mut failed = None;
+            weights
+                .f32_chunks(&tensor, 16_384, |chunk| {
+                    let n = chunk.len() / dim;
+                    if let Err(e) = store.insert_served(&keys[next..next + n], chunk) {
+                        failed = Some(e);
+                    }
+                    next += n;
+                    Ok(())
+                })
+                .map_err(field)?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
             debug_assert_eq!(t, tables.len());
             tables.push(store);
             dims.push(dim);

@@ -142,11 +142,23 @@ fn a_checkpoint_restores_parameters_and_optimizer_state() {
     assert_eq!(a.predict(&probe), b.predict(&probe));
     let keys: Vec<u64> = (0..VOCAB).collect();
     assert_eq!(a.rows("t1", &keys), b.rows("t1", &keys));
+    // a checkpoint of another optimizer is refused
+    let adagrad = DeepConfig {
+        dense: kiln_learn::deep::DenseOptimizer::Adagrad(Default::default()),
+        ..DeepConfig::default()
+    };
+    let mut c = trainer(&root.path().join("c"), "", adagrad, clock());
+    let e = c.load(&ckpt).unwrap_err().to_string();
+    assert!(e.contains("optimizer"), "{e}");
     // a damaged checkpoint is refused, naming the file
     std::fs::write(ckpt.join("t0.train.snap"), b"garbage").unwrap();
     let e = b.load(&ckpt).unwrap_err().to_string();
     assert!(e.contains("t0"), "{e}");
-    assert_eq!(a.predict(&probe), b.predict(&probe), "a failed load changes nothing");
+    assert_eq!(
+        a.predict(&probe),
+        b.predict(&probe),
+        "a failed load changes nothing"
+    );
 }
 
 #[test]

@@ -173,6 +173,14 @@ impl DeepTrainer {
         t.write(path, "dlrm-ref-v1")
     }
 
+    /// 0 for Adam, 1 for AdaGrad: whose moments `opt1` and `opt2` hold.
+    fn optimizer_code(&self) -> u64 {
+        match self.config.dense {
+            super::DenseOptimizer::Adam(_) => 0,
+            super::DenseOptimizer::Adagrad(_) => 1,
+        }
+    }
+
     /// [`crate::Trainer::save`].
     pub(super) fn save_to(&self, dir: &Path) -> Result<()> {
         let mut t = Tensors::default();
@@ -180,6 +188,7 @@ impl DeepTrainer {
         t.net("opt1.", &self.opt1);
         t.net("opt2.", &self.opt2);
         t.i64("step".into(), &[self.step]);
+        t.i64("optimizer".into(), &[self.optimizer_code()]);
         for s in &self.tables {
             t.i64(format!("{}.keys", s.name), &s.keys());
             s.save(&dir.join(format!("{}.train.snap", s.name)))?;
@@ -198,6 +207,13 @@ impl DeepTrainer {
             read_layers(&w, &path, &format!("{prefix}top"), &mut n.top)?;
         }
         let step = w.i64("step").map_err(|e| ckpt_err(&path, e))?;
+        let code = w.i64("optimizer").map_err(|e| ckpt_err(&path, e))?;
+        if code.first().copied() != Some(self.optimizer_code() as i64) {
+            return Err(ckpt_err(
+                &path,
+                "the MLPs' optimizer (adam or adagrad) differs from the configured one",
+            ));
+        }
         let mut keys = Vec::new();
         for s in &self.tables {
             let k = w
