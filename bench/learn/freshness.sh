@@ -16,7 +16,8 @@
 #         the other: a user and an item never seen, asked for (genres and hour as padding), then
 #         an impression of them and a click produced at t0, then asked again every 5 ms until
 #         the prediction changes. Freshness = first changed answer - t0: consume, join, train,
-#         publish, then the replica's consume and apply.
+#         publish, then the replica's consume and apply. Each poll also asks the learner's rows
+#         endpoint for the item's row, which splits the time into the learner's part and the rest.
 # deltas: perf_analyzer at the same rate, without deltas, then while `learn-probe deltas`
 #         produces deltas of DELTA_ROWS rows (one run per size) to the delta topic, at most DELTA_LAG ahead of what
 #         the replica has applied (its kiln_delta_source_applied_total): deltas/s and rows/s
@@ -223,7 +224,8 @@ TOML
   learn_pid=$!
   pids+=("$learn_pid")
   wait_file "$OUT/learn.ready" "$learn_pid" "$OUT/learn.log"
-  LM=http://127.0.0.1:$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics_port"])' "$OUT/learn.ready")/metrics
+  LEARNER=http://127.0.0.1:$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics_port"])' "$OUT/learn.ready")
+  LM=$LEARNER/metrics
   log "event stream, $RATE impressions/s"
   "$PROBE" stream --brokers "$BROKERS" --rate "$RATE" >"$OUT/stream.txt" 2>"$OUT/stream.log" &
   stream_pid=$!
@@ -244,7 +246,7 @@ TOML
   sleep 2
   log "$PROBES probes"
   "$PROBE" probe --brokers "$BROKERS" --http "http://127.0.0.1:$HP" --model "$MODEL" \
-    --count "$PROBES" --csv "$OUT/probes.csv" | tee "$OUT/probe.txt"
+    --count "$PROBES" --learner "$LEARNER" --csv "$OUT/probes.csv" | tee "$OUT/probe.txt"
   touch "$OUT/probes.done"
   wait "$pa_loop"
   t1=$(date +%s.%N)
@@ -264,7 +266,10 @@ TOML
     echo "Learner during the probes: $(awk "BEGIN {printf \"%.0f\", ($s1 - $s0) / $secs}") samples/s; replica applied $(awk "BEGIN {printf \"%.1f\", ($d1 - $d0) / $secs}") deltas/s."
     echo "Serving meanwhile at $RPS requests/s: client p99 $p99s; server p50 | p99 over the whole phase: $(server_q "$OUT/server-fresh.txt") ms."
     echo
-    echo "**$(cat "$OUT/probe.txt")**"
+    echo "**$(head -1 "$OUT/probe.txt")**"
+    echo
+    echo "Of which until the trainer held the item's row (polled on the learner's rows endpoint; the rest is the"
+    echo "wait for the next publish, the delta topic and the replica): $(tail -1 "$OUT/probe.txt" | sed 's/^probe: //')"
     echo
     echo "Goal (issue 12): p50 under 1 s, p99 under 5 s. Per-probe figures: $OUT/probes.csv"
     echo
