@@ -220,6 +220,10 @@ impl Learner {
             },
             Event::Action(a) => out.extend(joiner.insert_action(&a, ev.position, now)),
         }
+        // windows close as the watermark passes them, event by event: closing them once per
+        // read batch would learn a batch's positives before its earlier negatives, and the
+        // progressive validation would score samples out of event-time order
+        out.extend(joiner.expire(now));
     }
 
     fn malformed(&self, reason: &str, message: &str, ev: &RawEvent) {
