@@ -18,8 +18,8 @@ use crate::wide::WideTrainer;
 pub enum AnyTrainer {
     /// FTRL-Proximal logistic regression.
     Wide(Box<WideTrainer>),
-    /// DLRM backpropagation.
-    Deep(Box<DeepTrainer>),
+    /// DLRM backpropagation, in mini-batches of at most the given size.
+    Deep(Box<DeepTrainer>, usize),
 }
 
 impl AnyTrainer {
@@ -36,10 +36,10 @@ impl AnyTrainer {
                 };
                 AnyTrainer::Wide(Box::new(WideTrainer::new(&model.spec, params)?))
             }
-            TrainerKind::Deep => AnyTrainer::Deep(Box::new(DeepTrainer::open(
-                &config.model_dir,
-                deep_config(config)?,
-            )?)),
+            TrainerKind::Deep => AnyTrainer::Deep(
+                Box::new(DeepTrainer::open(&config.model_dir, deep_config(config)?)?),
+                config.trainer.deep.batch_size.max(1),
+            ),
         })
     }
 
@@ -47,7 +47,7 @@ impl AnyTrainer {
     pub fn maintain(&mut self) -> usize {
         match self {
             AnyTrainer::Wide(t) => t.maintain(),
-            AnyTrainer::Deep(t) => t.maintain(),
+            AnyTrainer::Deep(t, _) => t.maintain(),
         }
     }
 
@@ -56,7 +56,7 @@ impl AnyTrainer {
     pub fn dense_tensors(&self, model: &ModelInfo, scratch: &Path) -> Result<Vec<DenseTensor>> {
         match self {
             AnyTrainer::Wide(t) => Ok(vec![("wide.bias".into(), vec![1], vec![t.bias()])]),
-            AnyTrainer::Deep(t) => {
+            AnyTrainer::Deep(t, _) => {
                 let path = scratch.join("weights.safetensors");
                 t.write_weights(&path)?;
                 let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -96,14 +96,14 @@ impl AnyTrainer {
     fn inner(&self) -> &dyn Trainer {
         match self {
             AnyTrainer::Wide(t) => t.as_ref(),
-            AnyTrainer::Deep(t) => t.as_ref(),
+            AnyTrainer::Deep(t, _) => t.as_ref(),
         }
     }
 
     fn inner_mut(&mut self) -> &mut dyn Trainer {
         match self {
             AnyTrainer::Wide(t) => t.as_mut(),
-            AnyTrainer::Deep(t) => t.as_mut(),
+            AnyTrainer::Deep(t, _) => t.as_mut(),
         }
     }
 }
@@ -144,7 +144,18 @@ fn deep_config(config: &LearnConfig) -> Result<deep::DeepConfig> {
 
 impl Trainer for AnyTrainer {
     fn train(&mut self, batch: &[Sample]) -> Vec<f32> {
-        self.inner_mut().train(batch)
+        match self {
+            AnyTrainer::Wide(t) => t.train(batch),
+            // the loop hands over whatever the join emitted; the deep trainer steps once per
+            // `trainer.deep.batch_size` samples, each mini-batch scored before it is learned
+            AnyTrainer::Deep(t, size) => {
+                let mut probs = Vec::with_capacity(batch.len());
+                for chunk in batch.chunks(*size) {
+                    probs.extend(t.train(chunk));
+                }
+                probs
+            }
+        }
     }
 
     fn drain_deltas(&mut self) -> Vec<TableDelta> {
