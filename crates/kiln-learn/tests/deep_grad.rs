@@ -214,9 +214,7 @@ fn check_all(mut c: Case) {
         assert!(n > 0 && nb > 0, "top.{j}: every gradient is zero");
     }
     for (t, an) in drows.iter().enumerate() {
-        let n = check(&mut c, &format!("table {t}"), an, |c, i| {
-            &mut c.rows[t][i]
-        });
+        let n = check(&mut c, &format!("table {t}"), an, |c, i| &mut c.rows[t][i]);
         assert!(n > 0, "table {t}: every gradient is zero");
     }
 }
