@@ -8,7 +8,8 @@
 # serve` on a copy of examples/models/ctr_wide following the model's delta topic, pinned to
 # SERVER_CPUS, and perf_analyzer pinned to CLIENT_CPUS. First a short perf_analyzer sweep
 # measures the server's capacity (the most requests/s over concurrencies CAP_CONC); every later
-# perf_analyzer run sends LOAD x capacity requests/s (--request-rate-range).
+# perf_analyzer run sends LOAD x capacity requests/s (--request-rate-range, async calls: with
+# synchronous ones its few threads cannot keep such a rate up).
 #
 # fresh:  `kiln learn` (FTRL on ctr_wide, Kafka source, Kafka delta sink, publish every
 #         PUBLISH_MS, join window WINDOW_MS) consumes a steady stream (RATE impressions/s, 10%
@@ -27,7 +28,7 @@
 #      default ~/.cache/kiln-target), OUT (default bench/out/learn-fresh-DATE), SERVER_CPUS /
 #      CLIENT_CPUS (taskset core lists, default 0 / 1, empty = unpinned; the broker, learner,
 #      event stream and probes run unpinned), PROTO (perf_analyzer protocol, grpc), LOAD (0.7),
-#      CAP_CONC (capacity sweep concurrencies, "1 2 4 8"), MI (perf_analyzer window, ms, 3000),
+#      CAP_CONC (capacity sweep concurrencies, "2 4 8 16"), MI (perf_analyzer window, ms, 3000),
 #      RATE (1000), PROBES (100), PUBLISH_MS (100), WINDOW_MS (2000), DELTA_ROWS ("10 1000"),
 #      DELTA_LAG (2000), PEERS_HOME (perf_analyzer's install, ~/.cache/kiln-peers; see
 #      ../shared/peers/README.md).
@@ -39,7 +40,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}
 OUT=${OUT:-$ROOT/bench/out/learn-fresh-$(date +%Y%m%d-%H%M%S)}
 what=${*:-fresh deltas}
 SERVER_CPUS=${SERVER_CPUS-0} CLIENT_CPUS=${CLIENT_CPUS-1}
-PROTO=${PROTO:-grpc} LOAD=${LOAD:-0.7} MI=${MI:-3000} CAP_CONC=${CAP_CONC:-1 2 4 8}
+PROTO=${PROTO:-grpc} LOAD=${LOAD:-0.7} MI=${MI:-3000} CAP_CONC=${CAP_CONC:-2 4 8 16}
 RATE=${RATE:-1000} PROBES=${PROBES:-100} PUBLISH_MS=${PUBLISH_MS:-100} WINDOW_MS=${WINDOW_MS:-2000}
 DELTA_ROWS=${DELTA_ROWS:-10 1000} DELTA_LAG=${DELTA_LAG:-2000}
 PH=${PEERS_HOME:-$HOME/.cache/kiln-peers}
@@ -142,7 +143,7 @@ csv_col() { # csv_col CSV COLUMN: the column of every row, one a line
   python3 -c 'import csv,sys; [print(r[sys.argv[2]]) for r in csv.DictReader(open(sys.argv[1]))]' "$1" "$2"
 }
 pa_rate() { # pa_rate NAME ARGS...: perf_analyzer at $RPS requests/s
-  pa "$1" --request-rate-range "$RPS" --max-trials 3 -s 100 "${@:2}"
+  pa "$1" --request-rate-range "$RPS" --async --max-trials 3 -s 100 "${@:2}"
 }
 ms() { awk "BEGIN {printf \"%.3f\", $1 / 1000}"; } # us -> ms
 server_q() { # server_q HIST_OUTPUT: "p50 | p99" of the server's request latency, ms
