@@ -26,6 +26,8 @@ use crate::trainers::AnyTrainer;
 
 /// Events asked of the feed at once.
 const READ_BATCH: usize = 4096;
+/// How often progress (samples, AUC, log loss) is logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Samples learned at once (then a publish may be due by its row count).
 const LEARN_CHUNK: usize = 256;
 /// How long a final flush waits for the destinations.
@@ -68,6 +70,8 @@ pub struct Learner {
     pub samples_before: u64,
     /// The batch the pending snapshot waits for.
     pub pending_batch: Option<u64>,
+    /// When progress was last logged.
+    pub last_log: Instant,
 }
 
 /// What a run did.
@@ -273,7 +277,21 @@ impl Learner {
         self.metrics
             .checkpoint_age
             .set(last_ckpt.elapsed().as_secs_f64());
-        self.publisher.status();
+        let sink = self.publisher.status();
+        if self.last_log.elapsed() >= LOG_EVERY {
+            self.last_log = Instant::now();
+            tracing::info!(
+                samples = r.samples,
+                positives = r.positives,
+                auc = ?r.auc,
+                log_loss = r.log_loss,
+                window_auc = ?r.window_auc,
+                window_log_loss = r.window_log_loss,
+                joiner_open = j.pending,
+                deltas_queued = sink.queued,
+                "progressive validation"
+            );
+        }
     }
 
     fn dense_version(&mut self, _every: Duration) -> Result<()> {

@@ -62,6 +62,9 @@ pub struct RunOptions {
     pub admin_token: Option<String>,
     /// Called once the epoch is durable, the journal republished and the metrics port bound.
     pub on_ready: Option<OnReady>,
+    /// A registry whose metrics `/metrics` serves along with `kiln_learn_*` (the process
+    /// metrics the binary registers); a fresh one when `None`.
+    pub registry: Option<Registry>,
 }
 
 /// Runs the learner of `config` until its source ends or `shutdown` resolves.
@@ -72,7 +75,7 @@ pub async fn run(
 ) -> Result<Summary> {
     let model = config.model()?;
     let metrics = Arc::new(LearnMetrics::default());
-    let mut registry = Registry::default();
+    let mut registry = options.registry.unwrap_or_default();
     metrics.register(&mut registry);
     let dims: HashMap<String, usize> = model
         .spec
@@ -206,6 +209,7 @@ pub async fn run(
         stop,
         samples_before,
         pending_batch: None,
+        last_log: std::time::Instant::now(),
     };
     let result = tokio::task::spawn_blocking(move || learner.run())
         .await

@@ -126,6 +126,7 @@ addr = "127.0.0.1:0"
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let options = RunOptions {
         admin_token: None,
+        registry: None,
         on_ready: Some(Box::new(move |r: &Ready| {
             let _ = ready_tx.send(r.clone());
         })),

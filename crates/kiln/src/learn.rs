@@ -161,8 +161,11 @@ impl LearnArgs {
 pub fn run(args: LearnArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let ready_file = args.ready_file.clone();
+    let mut registry = prometheus_client::registry::Registry::default();
+    crate::process_metrics::ProcessCollector::register(&mut registry);
     let options = RunOptions {
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+        registry: Some(registry),
         on_ready: Some(Box::new(move |r: &Ready| {
             if let Some(path) = &ready_file {
                 let body = serde_json::json!({
