@@ -20,7 +20,7 @@ use crate::metrics::LearnMetrics;
 use crate::positions::ReadPositions;
 use crate::publish::Publisher;
 use crate::sample::Sample;
-use crate::snapshot::{write_dense_version, Snapshots};
+use crate::snapshot::{write_dense_version, DenseTensor, Snapshots};
 use crate::trainer::Trainer;
 use crate::trainers::AnyTrainer;
 
@@ -72,6 +72,8 @@ pub struct Learner {
     pub pending_batch: Option<u64>,
     /// When progress was last logged.
     pub last_log: Instant,
+    /// The dense tensors last written as a model version.
+    pub last_dense: Option<Vec<DenseTensor>>,
 }
 
 /// What a run did.
@@ -307,6 +309,9 @@ impl Learner {
         };
         let scratch = std::env::temp_dir();
         let tensors = self.trainer.lock().dense_tensors(&self.model, &scratch)?;
+        if self.last_dense.as_ref() == Some(&tensors) {
+            return Ok(()); // unchanged: no new version
+        }
         let file = self
             .model
             .weights_path
@@ -315,6 +320,7 @@ impl Learner {
             .unwrap_or_else(|| "model.safetensors".into());
         let dir = write_dense_version(&repo, &self.model.name, &file, &tensors)?;
         self.metrics.dense_versions.inc();
+        self.last_dense = Some(tensors.clone());
         tracing::info!(dir = %dir.display(), tensors = tensors.len(), "dense weights written as a new model version");
         Ok(())
     }

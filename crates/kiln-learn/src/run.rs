@@ -210,6 +210,7 @@ pub async fn run(
         samples_before,
         pending_batch: None,
         last_log: std::time::Instant::now(),
+        last_dense: None,
     };
     let result = tokio::task::spawn_blocking(move || learner.run())
         .await

@@ -110,3 +110,67 @@ fn after_kill_9_mid_publish_the_replicas_converge_without_a_double_apply() {
     let impressions = all.iter().filter(|l| l.contains("\"impression\"")).count() as u64 + 1;
     assert_eq!(t.checkpointed_samples(), impressions);
 }
+
+/// The `wide.bias` of a safetensors weights file.
+fn bias_of(path: &std::path::Path) -> f32 {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = header["wide.bias"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn the_trained_bias_reaches_serving_as_a_new_version_sharing_the_live_tables() {
+    let t = Setup::new("learn_admin_dense");
+    let server = t.serve_with(
+        TOKEN,
+        &["--model-control-mode", "poll", "--poll-interval", "0.2"],
+    );
+    let events = events(400, 3);
+    let probe = ProbeEvent::new("user-5", "item-9", &["Action"], 7);
+    t.write_events(&events, &probe);
+    let cfg = t.learn_toml_with(server.http, 10, 1000, 5, "dense_version_interval_s = 1");
+    let learner = t.learn(&cfg, "run1");
+    let keys = t.keys(&events, &probe);
+    wait_until_converged(
+        &t,
+        &server,
+        &learner,
+        &keys,
+        &probe,
+        Duration::from_secs(90),
+    );
+
+    // the learner writes the bias as version 2 (and on); the server swaps it in, keeping the
+    // rows the deltas wrote
+    let rows = learner_rows(&learner, &probe.keys(&t));
+    let sum: f32 = rows.iter().map(|r| r.unwrap_or(0.0)).sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (0.0, 0.0);
+    loop {
+        let model = t.repo.join("ctr_wide");
+        let newest = std::fs::read_dir(&model)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap();
+        if newest >= 2 {
+            let bias = bias_of(&model.join(newest.to_string()).join("model.safetensors"));
+            let expect = 1.0 / (1.0 + (-(bias + sum)).exp());
+            let got = predict(server.http, &probe);
+            if (got - expect).abs() < 1e-5 && (bias - BIAS).abs() > 1e-6 {
+                break;
+            }
+            last = (got, expect);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "served {} vs the trained bias and rows {}",
+            last.0,
+            last.1
+        );
+        pause(100);
+    }
+    no_double_apply(&server);
+}

@@ -246,6 +246,18 @@ impl Setup {
 
     /// A `learn.toml` publishing to the server on `http` every `interval_ms` or `max_rows`.
     pub fn learn_toml(&self, http: u16, interval_ms: u64, max_rows: usize, ckpt_s: u64) -> PathBuf {
+        self.learn_toml_with(http, interval_ms, max_rows, ckpt_s, "")
+    }
+
+    /// [`Setup::learn_toml`] with more `[publish]` lines.
+    pub fn learn_toml_with(
+        &self,
+        http: u16,
+        interval_ms: u64,
+        max_rows: usize,
+        ckpt_s: u64,
+        publish_extra: &str,
+    ) -> PathBuf {
         let text = format!(
             r#"name = "ctr-learner"
 model_dir = "{model}"
@@ -268,6 +280,7 @@ l2 = 1.0
 interval_ms = {interval_ms}
 max_rows = {max_rows}
 endpoints = [{{ url = "http://127.0.0.1:{http}" }}]
+{publish_extra}
 [checkpoint]
 dir = "{ckpt}"
 interval_s = {ckpt_s}
@@ -320,26 +333,31 @@ interval_s = {ckpt_s}
 
     /// Starts `kiln serve` with `token` on the scratch repository.
     pub fn serve(&self, token: &str) -> Server {
+        self.serve_with(token, &[])
+    }
+
+    /// [`Setup::serve`] with more flags.
+    pub fn serve_with(&self, token: &str, more: &[&str]) -> Server {
         let ready = self.dir.path().join("serve-ready.json");
-        let proc = spawn(
-            "kiln serve",
-            self.dir.path().join("serve.log"),
-            &[
-                "serve",
-                "--model-repository",
-                &self.repo.display().to_string(),
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--admin-token",
-                token,
-                "--ready-file",
-                &ready.display().to_string(),
-            ],
-        );
+        let repo = self.repo.display().to_string();
+        let ready_path = ready.display().to_string();
+        let mut args = vec![
+            "serve",
+            "--model-repository",
+            &repo,
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--admin-token",
+            token,
+            "--ready-file",
+            &ready_path,
+        ];
+        args.extend_from_slice(more);
+        let proc = spawn("kiln serve", self.dir.path().join("serve.log"), &args);
         let v = wait_ready(&ready, &proc);
         Server {
             http: v["http_port"].as_u64().unwrap() as u16,
