@@ -81,6 +81,11 @@ fn after_kill_9_mid_publish_the_replicas_converge_without_a_double_apply() {
     first.kill9();
 
     let mut second = t.learn(&cfg, "run2");
+    let log = std::fs::read_to_string(t.dir.path().join("learn-run2.log")).unwrap();
+    assert!(
+        log.contains("checkpoint restored") && log.contains("republished the journal's keys"),
+        "the restart restored the checkpoint and replayed the journal:\n{log}"
+    );
     assert_eq!(second.epoch, first.epoch + 1, "a restart is a new epoch");
     let mut all = first_half.clone();
     all.extend(second_half.iter().cloned());
