@@ -16,8 +16,9 @@
 //! it would have applied the sequence. The queue of an endpoint that stays down therefore
 //! holds at most one delta per table plus the one being retried, whose size is bounded by the
 //! rows touched while it was down (at most the table). Sequence numbers are the endpoint's own
-//! (1, 2, 3 ... per table and source): they equal the publisher's until a merge, after which
-//! the endpoint's run one behind per merged delta; the server sees no gap either way.
+//! (1, 2, 3 ... per table and source), assigned when a delta is first sent: they equal the
+//! publisher's until a merge, after which they are lower by the number of deltas merged
+//! away; the server sees no gap either way.
 //! Merges are counted (`kiln_learn_sink_merged_total`) and logged.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
