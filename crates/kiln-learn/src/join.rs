@@ -95,6 +95,8 @@ pub struct JoinState {
     watermark: u64,
     /// The watermark at the last event, and the latest `now` seen.
     base: (u64, u64),
+    /// Whether any event came yet.
+    seen: bool,
     stats: JoinStats,
 }
 
@@ -111,6 +113,7 @@ impl JoinState {
             closed: IdQueue::default(),
             watermark: 0,
             base: (0, 0),
+            seen: false,
             stats: JoinStats::default(),
         }
     }
@@ -159,6 +162,7 @@ impl JoinState {
     fn observe(&mut self, ts_ms: u64, now_ms: u64) {
         self.watermark = self.watermark.max(ts_ms.min(now_ms));
         self.base = (self.watermark, self.base.1.max(now_ms));
+        self.seen = true;
     }
 
     /// Adds an impression (`imp` from the featurizer, read at `pos`). Returns the samples it
@@ -262,7 +266,11 @@ impl JoinState {
     /// Closes what the watermark (moved on with `now` while idle) has passed: impressions
     /// whose window ended (negatives), held actions
     /// (orphans) and closed-id records.
+    /// Before the first event there is no event time to move on from: nothing happens.
     pub fn expire(&mut self, now_ms: u64) -> Vec<Sample> {
+        if !self.seen {
+            return Vec::new();
+        }
         let idle = now_ms.saturating_sub(self.base.1);
         self.watermark = self.watermark.max(self.base.0.saturating_add(idle));
         let mut out = Vec::new();

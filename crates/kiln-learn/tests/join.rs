@@ -263,3 +263,13 @@ fn flush_closes_everything_and_positions_are_reported() {
     );
     assert_eq!(j.held_positions().count(), 0);
 }
+
+#[test]
+fn expire_before_any_event_closes_nothing() {
+    let mut j = join();
+    // a wall clock far past every event's time: without an event there is no watermark yet
+    assert!(j.expire(1_800_000_000_000).is_empty());
+    assert!(add(&mut j, "a", 1_000).is_empty());
+    assert_eq!(j.stats().late_impressions, 0, "{:?}", j.stats());
+    assert_eq!(act(&mut j, "a", 1_200, "click"), vec![l("a", true)]);
+}
