@@ -110,12 +110,34 @@ async fn rows(
         .get(&table)
         .copied()
         .unwrap_or_else(|| found.iter().flatten().map(Vec::len).next().unwrap_or(0));
-    let rows: Vec<_> = keys
+    let rows: Vec<Row> = keys
         .iter()
         .zip(found)
-        .map(|(k, v)| json!({ "key": k, "values": v }))
+        .map(|(&key, values)| Row { key, values })
         .collect();
-    Json(json!({ "model": model, "table": table, "dim": dim, "rows": rows })).into_response()
+    Json(Rows {
+        model,
+        table,
+        dim,
+        rows,
+    })
+    .into_response()
+}
+
+/// The response body; values serialize as f32 (shortest round trip), as the server's do, so
+/// the two answers compare as text.
+#[derive(serde::Serialize)]
+struct Rows {
+    model: String,
+    table: String,
+    dim: usize,
+    rows: Vec<Row>,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    key: u64,
+    values: Option<Vec<f32>>,
 }
 
 /// Parses `1,2,3` (at most 10,000 keys).
