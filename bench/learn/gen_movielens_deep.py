@@ -2,12 +2,15 @@
 for the deep trainer of the `kiln learn` quality benchmark.
 
     python gen_movielens_deep.py --out DIR [--name movielens_deep] [--dim 16] [--top 64,1]
-        [--interaction dot|concat] [--hash-scale 0.01] [--seed 5]
+        [--interaction dot|concat] [--table-dims user_id=64,item_id=8,...] [--hash-scale 0.01]
+        [--seed 5]
 
 Features (deep, one table each, named like the feature, sum pooling, hash = "xxh3", buckets
 2^20, layout hashed): user_id BYTES [N, 1], item_id BYTES [N, 1], genres BYTES [N, 4] (multi-hot),
-hour INT64 [N, 1]. The events carry no dense features: the dense input `dense` is FP32 [N, 1]
-(the learner feeds zeros), so the bottom MLP (1 -> dim) gives a learned constant vector.
+hour INT64 [N, 1]. Each table's width is --dim, or its feature's entry in --table-dims (concat
+only: the dot interaction needs every table as wide as the bottom's output). The events carry no
+dense features: the dense input `dense` is FP32 [N, 1] (the learner feeds zeros), so the bottom
+MLP (1 -> dim) gives a learned constant vector.
 
 Tables start empty (one row under key 2^20, which no hashed id reaches, as the weights file's
 tables need a row); a key gets a row when the learner first sees it, initialised to the table's
@@ -86,23 +89,33 @@ def main():
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--top", default="64,1", help="top MLP widths after the interaction, the last 1")
     p.add_argument("--interaction", choices=["dot", "concat"], default="dot")
+    p.add_argument("--table-dims", default="", help="per-feature table widths, e.g. user_id=64,item_id=8")
     p.add_argument("--hash-scale", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=5)
     a = p.parse_args()
     top = [int(w) for w in a.top.split(",")]
     if not top or top[-1] != 1 or min(top) < 1:
         raise SystemExit(f"--top {a.top!r}: positive widths, the last 1")
+    names = [f for f, _, _ in FEATURES]
+    dims = dict.fromkeys(names, a.dim)
+    for entry in filter(None, a.table_dims.split(",")):
+        fname, _, width = entry.partition("=")
+        if fname not in dims or not width.isdigit() or int(width) < 1:
+            raise SystemExit(f"--table-dims {entry!r}: FEATURE=WIDTH, FEATURE one of {', '.join(names)}")
+        dims[fname] = int(width)
+    if a.interaction == "dot" and set(dims.values()) != {a.dim}:
+        raise SystemExit(f"--table-dims {a.table_dims!r}: the dot interaction needs every table at --dim {a.dim}")
     rng = np.random.default_rng(a.seed)
 
     tensors = []
     for fname, _, _ in FEATURES:
         tensors += [
-            Tensor(f"{fname}.weight", "F32", [1, a.dim], whole(np.zeros((1, a.dim), np.float32))),
+            Tensor(f"{fname}.weight", "F32", [1, dims[fname]], whole(np.zeros((1, dims[fname]), np.float32))),
             Tensor(f"{fname}.keys", "I64", [1], whole(np.array([BUCKETS], np.int64))),
         ]
     tensors += linear(rng, "bottom.0", 1, a.dim, 0.1, 0.5)
     n = len(FEATURES)
-    width = a.dim + (n * (n + 1) // 2 if a.interaction == "dot" else n * a.dim)
+    width = a.dim + (n * (n + 1) // 2 if a.interaction == "dot" else sum(dims.values()))
     for j, w in enumerate(top):
         tensors += linear(rng, f"top.{j}", width, w)
         width = w
@@ -112,7 +125,7 @@ def main():
     write_safetensors(os.path.join(model_dir, "1", "model.safetensors"), tensors, {"format": "kiln-movielens-deep-v1"})
     with open(os.path.join(model_dir, "config.toml"), "w") as f:
         f.write(config_toml(a.name, a.interaction, a.hash_scale))
-    print(f"gen_movielens_deep: wrote {model_dir} (dim {a.dim}, {a.interaction}, top {a.top})", file=sys.stderr)
+    print(f"gen_movielens_deep: wrote {model_dir} (dims {dims}, {a.interaction}, top {a.top})", file=sys.stderr)
 
 
 if __name__ == "__main__":

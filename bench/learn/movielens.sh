@@ -21,12 +21,19 @@
 #             Every learner figure is compared with the reference run in the learner's order.
 #   KILN      the kiln binary (default $CARGO_TARGET_DIR/release/kiln, CARGO_TARGET_DIR default
 #             ~/.cache/kiln-target); built with `cargo build --release -p kiln` unless SKIP_BUILD
-#   DEEP_DIM / DEEP_TOP / DEEP_INTERACTION / DEEP_BATCH / DEEP_LR / DEEP_EMB_LR
-#             the deep model and trainer (defaults 16, "64,1", dot, 16, 0.001, 0.05); the same
-#             model and settings also run in NumPy (dlrm_reference.py, one hidden top layer: the
-#             first width of DEEP_TOP) in the learner's order.
-#             The batch is small because users rate in bursts: a batch scored before it is
-#             learned cannot use a user's first ratings of a burst for the next (see reference.py).
+#   DEEP_DIM / DEEP_TABLE_DIMS / DEEP_TOP / DEEP_INTERACTION / DEEP_BATCH / DEEP_OPTIMIZER /
+#   DEEP_LR / DEEP_EMB_LR
+#             the deep model and trainer (defaults 16, "user_id=64,item_id=8,genres=8,hour=2"
+#             with concat (with dot: every table at DEEP_DIM), "128,1", concat, 1, adagrad, 0.1,
+#             0.07); the same model and settings also run in NumPy (dlrm_reference.py, one hidden
+#             top layer: the first width of DEEP_TOP) in the learner's order.
+#             The batch is 1 because users rate in bursts: a batch scored before it is learned
+#             cannot use a user's first ratings of a burst for the next (see reference.py); at
+#             window 5000 ms, dim 16 for every table, dot, top "64,1", Adam lr 0.001, embedding
+#             lr 0.05: AUC 0.754 at batch 16, 0.776 at 1. At batch 1: concat 0.778; AdaGrad on
+#             the MLPs at lr 0.1 0.783 (Adam at its best lr, 0.0003: 0.779); top "128,1" and
+#             embedding lr 0.07 about the same; a wide user table and narrow others (the
+#             default DEEP_TABLE_DIMS) 0.786.
 # Results: $OUT/results.md (also printed).
 set -euo pipefail
 
@@ -40,6 +47,17 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}
 KILN=${KILN:-$CARGO_TARGET_DIR/release/kiln}
 WINDOWS=${WINDOWS:-5000 1800000}
 CLICK_DELAY_MS=3000
+DEEP_DIM=${DEEP_DIM:-16}
+DEEP_TOP=${DEEP_TOP:-128,1}
+DEEP_INTERACTION=${DEEP_INTERACTION:-concat}
+if [ -z "${DEEP_TABLE_DIMS+set}" ] && [ "$DEEP_INTERACTION" = concat ]; then
+  DEEP_TABLE_DIMS=user_id=64,item_id=8,genres=8,hour=2
+fi
+DEEP_TABLE_DIMS=${DEEP_TABLE_DIMS:-}
+DEEP_BATCH=${DEEP_BATCH:-1}
+DEEP_OPTIMIZER=${DEEP_OPTIMIZER:-adagrad}
+DEEP_LR=${DEEP_LR:-0.1}
+DEEP_EMB_LR=${DEEP_EMB_LR:-0.07}
 what=${*:-ftrl deep}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.md
@@ -116,11 +134,11 @@ l1 = 1.0
 l2 = 1.0
 
 [trainer.deep]
-lr = ${DEEP_LR:-0.001}
-optimizer = "adam"
-batch_size = ${DEEP_BATCH:-16}
+lr = $DEEP_LR
+optimizer = "$DEEP_OPTIMIZER"
+batch_size = $DEEP_BATCH
 embedding_optimizer = "adagrad"
-embedding_lr = ${DEEP_EMB_LR:-0.05}
+embedding_lr = $DEEP_EMB_LR
 EOF
 }
 
@@ -156,16 +174,16 @@ diff4() { [ "$1" = - ] && echo - || "$PY" -c "print(f'{$1 - $2:+.4f}')"; }
     fi
     if [[ " $what " == *" deep "* ]]; then
       if [ ! -d "$OUT/models/movielens_deep" ]; then
-        "$PY" "$HERE/gen_movielens_deep.py" --out "$OUT/models" --dim "${DEEP_DIM:-16}" \
-          --top "${DEEP_TOP:-64,1}" --interaction "${DEEP_INTERACTION:-dot}"
+        "$PY" "$HERE/gen_movielens_deep.py" --out "$OUT/models" --dim "$DEEP_DIM" \
+          --table-dims "$DEEP_TABLE_DIMS" --top "$DEEP_TOP" --interaction "$DEEP_INTERACTION"
       fi
       read -r a l <<<"$("$PY" "$HERE/dlrm_reference.py" "$STREAM" --order join --window-ms "$w" \
-        --batch "${DEEP_BATCH:-16}" --dim "${DEEP_DIM:-16}" --hidden "$(echo "${DEEP_TOP:-64,1}" | cut -d, -f1)" \
-        --interaction "${DEEP_INTERACTION:-dot}" --lr "${DEEP_LR:-0.001}" --embedding-lr "${DEEP_EMB_LR:-0.05}" |
+        --batch "$DEEP_BATCH" --dim "$DEEP_DIM" --table-dims "$DEEP_TABLE_DIMS" --hidden "${DEEP_TOP%%,*}" \
+        --interaction "$DEEP_INTERACTION" --optimizer "$DEEP_OPTIMIZER" --lr "$DEEP_LR" --embedding-lr "$DEEP_EMB_LR" |
         awk '{print $3, $5}')"
-      row "reference DLRM (NumPy, batch ${DEEP_BATCH:-16})" "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")"
+      row "reference DLRM (NumPy, batch $DEEP_BATCH)" "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")"
       read -r a l n s <<<"$(run_learner deep "$OUT/models/movielens_deep" "$w")"
-      row "**kiln learn deep** (DLRM dim ${DEEP_DIM:-16} ${DEEP_INTERACTION:-dot}, batch ${DEEP_BATCH:-16}, $n samples)" \
+      row "**kiln learn deep** (DLRM ${DEEP_TABLE_DIMS:-dim $DEEP_DIM} $DEEP_INTERACTION, top $DEEP_TOP, $DEEP_OPTIMIZER lr $DEEP_LR, emb. lr $DEEP_EMB_LR, batch $DEEP_BATCH, $n samples)" \
         "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")" "$(diff4 "$a" "$rb")" "$s"
     fi
   done
