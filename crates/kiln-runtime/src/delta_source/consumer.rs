@@ -212,6 +212,10 @@ fn consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // a fetch waits at most this long for new deltas: a broker that does not answer a
+        // waiting fetch when data arrives (tansu) would otherwise hold each delta for up to
+        // librdkafka's default 500 ms; the cost is one idle fetch per 50 ms per model
+        .set("fetch.wait.max.ms", "50")
         .set("client.id", "kiln-serve-delta-source");
     for (k, v) in &config.properties {
         c.set(k, v);
