@@ -16,6 +16,7 @@ BIN=$TARGET/release/kiln
 
 cd "$ROOT"
 if command -v cargo >/dev/null 2>&1; then
+  scripts/setup-system.sh
   cargo build --release -p kiln
 elif [ ! -x "$BIN" ]; then
   echo "serve.sh: cargo not found and no binary at $BIN" >&2

@@ -8,6 +8,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 cd "$ROOT"
 
+scripts/setup-system.sh
 scripts/setup-python.sh
 echo "test.sh: cargo test --release --workspace $* (target dir: ${CARGO_TARGET_DIR:-$ROOT/target})"
 exec cargo test --release --workspace "$@"
