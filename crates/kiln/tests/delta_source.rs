@@ -168,24 +168,7 @@ fn dim(port: u16) -> usize {
 
 /// The served rows of `keys` (None: no row).
 fn rows(port: u16, keys: &[u64]) -> Vec<Option<Vec<f32>>> {
-    let keys: Vec<String> = keys.iter().map(u64::to_string).collect();
-    let path = format!(
-        "/admin/v1/models/{MODEL}/tables/{TABLE}/rows?keys={}",
-        keys.join(",")
-    );
-    let (st, body) = http(port, "GET", &path, "");
-    assert_eq!(st, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r["values"]
-                .as_array()
-                .map(|a| a.iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        })
-        .collect()
+    common::table_rows(port, MODEL, TABLE, keys)
 }
 
 /// The value of the metric line starting with `series` (0 when absent).

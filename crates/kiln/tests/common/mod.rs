@@ -119,6 +119,29 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body_out)
 }
 
+/// The rows of `keys` of `model`'s `table` on a rows endpoint (a server's or a learner's, which
+/// answer the same JSON); `None`: no row.
+pub fn table_rows(port: u16, model: &str, table: &str, keys: &[u64]) -> Vec<Option<Vec<f32>>> {
+    let list: Vec<String> = keys.iter().map(u64::to_string).collect();
+    let path = format!(
+        "/admin/v1/models/{model}/tables/{table}/rows?keys={}",
+        list.join(",")
+    );
+    let (status, body) = http(port, "GET", &path, "");
+    assert_eq!(status, 200, "{path}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            r["values"]
+                .as_array()
+                .map(|a| a.iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        })
+        .collect()
+}
+
 /// The onnxruntime library the tests use ([`kiln_testkit::ort_library`]), or `None` after
 /// saying why (`test` names the caller); under `CI` its absence fails the test instead.
 #[cfg(feature = "ort")]

@@ -8,28 +8,9 @@ use serde_json::{json, Value};
 use super::{Keys, Probe, MODEL};
 use crate::common::http;
 
-/// The rows of `keys` of `table` on a rows endpoint (`None`: no row). Values are f32 in the
-/// tables; the learner's endpoint prints them widened to f64, a replica's as f32, and either
-/// text reads back to the same f32.
+/// The rows of `keys` of `table` on a rows endpoint (`None`: no row).
 pub fn rows(port: u16, table: &str, keys: &[u64]) -> Vec<Option<Vec<f32>>> {
-    let list: Vec<String> = keys.iter().map(u64::to_string).collect();
-    let path = format!(
-        "/admin/v1/models/{MODEL}/tables/{table}/rows?keys={}",
-        list.join(",")
-    );
-    let (status, body) = http(port, "GET", &path, "");
-    assert_eq!(status, 200, "{path}: {body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r["values"]
-                .as_array()
-                .map(|a| a.iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        })
-        .collect()
+    crate::common::table_rows(port, MODEL, table, keys)
 }
 
 /// The first key whose row on `replica` differs from the learner's, or that the learner has
