@@ -19,6 +19,7 @@ const JSON_MESSAGES: &[&str] = &[
     ".inference.ModelOutput",
     ".inference.ModelQueuePolicy",
     ".inference.ModelDynamicBatching",
+    ".inference.ModelEnsembling",
     ".inference.ModelParameter",
     ".inference.ModelTransactionPolicy",
     ".inference.ModelResponseCache",
@@ -53,6 +54,7 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
 const OPTIONAL_MESSAGES: &[&str] = &[
     ".inference.ModelConfig.version_policy",
     ".inference.ModelConfig.dynamic_batching",
+    ".inference.ModelConfig.ensemble_scheduling",
     ".inference.ModelConfig.model_transaction_policy",
     ".inference.ModelConfig.response_cache",
     ".inference.ModelInput.reshape",

@@ -5,6 +5,7 @@ use crate::dtype::DataType;
 use crate::error::{Error, Result};
 pub use crate::warmup::{WarmupData, WarmupInput, WarmupSample};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// One model's configuration.
@@ -55,6 +56,62 @@ pub struct ModelConfig {
     /// Backend-specific settings (a table each backend reads with its own schema).
     #[serde(default)]
     pub parameters: toml::Table,
+    /// Canary traffic: weight per version (`[traffic] "2" = 5, "1" = 95`) for requests that
+    /// name no version. Empty: the highest serving version takes them all.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic: BTreeMap<String, u32>,
+    /// Automatic rollback of a canary version (opt-in); see [`RollbackPolicy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_rollback: Option<RollbackPolicy>,
+    /// The server's response cache for this model (`[response_cache] enable = true`).
+    #[serde(default)]
+    pub response_cache: ResponseCacheConfig,
+    /// The steps of a pipeline (`backend = "pipeline"`), each a table the runtime reads with
+    /// its own schema (`[[step]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step: Vec<toml::Table>,
+}
+
+/// The name of the pseudo-backend of pipelines.
+pub const PIPELINE_BACKEND: &str = "pipeline";
+
+/// When a canary version's traffic weight drops to zero on its own: its failure rate or its
+/// p99 latency exceeds the stable version's by a factor, over a window with enough requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackPolicy {
+    /// Roll back when the canary's failure rate exceeds the stable version's times this (and
+    /// is above zero).
+    #[serde(default = "two")]
+    pub failure_ratio: f64,
+    /// Roll back when the canary's p99 latency exceeds the stable version's times this.
+    #[serde(default = "two")]
+    pub latency_ratio: f64,
+    /// The window both are measured over, in seconds.
+    #[serde(default = "thirty")]
+    pub window_s: u64,
+    /// Fewest requests each version must have answered in the window before it is judged.
+    #[serde(default = "hundred")]
+    pub min_requests: u64,
+}
+
+fn two() -> f64 {
+    2.0
+}
+fn thirty() -> u64 {
+    30
+}
+fn hundred() -> u64 {
+    100
+}
+
+/// Per-model response cache setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseCacheConfig {
+    /// Answer repeated requests (same inputs, same version) from the server's response cache.
+    #[serde(default)]
+    pub enable: bool,
 }
 
 fn default_model_filename() -> String {
@@ -265,6 +322,47 @@ impl ModelConfig {
             .unwrap_or(self.dynamic_batching.priority_levels)
     }
 
+    /// Whether this is a pipeline (`backend = "pipeline"`).
+    pub fn is_pipeline(&self) -> bool {
+        self.backend.as_deref() == Some(PIPELINE_BACKEND)
+    }
+
+    /// The `[traffic]` weights by version number (checked by [`ModelConfig::parse`]).
+    pub fn traffic_weights(&self) -> BTreeMap<u64, u32> {
+        self.traffic
+            .iter()
+            .filter_map(|(v, w)| v.parse().ok().map(|v| (v, *w)))
+            .collect()
+    }
+
+    fn validate_routing(&self) -> std::result::Result<(), String> {
+        for v in self.traffic.keys() {
+            if v.parse::<u64>().is_err() {
+                return Err(format!("traffic.{v}: a key must be a version number"));
+            }
+        }
+        if !self.traffic.is_empty() && self.traffic.values().all(|&w| w == 0) {
+            return Err("traffic: at least one version needs a weight above 0".into());
+        }
+        if let Some(r) = &self.traffic_rollback {
+            for (field, x) in [
+                ("failure_ratio", r.failure_ratio),
+                ("latency_ratio", r.latency_ratio),
+            ] {
+                if !(x.is_finite() && x >= 1.0) {
+                    return Err(format!("traffic_rollback.{field}: {x} must be at least 1"));
+                }
+            }
+            if r.window_s == 0 {
+                return Err("traffic_rollback.window_s: must be at least 1".into());
+            }
+            if r.min_requests == 0 {
+                return Err("traffic_rollback.min_requests: must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         self.version_policy.validate()?;
         let db = &self.dynamic_batching;
@@ -297,6 +395,16 @@ impl ModelConfig {
             return Err("instance_group.threads: must be at least 1".into());
         }
         crate::warmup::validate(&self.model_warmup, self.max_batch_size)?;
+        self.validate_routing()?;
+        let pipeline = self.backend.as_deref() == Some(PIPELINE_BACKEND);
+        if pipeline && self.step.is_empty() {
+            return Err("step: a pipeline needs at least one [[step]]".into());
+        }
+        if !pipeline && !self.step.is_empty() {
+            return Err(format!(
+                "step: only pipelines (backend = \"{PIPELINE_BACKEND}\") have steps"
+            ));
+        }
         for (kind, specs) in [("input", &self.input), ("output", &self.output)] {
             for (i, s) in specs.iter().enumerate() {
                 if s.name.is_empty() {

@@ -17,7 +17,9 @@ pub mod warmup;
 pub use backend::{
     Backend, DeltaAck, LoadedModel, ModelInstance, ModelIo, SparseParameters, SparseTableInfo,
 };
-pub use config::{ModelConfig, TensorSpec, VersionPolicy};
+pub use config::{
+    ModelConfig, ResponseCacheConfig, RollbackPolicy, TensorSpec, VersionPolicy, PIPELINE_BACKEND,
+};
 pub use dtype::DataType;
 pub use error::{Error, ErrorCode, Result};
 pub use request::InferRequest;

@@ -12,6 +12,7 @@ use crate::dtype::DataType;
 use crate::error::{Error, Result};
 use crate::tensor::{element_count, Tensor};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// One inference request, whatever the transport or caller.
@@ -27,6 +28,9 @@ pub struct InferRequest {
     pub timeout: Option<Duration>,
     /// When the server received the request, so request time includes decoding.
     pub received: Instant,
+    /// Every request-level parameter the client sent, scalars rendered as text (`true`, `42`,
+    /// `u42`): what canary routing (`routing_key`) and pipeline `switch` steps read.
+    pub parameters: BTreeMap<String, String>,
     /// Whether the inputs still need their length check ([`InferRequest::new`]).
     unchecked: bool,
     /// Inputs added by [`InferRequest::push_unfilled`] whose data have not come yet.
@@ -62,6 +66,7 @@ impl InferRequest {
             priority: None,
             timeout: None,
             received: Instant::now(),
+            parameters: BTreeMap::new(),
             unchecked: false,
             unfilled: Vec::new(),
         }

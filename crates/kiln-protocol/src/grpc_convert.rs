@@ -104,6 +104,20 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<WireRequest> {
         });
     }
     out.request.id = Some(req.id).filter(|s| !s.is_empty());
+    out.request.parameters = req
+        .parameters
+        .iter()
+        .filter_map(|(k, p)| {
+            let text = match p.parameter_choice.as_ref()? {
+                ParameterChoice::BoolParam(v) => v.to_string(),
+                ParameterChoice::Int64Param(v) => v.to_string(),
+                ParameterChoice::Uint64Param(v) => v.to_string(),
+                ParameterChoice::DoubleParam(v) => v.to_string(),
+                ParameterChoice::StringParam(v) => v.clone(),
+            };
+            Some((k.clone(), text))
+        })
+        .collect();
     out.request.priority = uint_param(&req.parameters, "priority")?.filter(|&p| p != 0);
     out.request.timeout = uint_param(&req.parameters, "timeout")?
         .filter(|&t| t != 0)

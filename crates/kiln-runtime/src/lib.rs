@@ -10,10 +10,13 @@ pub mod backends;
 #[cfg(feature = "kafka")]
 pub mod delta_source;
 pub mod metrics;
+pub mod pipeline;
 pub mod repository;
+pub mod response_cache;
 pub mod scheduler;
 pub mod stats;
 pub mod tables;
+pub mod traffic;
 pub mod version;
 mod warmup;
 mod worker;

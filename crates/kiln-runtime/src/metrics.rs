@@ -30,6 +30,17 @@ pub struct FailureLabels {
     pub reason: String,
 }
 
+/// Labels of per-step pipeline series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// Pipeline name.
+    pub model: String,
+    /// Pipeline version.
+    pub version: String,
+    /// Step name.
+    pub step: String,
+}
+
 type HistFamily = Family<VersionLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -55,6 +66,14 @@ pub struct RuntimeMetrics {
     queue_depth: Family<VersionLabels, Gauge>,
     inflight: Family<VersionLabels, Gauge>,
     loads: Family<FailureLabels, Counter>,
+    cache_hits: Family<VersionLabels, Counter>,
+    cache_misses: Family<VersionLabels, Counter>,
+    cache_lookup_seconds: HistFamily,
+    cache_insert_seconds: HistFamily,
+    step_requests: Family<StepLabels, Counter>,
+    step_failures: Family<StepLabels, Counter>,
+    step_seconds: Family<StepLabels, Histogram, fn() -> Histogram>,
+    rollbacks: Family<VersionLabels, Counter>,
 }
 
 impl Default for RuntimeMetrics {
@@ -72,6 +91,14 @@ impl Default for RuntimeMetrics {
             queue_depth: Family::default(),
             inflight: Family::default(),
             loads: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_lookup_seconds: Family::new_with_constructor(latency_histogram),
+            cache_insert_seconds: Family::new_with_constructor(latency_histogram),
+            step_requests: Family::default(),
+            step_failures: Family::default(),
+            step_seconds: Family::new_with_constructor(latency_histogram),
+            rollbacks: Family::default(),
         }
     }
 }
@@ -139,6 +166,70 @@ impl RuntimeMetrics {
             "Model version loads, by outcome (reason = ok or the error kind)",
             self.loads.clone(),
         );
+        r.register(
+            "kiln_response_cache_hits",
+            "Requests answered from the response cache",
+            self.cache_hits.clone(),
+        );
+        r.register(
+            "kiln_response_cache_misses",
+            "Requests of cache-enabled models the response cache did not have",
+            self.cache_misses.clone(),
+        );
+        r.register(
+            "kiln_response_cache_lookup_duration_seconds",
+            "Time to look a request up in the response cache, in seconds",
+            self.cache_lookup_seconds.clone(),
+        );
+        r.register(
+            "kiln_response_cache_insertion_duration_seconds",
+            "Time to store an answer in the response cache, in seconds",
+            self.cache_insert_seconds.clone(),
+        );
+        r.register(
+            "kiln_pipeline_step_requests",
+            "Pipeline step executions",
+            self.step_requests.clone(),
+        );
+        r.register(
+            "kiln_pipeline_step_failures",
+            "Pipeline step executions that failed",
+            self.step_failures.clone(),
+        );
+        r.register(
+            "kiln_pipeline_step_duration_seconds",
+            "Time a pipeline step took, in seconds (model steps include the member's queue)",
+            self.step_seconds.clone(),
+        );
+        r.register(
+            "kiln_traffic_rollbacks",
+            "Canary versions whose traffic weight was set to 0 by automatic rollback",
+            self.rollbacks.clone(),
+        );
+    }
+
+    /// Counts one automatic rollback of `model` `version`.
+    pub fn record_rollback(&self, model: &str, version: u64) {
+        self.rollbacks
+            .get_or_create(&VersionLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+            })
+            .inc();
+    }
+
+    /// Resolves the handles of one pipeline step.
+    pub fn for_step(&self, model: &str, version: u64, step: &str) -> StepMetrics {
+        let l = StepLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+            step: step.to_string(),
+        };
+        StepMetrics {
+            requests: self.step_requests.get_or_create_owned(&l),
+            failures: self.step_failures.get_or_create_owned(&l),
+            seconds: self.step_seconds.get_or_create_owned(&l),
+        }
     }
 
     /// Resolves the handles of one model version.
@@ -158,6 +249,10 @@ impl RuntimeMetrics {
             batch_size: self.batch_size.get_or_create_owned(&l),
             queue_depth: self.queue_depth.get_or_create_owned(&l),
             inflight: self.inflight.get_or_create_owned(&l),
+            cache_hits: self.cache_hits.get_or_create_owned(&l),
+            cache_misses: self.cache_misses.get_or_create_owned(&l),
+            cache_lookup_seconds: self.cache_lookup_seconds.get_or_create_owned(&l),
+            cache_insert_seconds: self.cache_insert_seconds.get_or_create_owned(&l),
             failure: self.failure.clone(),
             labels: l,
         }
@@ -198,6 +293,14 @@ pub struct VersionMetrics {
     pub queue_depth: Gauge,
     /// Requests in flight.
     pub inflight: Gauge,
+    /// Response cache hits.
+    pub cache_hits: Counter,
+    /// Response cache misses.
+    pub cache_misses: Counter,
+    /// Response cache lookup time.
+    pub cache_lookup_seconds: Histogram,
+    /// Response cache insertion time.
+    pub cache_insert_seconds: Histogram,
     failure: Family<FailureLabels, Counter>,
     labels: VersionLabels,
 }
@@ -213,4 +316,15 @@ impl VersionMetrics {
             })
             .inc();
     }
+}
+
+/// Metric handles of one pipeline step.
+#[derive(Clone)]
+pub struct StepMetrics {
+    /// Executions.
+    pub requests: Counter,
+    /// Failed executions.
+    pub failures: Counter,
+    /// Time per execution.
+    pub seconds: Histogram,
 }

@@ -7,6 +7,8 @@
 
 use crate::backends::Backends;
 use crate::metrics::RuntimeMetrics;
+use crate::response_cache::ResponseCache;
+use crate::traffic::Routes;
 use crate::version::ServedVersion;
 use crate::warmup::warm_up;
 use kiln_core::{Error, ModelConfig, Result};
@@ -15,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// How models get loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,12 @@ pub struct ModelRepository {
     ops: tokio::sync::Mutex<()>,
     /// Nice value added to the worker threads of versions loaded from now on.
     worker_nice: AtomicI32,
+    /// Traffic weights between versions (canary releases).
+    traffic: Routes,
+    /// The response cache of the models that enable it, when the server has one.
+    cache: parking_lot::Mutex<Option<Arc<ResponseCache>>>,
+    /// This repository, for the pipelines it loads (they resolve their member models here).
+    me: Weak<ModelRepository>,
 }
 
 /// Rejects names that could leave the repository directory.
@@ -111,14 +119,38 @@ impl ModelRepository {
         backends: Backends,
         metrics: Arc<RuntimeMetrics>,
     ) -> Arc<Self> {
-        Arc::new(ModelRepository {
+        Arc::new_cyclic(|me| ModelRepository {
             root: root.into(),
             backends,
             metrics,
             models: RwLock::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
             worker_nice: AtomicI32::new(0),
+            traffic: Routes::default(),
+            cache: parking_lot::Mutex::new(None),
+            me: me.clone(),
         })
+    }
+
+    /// Gives the models that enable it (`[response_cache] enable = true`) a response cache
+    /// holding at most `max_bytes`, from the next version loaded on.
+    pub fn set_response_cache(&self, max_bytes: u64) {
+        *self.cache.lock() = (max_bytes > 0).then(|| ResponseCache::new(max_bytes));
+    }
+
+    /// The server's response cache, if it has one.
+    pub fn response_cache(&self) -> Option<Arc<ResponseCache>> {
+        self.cache.lock().clone()
+    }
+
+    /// The traffic weights of every model.
+    pub fn routes(&self) -> &Routes {
+        &self.traffic
+    }
+
+    /// The runtime metrics.
+    pub fn metrics(&self) -> &Arc<RuntimeMetrics> {
+        &self.metrics
     }
 
     /// Runs the compute threads of versions loaded from now on at `nice` above the process's
@@ -148,7 +180,7 @@ impl ModelRepository {
             ControlMode::Explicit => startup_models.to_vec(),
             _ => self.scan()?,
         };
-        for name in names {
+        for name in self.load_order(names) {
             if let Err(e) = self.load(&name).await {
                 tracing::error!(model = %name, error = %e, "model failed to load");
             }
@@ -195,7 +227,7 @@ impl ModelRepository {
         let known: Vec<String> = self.models.read().keys().cloned().collect();
         let all: BTreeSet<String> = names.into_iter().chain(known).collect();
         let _g = self.ops.lock().await;
-        for name in all {
+        for name in self.load_order(all.into_iter().collect()) {
             if self.models.read().get(&name).is_some_and(|m| m.unloaded) {
                 continue;
             }
@@ -203,6 +235,33 @@ impl ModelRepository {
                 tracing::debug!(model = %name, error = %e, "poll: model not serving");
             }
         }
+    }
+
+    /// `names` with the pipelines last, each after the pipelines it names as steps (as far as
+    /// their configurations can be read), so that members load before the pipelines using
+    /// them. A configuration that cannot be read keeps its place; its load reports why.
+    fn load_order(&self, names: Vec<String>) -> Vec<String> {
+        let mut models = Vec::new();
+        let mut pipelines: Vec<(String, Vec<String>)> = Vec::new();
+        for name in names {
+            match read_config(&self.root.join(&name), &name) {
+                Ok((c, _)) if c.is_pipeline() => {
+                    let members = crate::pipeline::member_names(&c);
+                    pipelines.push((name, members));
+                }
+                _ => models.push(name),
+            }
+        }
+        // pipelines of pipelines: place one once the pipelines it uses are placed
+        while !pipelines.is_empty() {
+            let pending: Vec<String> = pipelines.iter().map(|(n, _)| n.clone()).collect();
+            let ready = pipelines
+                .iter()
+                .position(|(_, m)| !m.iter().any(|x| pending.contains(x)))
+                .unwrap_or(0); // a cycle: its load names it
+            models.push(pipelines.remove(ready).0);
+        }
+        models
     }
 
     /// Loads or reloads a model (the load API). Ok once at least one version serves.
@@ -235,6 +294,7 @@ impl ModelRepository {
         let dir = self.root.join(name);
         if !dir.is_dir() {
             let removed = self.models.write().remove(name).is_some();
+            self.traffic.forget(name);
             if removed {
                 tracing::info!(model = %name, "model directory removed: unloaded");
             }
@@ -255,6 +315,7 @@ impl ModelRepository {
                 return Err(e);
             }
         };
+        self.traffic.configure(name, &config);
         let available = list_versions(&dir);
         let selected = config.version_policy.select(&available);
         if selected.is_empty() {
@@ -272,12 +333,19 @@ impl ModelRepository {
         let mut last_err = None;
         for &v in &selected {
             let fp = fingerprint(&dir.join(v.to_string()), config_hash);
-            let unchanged = self
+            // (readiness is checked after the lock is released: a pipeline's looks its
+            // members up in the repository)
+            let same = self
                 .models
                 .read()
                 .get(name)
                 .and_then(|m| m.versions.get(&v))
-                .is_some_and(|s| s.fingerprint == fp && !is_broken(s));
+                .filter(|s| s.fingerprint == fp)
+                .map(|s| s.served.clone());
+            let unchanged = match same {
+                None => false,
+                Some(served) => served.is_none_or(|s| s.failure().is_none()),
+            };
             if unchanged {
                 continue;
             }
@@ -359,9 +427,28 @@ impl ModelRepository {
         dir: &Path,
         config: Arc<ModelConfig>,
     ) -> Result<ServedVersion> {
-        let backend = self.backends.for_config(&config)?;
         let vdir = dir.join(version.to_string());
         let metrics = self.metrics.for_version(name, version);
+        let cache = config
+            .response_cache
+            .enable
+            .then(|| self.response_cache())
+            .flatten();
+        if config.is_pipeline() {
+            let pipeline = crate::pipeline::Pipeline::load(
+                self.me.clone(),
+                &self.metrics,
+                name,
+                version,
+                &vdir,
+                &config,
+            )
+            .await?;
+            return Ok(ServedVersion::pipeline(
+                name, version, config, pipeline, metrics, cache,
+            ));
+        }
+        let backend = self.backends.for_config(&config)?;
         let name = name.to_string();
         let model_dir = dir.to_path_buf();
         let nice = self.worker_nice.load(Ordering::Relaxed);
@@ -372,7 +459,7 @@ impl ModelRepository {
                 warm_up(model.as_ref(), &config, &model_dir)
                     .map_err(|e| Error::invalid(format!("warm-up failed: {}", e.message)))?;
             }
-            ServedVersion::start(&name, version, config, model, metrics, nice)
+            ServedVersion::start(&name, version, config, model, metrics, nice, cache)
         })
         .await
         .map_err(|e| Error::internal(format!("model load task failed: {e}")))?
@@ -398,79 +485,169 @@ impl ModelRepository {
         e
     }
 
-    /// The version to serve: `version` if given, else the highest serving one.
+    /// The version to serve: `version` if given, else the highest serving one (the control
+    /// plane's choice; inference requests go through [`ModelRepository::route`]).
     pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<ServedVersion>> {
-        let models = self.models.read();
-        let m = models
-            .get(name)
-            .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
-        match version {
-            Some(v) => match m.versions.get(&v) {
-                Some(VersionSlot {
-                    served: Some(s), ..
-                }) => match s.failure() {
-                    None => Ok(s.clone()),
-                    Some(why) => Err(Error::unavailable(format!(
-                        "version {v} of model '{name}' is not ready: it cannot compute any more ({why})"
-                    ))),
+        self.pick(name, version, |_| None)
+    }
+
+    /// The version an inference request goes to: `version` if given (always honoured), else
+    /// the model's traffic split between its serving versions (sticky by `routing_key`), else
+    /// the highest serving version.
+    pub fn route(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        routing_key: Option<&str>,
+    ) -> Result<Arc<ServedVersion>> {
+        self.pick(name, version, |serving| {
+            self.traffic.pick(name, serving, routing_key)
+        })
+    }
+
+    /// [`ModelRepository::get`] with `split` choosing among the serving versions (ascending)
+    /// when no version is named. A version's readiness is checked after the repository lock
+    /// is released: a pipeline's looks its members up here.
+    fn pick(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        split: impl FnOnce(&[u64]) -> Option<u64>,
+    ) -> Result<Arc<ServedVersion>> {
+        let (candidates, why_not) = {
+            let models = self.models.read();
+            let m = models
+                .get(name)
+                .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+            match version {
+                Some(v) => match m.versions.get(&v) {
+                    Some(VersionSlot {
+                        served: Some(s), ..
+                    }) => (vec![s.clone()], None),
+                    Some(slot) => {
+                        return Err(Error::unavailable(format!(
+                            "version {v} of model '{name}' is not ready: {}",
+                            slot.reason
+                        )))
+                    }
+                    None => {
+                        return Err(Error::not_found(format!(
+                            "unknown version {v} of model '{name}'"
+                        )))
+                    }
                 },
-                Some(slot) => Err(Error::unavailable(format!(
-                    "version {v} of model '{name}' is not ready: {}",
-                    slot.reason
-                ))),
-                None => Err(Error::not_found(format!(
-                    "unknown version {v} of model '{name}'"
-                ))),
-            },
-            None => m
-                .versions
-                .values()
-                .rev()
-                .find_map(|s| s.served.clone().filter(|v| v.failure().is_none()))
-                .ok_or_else(|| {
+                None => {
+                    let served: Vec<Arc<ServedVersion>> = m
+                        .versions
+                        .values()
+                        .rev()
+                        .filter_map(|s| s.served.clone())
+                        .collect();
                     let why = m.error.clone().unwrap_or_else(|| {
                         m.versions
                             .values()
-                            .map(slot_reason)
+                            .filter(|s| s.served.is_none())
+                            .map(|s| s.reason.clone())
                             .collect::<Vec<_>>()
                             .join("; ")
                     });
-                    Error::unavailable(format!("model '{name}' is not ready: {why}"))
-                }),
+                    (served, Some(why))
+                }
+            }
+        };
+        if let Some(v) = version {
+            let s = &candidates[0];
+            return match s.failure() {
+                None => Ok(s.clone()),
+                Some(why) => Err(Error::unavailable(format!(
+                    "version {v} of model '{name}' is not ready: it cannot compute any more ({why})"
+                ))),
+            };
         }
+        // highest first; those that cannot compute are passed over
+        let mut failures = Vec::new();
+        let ready: Vec<Arc<ServedVersion>> = candidates
+            .into_iter()
+            .filter(|s| match s.failure() {
+                None => true,
+                Some(why) => {
+                    failures.push(format!("cannot compute any more: {why}"));
+                    false
+                }
+            })
+            .collect();
+        if ready.is_empty() {
+            let mut why: Vec<String> = why_not.into_iter().filter(|w| !w.is_empty()).collect();
+            why.extend(failures);
+            return Err(Error::unavailable(format!(
+                "model '{name}' is not ready: {}",
+                why.join("; ")
+            )));
+        }
+        let ascending: Vec<u64> = ready.iter().rev().map(|s| s.version).collect();
+        let chosen = split(&ascending).and_then(|v| ready.iter().find(|s| s.version == v));
+        Ok(chosen.unwrap_or(&ready[0]).clone())
     }
 
     /// Every known model and version with its state.
     pub fn index(&self) -> Vec<IndexEntry> {
-        let models = self.models.read();
-        let mut out = Vec::new();
-        for (name, m) in models.iter() {
-            if m.versions.is_empty() {
-                out.push(IndexEntry {
-                    name: name.clone(),
-                    version: None,
-                    state: VersionState::Unavailable,
-                    reason: m.error.clone().unwrap_or_default(),
-                });
+        // copied out first: a pipeline's readiness looks its members up in the repository
+        type Row = (
+            String,
+            Option<u64>,
+            Option<Arc<ServedVersion>>,
+            String,
+            Option<String>,
+        );
+        let rows: Vec<Row> = {
+            let models = self.models.read();
+            let mut rows = Vec::new();
+            for (name, m) in models.iter() {
+                if m.versions.is_empty() {
+                    rows.push((name.clone(), None, None, String::new(), m.error.clone()));
+                }
+                for (v, s) in &m.versions {
+                    rows.push((
+                        name.clone(),
+                        Some(*v),
+                        s.served.clone(),
+                        s.reason.clone(),
+                        m.error.clone(),
+                    ));
+                }
             }
-            for (v, s) in &m.versions {
-                let computes = s.served.as_ref().is_some_and(|v| v.failure().is_none());
-                out.push(IndexEntry {
-                    name: name.clone(),
-                    version: Some(*v),
+            rows
+        };
+        rows.into_iter()
+            .map(|(name, version, served, reason, error)| {
+                if version.is_none() {
+                    return IndexEntry {
+                        name,
+                        version,
+                        state: VersionState::Unavailable,
+                        reason: error.unwrap_or_default(),
+                    };
+                }
+                let failure = served.as_ref().and_then(|v| v.failure());
+                let computes = served.is_some() && failure.is_none();
+                IndexEntry {
+                    name,
+                    version,
                     state: if computes {
                         VersionState::Ready
                     } else {
                         VersionState::Unavailable
                     },
-                    reason: match (&m.error, computes) {
-                        (Some(e), true) => format!("configuration error, still serving: {e}"),
-                        _ => slot_reason(s),
+                    reason: match (error, failure) {
+                        (Some(e), None) if computes => {
+                            format!("configuration error, still serving: {e}")
+                        }
+                        (_, Some(why)) => format!("cannot compute any more: {why}"),
+                        _ => reason,
                     },
-                });
-            }
-        }
-        out
+                }
+            })
+            .collect()
     }
 
     /// Every serving version (for statistics).
@@ -480,20 +657,6 @@ impl ModelRepository {
             .values()
             .flat_map(|m| m.versions.values().filter_map(|s| s.served.clone()))
             .collect()
-    }
-}
-
-/// Whether the slot's loaded version cannot compute any more (a load or poll rebuilds it).
-fn is_broken(s: &VersionSlot) -> bool {
-    s.served.as_ref().is_some_and(|v| v.failure().is_some())
-}
-
-/// Why a version slot does not serve: its load error, or why its loaded version cannot compute
-/// any more.
-fn slot_reason(s: &VersionSlot) -> String {
-    match s.served.as_ref().and_then(|v| v.failure()) {
-        Some(why) => format!("cannot compute any more: {why}"),
-        None => s.reason.clone(),
     }
 }
 

@@ -64,6 +64,77 @@ pub struct VersionStats {
     pub compute_output: DurationStat,
     /// Per batch size: executions and their input / infer / output times.
     pub batches: Mutex<BTreeMap<u64, BatchStat>>,
+    /// Requests answered from the response cache, and the time their lookups took.
+    pub cache_hit: DurationStat,
+    /// Requests the response cache did not have, and the time their lookups and insertions
+    /// took.
+    pub cache_miss: DurationStat,
+    /// Request latencies (successful and failed), for windowed percentiles (canary rollback).
+    pub latency: LatencyHistogram,
+}
+
+/// Number of [`LatencyHistogram`] buckets: bucket `i` holds latencies below
+/// `2^(i/4)` microseconds (four buckets per doubling, the last open-ended), about 19%
+/// resolution from 1 us to past an hour.
+pub const LATENCY_BUCKETS: usize = 128;
+
+/// A lock-free cumulative latency histogram with log-spaced buckets; two snapshots subtract
+/// to the histogram of the interval between them.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// The bucket of a latency.
+    pub fn bucket_of(d: Duration) -> usize {
+        let us = d.as_secs_f64() * 1e6;
+        if us < 1.0 {
+            return 0;
+        }
+        ((us.log2() * 4.0).floor() as usize + 1).min(LATENCY_BUCKETS - 1)
+    }
+
+    /// The upper bound of bucket `i`.
+    pub fn upper_bound(i: usize) -> Duration {
+        Duration::from_secs_f64(2f64.powf(i as f64 / 4.0) * 1e-6)
+    }
+
+    /// Counts one latency.
+    pub fn record(&self, d: Duration) {
+        self.buckets[Self::bucket_of(d)].fetch_add(1, Relaxed);
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
+    /// The `q` quantile (0..=1) of a histogram given by its counts (a snapshot, or the
+    /// difference of two): the upper bound of the bucket holding it; `None` when empty.
+    pub fn quantile(counts: &[u64], q: f64) -> Option<Duration> {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper_bound(i));
+            }
+        }
+        Some(Self::upper_bound(counts.len() - 1))
+    }
 }
 
 /// Statistics of the batches of one size.
@@ -100,6 +171,10 @@ pub struct StatsSnapshot {
     pub compute_output: CountNs,
     /// Per batch size.
     pub batches: Vec<(u64, BatchStat)>,
+    /// Response cache hits.
+    pub cache_hit: CountNs,
+    /// Response cache misses.
+    pub cache_miss: CountNs,
 }
 
 impl VersionStats {
@@ -129,6 +204,7 @@ impl VersionStats {
         } else {
             self.fail.add(total);
         }
+        self.latency.record(total);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -149,6 +225,40 @@ impl VersionStats {
             compute_infer: self.compute_infer.get(),
             compute_output: self.compute_output.get(),
             batches: self.batches.lock().iter().map(|(k, v)| (*k, *v)).collect(),
+            cache_hit: self.cache_hit.get(),
+            cache_miss: self.cache_miss.get(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_come_from_the_buckets() {
+        let h = LatencyHistogram::default();
+        for _ in 0..99 {
+            h.record(Duration::from_micros(100));
+        }
+        h.record(Duration::from_millis(50));
+        let counts = h.snapshot();
+        let p50 = LatencyHistogram::quantile(&counts, 0.5).unwrap();
+        let p99 = LatencyHistogram::quantile(&counts, 0.99).unwrap();
+        let p100 = LatencyHistogram::quantile(&counts, 1.0).unwrap();
+        assert!(
+            p50 >= Duration::from_micros(100) && p50 < Duration::from_micros(120),
+            "{p50:?}"
+        );
+        assert_eq!(p99, p50);
+        assert!(
+            p100 >= Duration::from_millis(50) && p100 < Duration::from_millis(60),
+            "{p100:?}"
+        );
+        assert_eq!(LatencyHistogram::quantile(&[0; 4], 0.5), None);
+        assert_eq!(
+            LatencyHistogram::bucket_of(Duration::from_secs(100_000)),
+            LATENCY_BUCKETS - 1
+        );
     }
 }

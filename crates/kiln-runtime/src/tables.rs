@@ -7,8 +7,8 @@
 //! the caller.
 
 use crate::repository::{check_model_name, ModelRepository, VersionState};
-use crate::version::ServedVersion;
-use kiln_core::{DeltaAck, Error, ErrorCode, Result, SparseParameters, SparseTableInfo};
+use crate::version::{ServedVersion, VersionTables};
+use kiln_core::{DeltaAck, Error, ErrorCode, Result, SparseTableInfo};
 use std::sync::Arc;
 
 /// The outcome of a delta on one addressed version.
@@ -163,8 +163,8 @@ fn label(v: &ServedVersion) -> String {
 }
 
 /// The version's embedding tables, or an error naming the version and its backend.
-fn sparse_of(v: &ServedVersion) -> Result<&dyn SparseParameters> {
-    v.model.sparse().ok_or_else(|| {
+fn sparse_of(v: &ServedVersion) -> Result<VersionTables<'_>> {
+    v.sparse().ok_or_else(|| {
         Error::new(
             ErrorCode::Unsupported,
             format!(

@@ -1,14 +1,27 @@
-//! One served model version: the loaded model, its scheduler, statistics and metric handles,
-//! and the request validation that runs before anything is queued.
+//! One served model version: the loaded model and its scheduler, or a pipeline; statistics
+//! and metric handles; the request validation that runs before anything is queued; and the
+//! response cache lookup in front of both.
+//!
+//! This is the one servable type the server gets from the repository: an engine version and a
+//! pipeline differ only in how [`ServedVersion::infer`] computes a validated request (a
+//! closed set, so an enum rather than a trait object).
 
 use crate::metrics::VersionMetrics;
+use crate::pipeline::Pipeline;
+use crate::response_cache::{CacheKey, ResponseCache};
 use crate::scheduler::{Answer, BatchPolicy, Pending, Scheduler};
 use crate::stats::VersionStats;
 use kiln_core::backend::{check_input_shape, LoadedModel, ModelIo};
 use kiln_core::DataType;
+use kiln_core::{DeltaAck, SparseParameters, SparseTableInfo};
 use kiln_core::{Error, ErrorCode, ModelConfig, Result, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Numbers served version instances, for response cache keys: a reloaded version is a new
+/// instance and never answers from the old one's entries.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 /// The request [`ServedVersion::infer`] computes: the one request type of every layer.
 pub use kiln_core::InferRequest;
@@ -41,6 +54,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// How a served version computes.
+enum Body {
+    /// A loaded model (shared by the scheduler's instances) behind its scheduler.
+    Engine {
+        model: Arc<dyn LoadedModel>,
+        scheduler: Scheduler,
+    },
+    /// A pipeline of member models and built-in operations.
+    Pipeline(Pipeline),
+}
+
 /// A model version that takes traffic.
 pub struct ServedVersion {
     /// Model name.
@@ -49,12 +73,24 @@ pub struct ServedVersion {
     pub version: u64,
     /// The configuration it was loaded with.
     pub config: Arc<ModelConfig>,
-    /// The loaded model (shared by the scheduler's instances).
-    pub model: Arc<dyn LoadedModel>,
     /// Cumulative Triton-style statistics.
     pub stats: Arc<VersionStats>,
-    scheduler: Scheduler,
+    body: Body,
     metrics: VersionMetrics,
+    /// This instance's number (response cache keys).
+    instance: u64,
+    /// Bumped by every delta a table of this version takes; part of response cache keys.
+    epoch: AtomicU64,
+    /// The response cache, when the model enables it and the server has one.
+    cache: Option<Arc<ResponseCache>>,
+}
+
+impl Drop for ServedVersion {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cache {
+            c.invalidate_instance(self.instance);
+        }
+    }
 }
 
 impl ServedVersion {
@@ -69,6 +105,7 @@ impl ServedVersion {
         model: Arc<dyn LoadedModel>,
         metrics: VersionMetrics,
         worker_nice: i32,
+        cache: Option<Arc<ResponseCache>>,
     ) -> Result<Self> {
         let count = config.instance_group.count as usize;
         let db = &config.dynamic_batching;
@@ -100,11 +137,81 @@ impl ServedVersion {
             name: name.to_string(),
             version,
             config,
-            model,
             stats,
-            scheduler,
+            body: Body::Engine { model, scheduler },
             metrics,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            epoch: AtomicU64::new(0),
+            cache,
         })
+    }
+
+    /// A served pipeline.
+    pub fn pipeline(
+        name: &str,
+        version: u64,
+        config: Arc<ModelConfig>,
+        pipeline: Pipeline,
+        metrics: VersionMetrics,
+        cache: Option<Arc<ResponseCache>>,
+    ) -> Self {
+        ServedVersion {
+            name: name.to_string(),
+            version,
+            config,
+            stats: Arc::new(VersionStats::default()),
+            body: Body::Pipeline(pipeline),
+            metrics,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            epoch: AtomicU64::new(0),
+            cache,
+        }
+    }
+
+    /// The loaded model of an engine version; `None` for a pipeline.
+    pub fn model(&self) -> Option<&Arc<dyn LoadedModel>> {
+        match &self.body {
+            Body::Engine { model, .. } => Some(model),
+            Body::Pipeline(_) => None,
+        }
+    }
+
+    /// The pipeline, if this version is one.
+    pub fn pipeline_body(&self) -> Option<&Pipeline> {
+        match &self.body {
+            Body::Pipeline(p) => Some(p),
+            Body::Engine { .. } => None,
+        }
+    }
+
+    /// Backend-specific facts shown in the model's metadata.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        match &self.body {
+            Body::Engine { model, .. } => model.describe(),
+            Body::Pipeline(_) => vec![("engine".into(), "pipeline".into())],
+        }
+    }
+
+    /// The version's online-updatable tables (a recsys model's embeddings, a pipeline's item
+    /// tables), if it has any. Every delta applied through them bumps the version's response
+    /// cache epoch, so no answer computed before it is served again.
+    pub fn sparse(&self) -> Option<VersionTables<'_>> {
+        let inner: &dyn SparseParameters = match &self.body {
+            Body::Engine { model, .. } => model.sparse()?,
+            Body::Pipeline(p) => p.sparse()?,
+        };
+        Some(VersionTables {
+            version: self,
+            inner,
+        })
+    }
+
+    /// Marks every cached answer of this version stale (a table changed).
+    fn tables_changed(&self) {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(c) = &self.cache {
+            c.invalidate_before(self.instance, epoch);
+        }
     }
 
     /// `model 'name' version v`, how errors name this version.
@@ -114,7 +221,10 @@ impl ServedVersion {
 
     /// Inputs and outputs.
     pub fn io(&self) -> &ModelIo {
-        self.model.io()
+        match &self.body {
+            Body::Engine { model, .. } => model.io(),
+            Body::Pipeline(p) => p.io(),
+        }
     }
 
     /// Validates, queues and awaits one request. Failures are counted by reason; a request
@@ -156,9 +266,72 @@ impl ServedVersion {
         let (inputs, rows) = self.validate(req.take_inputs()?)?;
         // The model's own data checks (e.g. ids within the table a Gather reads) run per
         // request, so a bad request never fails the others batched with it.
-        self.model
-            .check_inputs(&inputs)
-            .map_err(|e| e.prefixed(self.label()))?;
+        if let Body::Engine { model, .. } = &self.body {
+            model
+                .check_inputs(&inputs)
+                .map_err(|e| e.prefixed(self.label()))?;
+        }
+        let Some(cache) = &self.cache else {
+            return self.compute(req, inputs, rows).await;
+        };
+        // the epoch before computing: an answer that a delta overtakes is stored as stale
+        let started = Instant::now();
+        let key = CacheKey::new(self.instance, self.epoch.load(Ordering::Acquire), &inputs);
+        if let Some(outputs) = cache.get(&key) {
+            let took = started.elapsed();
+            self.stats.cache_hit.add(took);
+            self.metrics.cache_hits.inc();
+            self.metrics
+                .cache_lookup_seconds
+                .observe(took.as_secs_f64());
+            return Ok(Answer {
+                outputs,
+                queue: Duration::ZERO,
+                compute: Duration::ZERO,
+            });
+        }
+        let lookup = started.elapsed();
+        self.metrics.cache_misses.inc();
+        self.metrics
+            .cache_lookup_seconds
+            .observe(lookup.as_secs_f64());
+        let answer = self.compute(req, inputs, rows).await?;
+        let started = Instant::now();
+        cache.insert(key, &answer.outputs);
+        let insert = started.elapsed();
+        self.metrics
+            .cache_insert_seconds
+            .observe(insert.as_secs_f64());
+        self.stats.cache_miss.add(lookup + insert);
+        Ok(answer)
+    }
+
+    /// Computes validated inputs: through the scheduler, or the pipeline.
+    async fn compute(&self, req: InferRequest, inputs: Vec<Tensor>, rows: usize) -> Result<Answer> {
+        let scheduler = match &self.body {
+            Body::Engine { scheduler, .. } => scheduler,
+            Body::Pipeline(p) => {
+                let timeout = match req.timeout {
+                    Some(t) if !t.is_zero() => Some(t),
+                    _ => {
+                        let ms = self.config.dynamic_batching.default_timeout_ms;
+                        (ms > 0).then(|| Duration::from_millis(ms))
+                    }
+                };
+                let deadline = timeout.map(|t| req.received + t);
+                let (outputs, compute) = p
+                    .run(&req, inputs, deadline)
+                    .await
+                    .map_err(|e| e.prefixed(format!("pipeline '{}'", self.name)))?;
+                self.stats
+                    .record_batch(1, Duration::ZERO, compute, Duration::ZERO);
+                return Ok(Answer {
+                    outputs,
+                    queue: Duration::ZERO,
+                    compute,
+                });
+            }
+        };
         let db = &self.config.dynamic_batching;
         let level = match req.priority {
             None | Some(0) => self.config.default_priority(),
@@ -176,7 +349,7 @@ impl ServedVersion {
         };
         let deadline = timeout.map(|t| req.received + t);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.scheduler.enqueue(Pending {
+        scheduler.enqueue(Pending {
             inputs,
             rows,
             level: (level - 1) as usize,
@@ -198,7 +371,7 @@ impl ServedVersion {
             },
         };
         answer.map_err(|_| {
-            let why = (self.scheduler.failure())
+            let why = (scheduler.failure())
                 .map(|w| format!(": {w}"))
                 .unwrap_or_default();
             Error::unavailable(format!("{} stopped before answering{why}", self.label()))
@@ -209,7 +382,7 @@ impl ServedVersion {
     /// Returns the inputs and the request's rows (1 when the model does not batch). The data
     /// lengths are not checked again: [`InferRequest`] checked them.
     fn validate(&self, mut given: Vec<Tensor>) -> Result<(Vec<Tensor>, usize)> {
-        let io = self.model.io();
+        let io = self.io();
         let max_batch = self.config.max_batch_size as usize;
         let mut ordered = Vec::with_capacity(io.inputs.len());
         let mut rows: Option<usize> = None;
@@ -297,9 +470,13 @@ impl ServedVersion {
         Ok((ordered, rows.unwrap_or(1)))
     }
 
-    /// Requests waiting in this version's queue.
+    /// Requests waiting in this version's queue (0 for a pipeline: its steps queue at their
+    /// member models).
     pub fn queue_len(&self) -> usize {
-        self.scheduler.queue_len()
+        match &self.body {
+            Body::Engine { scheduler, .. } => scheduler.queue_len(),
+            Body::Pipeline(_) => 0,
+        }
     }
 
     /// Counts a request the server refused before it reached [`ServedVersion::infer`] (its
@@ -312,7 +489,44 @@ impl ServedVersion {
     /// Why this version cannot compute any more (its workers are gone), or `None` while it
     /// can. A broken version reports not-ready and fails its requests at once.
     pub fn failure(&self) -> Option<String> {
-        self.scheduler.failure()
+        match &self.body {
+            Body::Engine { scheduler, .. } => scheduler.failure(),
+            Body::Pipeline(p) => p.failure(),
+        }
+    }
+}
+
+/// A served version's tables ([`ServedVersion::sparse`]): the model's own, with every change
+/// marking the version's cached answers stale.
+pub struct VersionTables<'a> {
+    version: &'a ServedVersion,
+    inner: &'a dyn SparseParameters,
+}
+
+impl VersionTables<'_> {
+    /// The tables, in the model's order.
+    pub fn tables(&self) -> Vec<SparseTableInfo> {
+        self.inner.tables()
+    }
+
+    /// Applies one encoded delta to `table` (see [`SparseParameters::apply_delta`]).
+    pub fn apply_delta(&self, table: &str, encoded: &[u8]) -> Result<DeltaAck> {
+        let ack = self.inner.apply_delta(table, encoded);
+        // stale even on an error: part of the delta may have been written
+        if !matches!(&ack, Ok(a) if !a.applied) {
+            self.version.tables_changed();
+        }
+        ack
+    }
+
+    /// Sets the last applied sequence number of `source` on `table`.
+    pub fn reset_source(&self, table: &str, source: &str, seq: u64) -> Result<()> {
+        self.inner.reset_source(table, source, seq)
+    }
+
+    /// The rows of `keys` in `table`.
+    pub fn rows(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
+        self.inner.rows(table, keys)
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Settings {
     pub startup_models: Vec<String>,
     /// Nice value added to the compute (model worker) threads.
     pub compute_nice: i32,
+    /// Byte limit of the response cache shared by the models that enable it; 0 = no cache.
+    pub response_cache_bytes: u64,
     /// Listener addresses and limits.
     pub server: ServerConfig,
 }
@@ -37,6 +39,7 @@ impl Settings {
             control_mode: ControlMode::None,
             startup_models: Vec::new(),
             compute_nice: 0,
+            response_cache_bytes: 64 << 20,
             server,
         }
     }
@@ -78,6 +81,7 @@ pub async fn assemble(
     metrics.register(&mut registry);
     let repo = ModelRepository::new(&settings.model_repository, backends, metrics);
     repo.set_worker_nice(settings.compute_nice);
+    repo.set_response_cache(settings.response_cache_bytes);
     let server = Server::bind(settings.server, repo.clone(), registry).await?;
     Ok(Assembled {
         server,

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_COMPUTE_NICE", default_value_t = 0,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     compute_nice: i32,
+    /// Memory for the response cache shared by every model that enables it
+    /// (`[response_cache] enable = true`), in MiB; 0 turns the cache off.
+    #[arg(long, env = "KILN_RESPONSE_CACHE_MB", default_value_t = 64)]
+    response_cache_mb: u64,
     /// Token every state-changing endpoint requires as `Authorization: Bearer <token>` (gRPC:
     /// `authorization` metadata): repository load and unload, shared-memory register and
     /// unregister, embedding deltas (`/admin/v1`, `kiln.admin.v1`); without it they are open.
@@ -176,6 +180,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         control_mode: mode,
         startup_models: args.load_model.clone(),
         compute_nice: args.compute_nice,
+        response_cache_bytes: args.response_cache_mb << 20,
         server: ServerConfig {
             http_addr: addr(args.http_port),
             grpc_addr: addr(args.grpc_port),

@@ -77,6 +77,7 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Wir
         .filter(|&t| t != 0)
         .map(Duration::from_micros);
     out.binary_data_output = bool_param(&params, "binary_data_output")?.unwrap_or(false);
+    out.request.parameters = text_params(&params)?;
 
     let mut offset = json_len;
     for (i, JsonObject(input)) in req.inputs.into_iter().enumerate() {
@@ -286,6 +287,26 @@ fn uint_param(params: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
             ))
         }),
     }
+}
+
+/// The request-level parameters as text: strings as they are, numbers and booleans in their
+/// JSON spelling; `null` dropped. Objects and arrays are refused, naming the parameter.
+fn text_params(params: &Map<String, Value>) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in params {
+        let text = match v {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            Value::Bool(_) | Value::Number(_) => v.to_string(),
+            Value::Array(_) | Value::Object(_) => {
+                return Err(Error::invalid(format!(
+                    "parameters.{k}: expected a string, number or boolean"
+                )))
+            }
+        };
+        out.insert(k.clone(), text);
+    }
+    Ok(out)
 }
 
 /// Reads the boolean parameter `key`; errors name it.

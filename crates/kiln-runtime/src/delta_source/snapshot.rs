@@ -298,7 +298,7 @@ fn reset_source(
     seq: u64,
 ) -> kiln_core::Result<()> {
     let v = repo.get(model, Some(version))?;
-    let sparse = v.model.sparse().ok_or_else(|| {
+    let sparse = v.sparse().ok_or_else(|| {
         kiln_core::Error::new(ErrorCode::Unsupported, "the model has no embedding tables")
     })?;
     sparse.reset_source(table, source, seq).map_err(|e| {

@@ -3,6 +3,8 @@
 
 use kiln_core::{ModelConfig, ModelIo, TensorSpec};
 use kiln_protocol::inference as pb;
+use kiln_runtime::pipeline::spec::StepKind;
+use kiln_runtime::pipeline::Pipeline;
 use std::collections::BTreeMap;
 
 /// The engine a model runs on, from its backend's facts (`engine`), as the backend name
@@ -22,6 +24,9 @@ fn backend(config: &ModelConfig, facts: &[(String, String)]) -> String {
 /// The platform string of a model (`<backend>_onnx` for ONNX files), from its configuration and
 /// its backend's facts ([`kiln_core::LoadedModel::describe`]).
 pub fn platform(config: &ModelConfig, facts: &[(String, String)]) -> String {
+    if config.is_pipeline() {
+        return "ensemble".into();
+    }
     let backend = backend(config, facts);
     if config.default_model_filename.ends_with(".onnx") {
         format!("{backend}_onnx")
@@ -94,8 +99,56 @@ pub fn config_message(
         }],
         default_model_filename: config.default_model_filename.clone(),
         parameters,
+        response_cache: config
+            .response_cache
+            .enable
+            .then_some(pb::ModelResponseCache { enable: true }),
         ..Default::default()
     }
+}
+
+/// Shows a pipeline as Triton shows an ensemble: `platform: "ensemble"` and its model steps
+/// in `ensemble_scheduling.step[]`, so that tritonclient and perf_analyzer (which fetch the
+/// configuration of every step's model) drive it unchanged. Built-in operations are not
+/// models a client could fetch; they are listed in `parameters` as `step.<name>` (the
+/// operation, its settings and its tensors), so the whole graph stays visible.
+pub fn ensemble(c: &mut pb::ModelConfig, p: &Pipeline) {
+    c.platform = "ensemble".into();
+    c.backend = String::new();
+    c.instance_group.clear();
+    c.default_model_filename.clear();
+    let mut steps = Vec::new();
+    for s in p.steps() {
+        match &s.kind {
+            StepKind::Model { model, version } => steps.push(pb::model_ensembling::Step {
+                model_name: model.clone(),
+                model_version: version.map_or(-1, |v| v as i64),
+                input_map: s.input_map.clone().into_iter().collect(),
+                output_map: s.output_map.clone().into_iter().collect(),
+                model_namespace: String::new(),
+            }),
+            op => {
+                let maps = |m: &BTreeMap<String, String>| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let settings = format!("{op:?}");
+                c.parameters.insert(
+                    format!("step.{}", s.name),
+                    pb::ModelParameter {
+                        string_value: format!(
+                            "{settings} in({}) out({})",
+                            maps(&s.input_map),
+                            maps(&s.output_map)
+                        ),
+                    },
+                );
+            }
+        }
+    }
+    c.ensemble_scheduling = Some(pb::ModelEnsembling { step: steps });
 }
 
 fn version_policy(config: &ModelConfig) -> pb::ModelVersionPolicy {

@@ -52,7 +52,7 @@ pub fn model_metadata(
             .iter()
             .map(u64::to_string)
             .collect(),
-        platform: platform(&v.config, &v.model.describe()),
+        platform: platform(&v.config, &v.describe()),
         inputs: io.inputs.iter().map(|s| tensor(s, batched)).collect(),
         outputs: io.outputs.iter().map(|s| tensor(s, batched)).collect(),
     })
@@ -70,12 +70,11 @@ fn tensor(spec: &TensorSpec, batched: bool) -> pb::model_metadata_response::Tens
 /// Triton's model configuration of `model` (`version` empty: the latest).
 pub fn model_config(st: &AppState, model: &str, version: &str) -> Result<pb::ModelConfig> {
     let v = st.version(model, version)?;
-    Ok(config_message(
-        &v.name,
-        &v.config,
-        v.io(),
-        &v.model.describe(),
-    ))
+    let mut c = config_message(&v.name, &v.config, v.io(), &v.describe());
+    if let Some(p) = v.pipeline_body() {
+        config::ensemble(&mut c, p);
+    }
+    Ok(c)
 }
 
 /// Triton's statistics: of every serving version (`model` empty), of every serving version of
@@ -125,8 +124,8 @@ fn stats(v: &ServedVersion) -> pb::ModelStatistics {
             compute_input: duration(s.compute_input),
             compute_infer: duration(s.compute_infer),
             compute_output: duration(s.compute_output),
-            cache_hit: duration(CountNs::default()),
-            cache_miss: duration(CountNs::default()),
+            cache_hit: duration(s.cache_hit),
+            cache_miss: duration(s.cache_miss),
         }),
         batch_stats: s
             .batches
