@@ -14,7 +14,9 @@ process on DIR/<model>/1/model.onnx, within an absolute tolerance of 1e-5, over:
   - system shared memory over both protocols (inputs and outputs in registered regions; the
     server must be started with --allow-client-shm);
 plus health, metadata, model configuration, repository index and statistics calls over both
-protocols and error answers for an unknown model. One line per check, then `N passed, M failed`;
+protocols and error answers for an unknown model. The pipeline `recommend` (recall -> coarse ->
+fine ranking) is driven over both protocols too: its answers must equal DIR/recommend/golden.json
+(an independent NumPy chain), and its configuration must read as a Triton ensemble. One line per check, then `N passed, M failed`;
 the exit status is non-zero when any check fails.
 """
 import argparse
@@ -469,6 +471,84 @@ def grpc_checks(ck, c, models):
                lambda: check_stats(m, c.get_inference_statistics(m.name, as_json=True)))
 
 
+PIPELINE = "recommend"
+
+
+def pipeline_checks(ck, http, grpc, models_dir):
+    """The recommend pipeline through both clients, against its golden answers."""
+    with open(os.path.join(models_dir, PIPELINE, "golden.json")) as f:
+        golden = json.load(f)
+    tol = golden["score_tolerance"]
+
+    def check(outs, case):
+        want = {o["name"]: o for o in case["outputs"]}
+        ids = outs["item_ids"]
+        expect(ids.dtype == np.int64 and list(ids.shape) == want["item_ids"]["shape"], f"ids {ids.dtype} {ids.shape}")
+        expect(ids.tolist() == want["item_ids"]["data"], f"ids {ids.tolist()} != {want['item_ids']['data']}")
+        d = np.abs(outs["scores"] - np.asarray(want["scores"]["data"], dtype=np.float32)).max()
+        expect(d <= tol, f"scores differ by {d}")
+        return d
+
+    def feeds(case):
+        return [(i["name"], i["datatype"], np.asarray(i["data"], dtype=KSERVE_TO_NP[i["datatype"]]).reshape(i["shape"]))
+                for i in case["inputs"]]
+
+    def over_http(binary):
+        worst = 0.0
+        for case in golden["cases"]:
+            ins = []
+            for name, dt, x in feeds(case):
+                t = httpclient.InferInput(name, list(x.shape), dt)
+                t.set_data_from_numpy(x, binary_data=binary)
+                ins.append(t)
+            outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("item_ids", "scores")]
+            r = http.infer(PIPELINE, ins, outputs=outs)
+            worst = max(worst, check({n: r.as_numpy(n) for n in ("item_ids", "scores")}, case))
+        return f"{len(golden['cases'])} users, max score diff {worst:.1e}"
+
+    def over_grpc():
+        worst = 0.0
+        for case in golden["cases"]:
+            ins = []
+            for name, dt, x in feeds(case):
+                t = grpcclient.InferInput(name, list(x.shape), dt)
+                t.set_data_from_numpy(x)
+                ins.append(t)
+            r = grpc.infer(PIPELINE, ins)
+            worst = max(worst, check({n: r.as_numpy(n) for n in ("item_ids", "scores")}, case))
+        return f"{len(golden['cases'])} users, max score diff {worst:.1e}"
+
+    def config_http():
+        c = http.get_model_config(PIPELINE)
+        expect(c["platform"] == "ensemble", f"platform {c['platform']!r}")
+        steps = c["ensemble_scheduling"]["step"]
+        names = [s["model_name"] for s in steps]
+        expect(names == ["user_tower", "coarse_rank", "fine_rank"], f"steps {names}")
+        for s in steps:
+            http.get_model_config(s["model_name"])  # what perf_analyzer fetches for each step
+        return f"{len(steps)} model steps"
+
+    def config_grpc():
+        c = grpc.get_model_config(PIPELINE, as_json=True)["config"]
+        expect(c["platform"] == "ensemble", f"platform {c['platform']!r}")
+        steps = c["ensemble_scheduling"]["step"]
+        expect([s["model_name"] for s in steps] == ["user_tower", "coarse_rank", "fine_rank"], f"steps {steps}")
+        expect(http.get_model_metadata(PIPELINE)["platform"] == "ensemble", "metadata platform")
+
+    def stats():
+        st = http.get_inference_statistics(PIPELINE)["model_stats"][0]
+        n = int(st["inference_stats"]["success"]["count"])
+        expect(n >= 3 * len(golden["cases"]), f"success count {n}")
+        return f"{n} successes"
+
+    ck.run("pipeline: http json matches golden", over_http, False)
+    ck.run("pipeline: http binary matches golden", over_http, True)
+    ck.run("pipeline: grpc matches golden", over_grpc)
+    ck.run("pipeline: config over http is an ensemble", config_http)
+    ck.run("pipeline: config over grpc is an ensemble", config_grpc)
+    ck.run("pipeline: statistics", stats)
+
+
 def wait_ready(http, models, wait_s):
     """Waits until the server and every model answer ready over HTTP; False on time-out."""
     deadline = time.monotonic() + wait_s
@@ -497,12 +577,13 @@ def main():
     grpc = grpcclient.InferenceServerClient(url=args.grpc)
     try:
         t0 = time.monotonic()
-        ck.run("server and models ready", lambda: expect(wait_ready(http, MODELS, args.wait_s),
+        ck.run("server and models ready", lambda: expect(wait_ready(http, MODELS + (PIPELINE,), args.wait_s),
                                                          f"not ready within {args.wait_s:g} s over HTTP {args.http}")
                or f"{time.monotonic() - t0:.1f} s")
         if not ck.failed:  # nothing else can pass against a server that is not there
             http_checks(ck, http, models)
             grpc_checks(ck, grpc, models)
+            pipeline_checks(ck, http, grpc, args.models)
     finally:
         http.close()
         grpc.close()
