@@ -1,10 +1,13 @@
 //! Kiln's runtime: the model repository (versions, hot reload, load/unload), one
-//! dynamic-batching scheduler per model version, Triton-style statistics and Prometheus metrics.
+//! dynamic-batching scheduler per model version, pipelines of models and built-in operations
+//! ([`pipeline`]), traffic splits between versions ([`traffic`]), the response cache
+//! ([`response_cache`]), Triton-style statistics and Prometheus metrics.
 //!
-//! Of Kiln's crates it depends on `kiln-core` alone: it registers no engine itself (see
-//! [`Backends`]; the binary does), and never depends on the server above it. The crate feature
-//! `kafka` adds `delta_source` (the Kafka delta-topic subscriber) and with it `kiln-embed` and
-//! rdkafka; without it the runtime builds without a C toolchain.
+//! Of Kiln's crates it depends on `kiln-core` and `kiln-embed` (the item tables of pipeline
+//! `retrieve` steps): it registers no engine itself (see [`Backends`]; the binary does), and
+//! never depends on the server above it. The crate feature `kafka` adds `delta_source` (the
+//! Kafka delta-topic subscriber) and with it rdkafka; without it the runtime builds without a C
+//! toolchain.
 
 pub mod backends;
 #[cfg(feature = "kafka")]
