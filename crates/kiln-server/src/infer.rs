@@ -17,7 +17,8 @@ pub struct Inferred {
     pub outputs: Vec<(Tensor, Delivery)>,
 }
 
-/// Runs `req` on `model` / `version` (empty = latest), received at `received`. The caller's
+/// Runs `req` on `model` / `version` (empty: the model's traffic split, sticky by the request
+/// parameter `routing_key`, else the latest), received at `received`. The caller's
 /// request span, if it entered one, follows the request into the batch that computes it.
 pub async fn infer(
     state: &AppState,
@@ -26,7 +27,8 @@ pub async fn infer(
     mut req: WireRequest,
     received: Instant,
 ) -> Result<Inferred> {
-    let served = state.version(model, version)?;
+    let routing_key = req.request.parameters.get("routing_key");
+    let served = state.route(model, version, routing_key.map(String::as_str))?;
     state.shm.resolve_inputs(&mut req)?;
     // Check requested outputs before computing anything.
     let io = served.io();

@@ -18,6 +18,7 @@ mod limits;
 mod listen;
 mod listen_grpc;
 mod metrics_http;
+mod rollout;
 pub mod shm;
 mod sparse;
 mod state;
@@ -218,6 +219,11 @@ impl Server {
                 state: self.state.clone(),
             })
             .max_decoding_message_size(max_body);
+        let traffic = kiln_protocol::admin::traffic_admin_server::TrafficAdminServer::new(
+            grpc::AdminService {
+                state: self.state.clone(),
+            },
+        );
         let incoming = listen_grpc::incoming(
             self.grpc,
             gate("grpc"),
@@ -235,6 +241,7 @@ impl Server {
             .add_service(health_service)
             .add_service(svc)
             .add_service(admin)
+            .add_service(traffic)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
         let metrics = self.metrics.map(|l| {

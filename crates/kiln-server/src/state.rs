@@ -67,7 +67,8 @@ impl AppState {
     }
 
     /// The one gate of every endpoint that changes what the server serves: repository load and
-    /// unload, shared-memory register and unregister, embedding deltas (and table listings).
+    /// unload, shared-memory register and unregister, embedding deltas (and table listings),
+    /// traffic weights.
     /// `presented` is the caller's `Authorization` value: `Bearer <token>` (the scheme matched
     /// case-insensitively, RFC 7235) or the bare token. With no token configured every caller
     /// is allowed.
@@ -114,6 +115,20 @@ impl AppState {
         let v = parse_version(version)?;
         self.repo.get(model, v)
     }
+
+    /// The served version an inference request goes to, with name checks: `version` if given
+    /// (always honoured), else the model's traffic split between its serving versions (sticky
+    /// by `routing_key`), else the latest.
+    pub fn route(
+        &self,
+        model: &str,
+        version: &str,
+        routing_key: Option<&str>,
+    ) -> Result<Arc<ServedVersion>> {
+        check_model_name(model)?;
+        let v = parse_version(version)?;
+        self.repo.route(model, v, routing_key)
+    }
 }
 
 /// The token of an `Authorization` value: what follows a `Bearer` scheme (any case), else the
@@ -150,6 +165,8 @@ pub fn open_endpoints(
         "gRPC RepositoryModelUnload",
         "POST /admin/v1/models/{model}/tables/{table}/deltas",
         "gRPC kiln.admin.v1.SparseAdmin/ApplyDelta",
+        "PUT /admin/v1/models/{model}/traffic",
+        "gRPC kiln.admin.v1.TrafficAdmin/SetTraffic",
     ];
     if shm {
         open.extend([
@@ -232,6 +249,7 @@ mod tests {
             "{o:?}"
         );
         assert!(!o.iter().any(|e| e.contains("sharedmemory")), "{o:?}");
+        assert!(o.contains(&"PUT /admin/v1/models/{model}/traffic"), "{o:?}");
         let o = open("127.0.0.1:1", "0.0.0.0:2", false, true);
         assert!(o.contains(&"gRPC SystemSharedMemoryRegister"), "{o:?}");
     }

@@ -74,6 +74,12 @@ pub fn model_config(st: &AppState, model: &str, version: &str) -> Result<pb::Mod
     if let Some(p) = v.pipeline_body() {
         config::ensemble(&mut c, p);
     }
+    // canary weights (`1=95,2=5`), as they are now
+    if let Some(w) = st.repo.routes().get(&v.name) {
+        let string_value = w.to_string();
+        c.parameters
+            .insert("traffic".into(), pb::ModelParameter { string_value });
+    }
     Ok(c)
 }
 

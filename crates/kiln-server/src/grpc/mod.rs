@@ -4,6 +4,7 @@
 //! front end answers from too.
 
 mod infer;
+mod rollout;
 mod sparse;
 
 pub use sparse::AdminService;

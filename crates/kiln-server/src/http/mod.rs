@@ -3,6 +3,7 @@
 mod admin;
 mod infer;
 mod parts_body;
+mod rollout;
 mod shm;
 mod sparse;
 
@@ -82,6 +83,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route(
             "/admin/v1/models/{model}/versions/{version}/tables/{table}/rows",
             get(sparse::rows_v),
+        )
+        .route(
+            "/admin/v1/models/{model}/traffic",
+            get(rollout::get).put(rollout::set),
         )
         .route("/v2/repository/models/{model}/load", post(admin::load))
         .route("/v2/repository/models/{model}/unload", post(admin::unload))
