@@ -198,6 +198,7 @@ impl ModelRepository {
                 }
             });
         }
+        self.spawn_rollback_monitor();
         Ok(())
     }
 

@@ -62,7 +62,7 @@ enum Body {
         scheduler: Scheduler,
     },
     /// A pipeline of member models and built-in operations.
-    Pipeline(Pipeline),
+    Pipeline(Box<Pipeline>),
 }
 
 /// A model version that takes traffic.
@@ -160,7 +160,7 @@ impl ServedVersion {
             version,
             config,
             stats: Arc::new(VersionStats::default()),
-            body: Body::Pipeline(pipeline),
+            body: Body::Pipeline(Box::new(pipeline)),
             metrics,
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             epoch: AtomicU64::new(0),
@@ -276,7 +276,8 @@ impl ServedVersion {
         };
         // the epoch before computing: an answer that a delta overtakes is stored as stale
         let started = Instant::now();
-        let key = CacheKey::new(self.instance, self.epoch.load(Ordering::Acquire), &inputs);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let key = CacheKey::salted(self.instance, epoch, self.cache_salt(&req, 0), &inputs);
         if let Some(outputs) = cache.get(&key) {
             let took = started.elapsed();
             self.stats.cache_hit.add(took);
@@ -299,11 +300,48 @@ impl ServedVersion {
         let started = Instant::now();
         cache.insert(key, &answer.outputs);
         let insert = started.elapsed();
+        let (entries, bytes) = cache.usage();
+        self.metrics.cache_entries.set(entries as i64);
+        self.metrics.cache_bytes.set(bytes as i64);
         self.metrics
             .cache_insert_seconds
             .observe(insert.as_secs_f64());
         self.stats.cache_miss.add(lookup + insert);
         Ok(answer)
+    }
+
+    /// What a cached answer depends on besides this version's inputs and table epoch: 0 for
+    /// an engine version; for a pipeline, the request parameters it reads (`routing_key`,
+    /// which picks member versions, and its `switch` steps' parameters) and the instance and
+    /// epoch of every serving version of its member models, so that a member's delta, reload
+    /// or unload is never answered from before it.
+    fn cache_salt(&self, req: &InferRequest, depth: usize) -> u128 {
+        let Body::Pipeline(p) = &self.body else {
+            return 0;
+        };
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let switches = p.steps().iter().filter_map(|s| match &s.kind {
+            crate::pipeline::spec::StepKind::Switch { parameter, .. } => parameter.as_deref(),
+            _ => None,
+        });
+        for name in std::iter::once("routing_key").chain(switches) {
+            if let Some(value) = req.parameters.get(name) {
+                for part in [name, value.as_str()] {
+                    h.update(&(part.len() as u64).to_le_bytes());
+                    h.update(part.as_bytes());
+                }
+            }
+        }
+        for m in p.member_versions() {
+            h.update(&m.instance.to_le_bytes());
+            h.update(&m.epoch.load(Ordering::Acquire).to_le_bytes());
+            // a member pipeline depends on its own members (the repository refuses cycles;
+            // the depth bound is a guard)
+            if depth < 8 {
+                h.update(&m.cache_salt(req, depth + 1).to_le_bytes());
+            }
+        }
+        h.digest128()
     }
 
     /// Computes validated inputs: through the scheduler, or the pipeline.

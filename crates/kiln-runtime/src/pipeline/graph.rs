@@ -142,9 +142,9 @@ pub fn check(
         deps.push(d.into_iter().collect());
     }
     for o in &config.output {
-        if !producers.get(&o.name).is_some_and(|p| !p.is_empty())
-            && !config.input.iter().any(|i| i.name == o.name)
-        {
+        let produced = producers.get(&o.name).is_some_and(|p| !p.is_empty());
+        let passed_through = config.input.iter().any(|i| i.name == o.name);
+        if !(produced || passed_through) {
             return Err(Error::invalid(format!(
                 "output '{}': no step produces it",
                 o.name

@@ -125,6 +125,8 @@ pub fn config_from_json(v: &Value) -> pb::ModelConfig {
             "cc_model_filenames",
             "metric_tags",
             "parameters",
+            "ensemble_scheduling",
+            "response_cache",
         ],
         "config",
     );
@@ -332,7 +334,46 @@ pub fn config_from_json(v: &Value) -> pb::ModelConfig {
         metric_tags: strings("metric_tags"),
         parameters,
         model_transaction_policy: None,
-        response_cache: None,
+        response_cache: o.get("response_cache").map(|r| {
+            let r = object(r, &["enable"], "response_cache");
+            pb::ModelResponseCache {
+                enable: r["enable"].as_bool().expect("enable is a boolean"),
+            }
+        }),
+        ensemble_scheduling: o.get("ensemble_scheduling").map(|e| {
+            let e = object(e, &["step"], "ensemble_scheduling");
+            let step = list(e, "step")
+                .iter()
+                .map(|s| {
+                    let s = object(
+                        s,
+                        &[
+                            "model_name",
+                            "model_version",
+                            "input_map",
+                            "output_map",
+                            "model_namespace",
+                        ],
+                        "step",
+                    );
+                    let map = |k: &str| {
+                        s[k].as_object()
+                            .expect("map")
+                            .iter()
+                            .map(|(a, b)| (a.clone(), b.as_str().expect("string").to_string()))
+                            .collect()
+                    };
+                    pb::model_ensembling::Step {
+                        model_name: text(s, "model_name"),
+                        model_version: int(s, "model_version"),
+                        input_map: map("input_map"),
+                        output_map: map("output_map"),
+                        model_namespace: text(s, "model_namespace"),
+                    }
+                })
+                .collect();
+            pb::ModelEnsembling { step }
+        }),
     }
 }
 
