@@ -70,6 +70,8 @@ pub struct RuntimeMetrics {
     cache_misses: Family<VersionLabels, Counter>,
     cache_lookup_seconds: HistFamily,
     cache_insert_seconds: HistFamily,
+    cache_bytes: Gauge,
+    cache_entries: Gauge,
     step_requests: Family<StepLabels, Counter>,
     step_failures: Family<StepLabels, Counter>,
     step_seconds: Family<StepLabels, Histogram, fn() -> Histogram>,
@@ -95,6 +97,8 @@ impl Default for RuntimeMetrics {
             cache_misses: Family::default(),
             cache_lookup_seconds: Family::new_with_constructor(latency_histogram),
             cache_insert_seconds: Family::new_with_constructor(latency_histogram),
+            cache_bytes: Gauge::default(),
+            cache_entries: Gauge::default(),
             step_requests: Family::default(),
             step_failures: Family::default(),
             step_seconds: Family::new_with_constructor(latency_histogram),
@@ -187,6 +191,16 @@ impl RuntimeMetrics {
             self.cache_insert_seconds.clone(),
         );
         r.register(
+            "kiln_response_cache_bytes",
+            "Bytes of answers the response cache holds, as of its last insertion",
+            self.cache_bytes.clone(),
+        );
+        r.register(
+            "kiln_response_cache_entries",
+            "Answers the response cache holds, as of its last insertion",
+            self.cache_entries.clone(),
+        );
+        r.register(
             "kiln_pipeline_step_requests",
             "Pipeline step executions",
             self.step_requests.clone(),
@@ -253,6 +267,8 @@ impl RuntimeMetrics {
             cache_misses: self.cache_misses.get_or_create_owned(&l),
             cache_lookup_seconds: self.cache_lookup_seconds.get_or_create_owned(&l),
             cache_insert_seconds: self.cache_insert_seconds.get_or_create_owned(&l),
+            cache_bytes: self.cache_bytes.clone(),
+            cache_entries: self.cache_entries.clone(),
             failure: self.failure.clone(),
             labels: l,
         }
@@ -301,6 +317,10 @@ pub struct VersionMetrics {
     pub cache_lookup_seconds: Histogram,
     /// Response cache insertion time.
     pub cache_insert_seconds: Histogram,
+    /// Bytes the server-wide response cache holds (one gauge shared by every version).
+    pub cache_bytes: Gauge,
+    /// Entries the server-wide response cache holds (one gauge shared by every version).
+    pub cache_entries: Gauge,
     failure: Family<FailureLabels, Counter>,
     labels: VersionLabels,
 }

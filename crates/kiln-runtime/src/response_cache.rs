@@ -4,8 +4,11 @@
 //! - **Key**: the served version instance (a reloaded version is a new instance and never sees
 //!   the old one's entries), its table epoch (bumped by every delta a table of the version
 //!   takes, so a stale prediction is never served), and an xxh3-128 digest of the inputs'
-//!   names, datatypes, shapes and bytes in the model's input order. An entry holds every output
-//!   of the version; the server picks the requested ones from it as from a computed answer.
+//!   names, datatypes, shapes and bytes in the model's input order. A pipeline's key also
+//!   hashes the instance and epoch of its member models' serving versions and the request
+//!   parameters it reads, so a member's delta or reload is never answered from before it. An
+//!   entry holds every output of the version; the server picks the requested ones from it as
+//!   from a computed answer.
 //! - **Bounds**: entries are weighed by their output bytes and evicted by moka's TinyLFU/LRU
 //!   policy once the total passes the limit. An entry larger than a tenth of the limit is not
 //!   stored.
@@ -33,7 +36,14 @@ pub struct CacheKey {
 impl CacheKey {
     /// The key of `inputs` (in the model's input order) for `instance` at `epoch`.
     pub fn new(instance: u64, epoch: u64, inputs: &[Tensor]) -> Self {
+        Self::salted(instance, epoch, 0, inputs)
+    }
+
+    /// [`CacheKey::new`] with `salt` (what else the answer depends on, e.g. a pipeline's
+    /// member versions and request parameters) hashed in with the inputs.
+    pub fn salted(instance: u64, epoch: u64, salt: u128, inputs: &[Tensor]) -> Self {
         let mut h = Xxh3::new();
+        h.update(&salt.to_le_bytes());
         h.update(&(inputs.len() as u64).to_le_bytes());
         for t in inputs {
             h.update(&(t.name.len() as u64).to_le_bytes());
@@ -148,6 +158,8 @@ mod tests {
         assert_ne!(a, CacheKey::new(1, 0, &[t("x", &[1.0, 2.5])]));
         assert_ne!(a, CacheKey::new(2, 0, &[t("x", &[1.0, 2.0])]));
         assert_ne!(a, CacheKey::new(1, 1, &[t("x", &[1.0, 2.0])]));
+        assert_eq!(a, CacheKey::salted(1, 0, 0, &[t("x", &[1.0, 2.0])]));
+        assert_ne!(a, CacheKey::salted(1, 0, 5, &[t("x", &[1.0, 2.0])]));
         let mut reshaped = t("x", &[1.0, 2.0]);
         reshaped.shape = vec![1, 2];
         assert_ne!(a, CacheKey::new(1, 0, &[reshaped]));

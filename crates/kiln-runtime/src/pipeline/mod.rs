@@ -148,6 +148,23 @@ impl Pipeline {
         self.tables.as_ref().map(|t| t as &dyn SparseParameters)
     }
 
+    /// Every serving version of the member models now (a cached answer of the pipeline
+    /// depends on all of them).
+    pub(crate) fn member_versions(&self) -> Vec<Arc<crate::ServedVersion>> {
+        let Some(repo) = self.repo.upgrade() else {
+            return Vec::new();
+        };
+        let members: Vec<&str> = (self.steps.iter())
+            .filter_map(|s| match &s.kind {
+                StepKind::Model { model, .. } if *model != self.name => Some(model.as_str()),
+                _ => None,
+            })
+            .collect();
+        (repo.serving().into_iter())
+            .filter(|v| members.contains(&v.name.as_str()))
+            .collect()
+    }
+
     /// Why the pipeline cannot serve now (a member model does not), or `None`.
     pub fn failure(&self) -> Option<String> {
         let repo = self.repo.upgrade()?;

@@ -121,6 +121,8 @@ pub struct Options {
     pub allow_client_shm: bool,
     /// Timeouts, connection caps and the in-flight budget.
     pub limits: kiln_server::Limits,
+    /// Byte limit of the response cache (`--response-cache-mb`, in bytes).
+    pub response_cache_bytes: u64,
 }
 
 impl Default for Options {
@@ -131,6 +133,7 @@ impl Default for Options {
             admin_token: None,
             allow_client_shm: false,
             limits: kiln_server::Limits::default(),
+            response_cache_bytes: 64 << 20,
         }
     }
 }
@@ -200,6 +203,7 @@ impl TestServer {
             },
         );
         settings.control_mode = opts.mode;
+        settings.response_cache_bytes = opts.response_cache_bytes;
         let (stop, stopped) = oneshot::channel::<()>();
         let running = kiln_server::assemble(settings, backends, registry)
             .await
