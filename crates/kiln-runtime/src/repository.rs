@@ -232,7 +232,7 @@ impl ModelRepository {
             if self.models.read().get(&name).is_some_and(|m| m.unloaded) {
                 continue;
             }
-            if let Err(e) = self.sync(&name).await {
+            if let Err(e) = self.sync(&name, false).await {
                 tracing::debug!(model = %name, error = %e, "poll: model not serving");
             }
         }
@@ -272,7 +272,7 @@ impl ModelRepository {
         if let Some(m) = self.models.write().get_mut(name) {
             m.unloaded = false;
         }
-        self.sync(name).await
+        self.sync(name, true).await
     }
 
     /// Unloads every version of a model (the unload API); queued requests still complete.
@@ -290,8 +290,10 @@ impl ModelRepository {
         Ok(())
     }
 
-    /// Brings one model in line with its directory. Caller holds `ops`.
-    async fn sync(&self, name: &str) -> Result<()> {
+    /// Brings one model in line with its directory. Caller holds `ops`. A version that failed
+    /// to load is tried again when its files changed, on `retry_failed` (the load API), and
+    /// always for a pipeline (its members may serve now).
+    async fn sync(&self, name: &str, retry_failed: bool) -> Result<()> {
         let dir = self.root.join(name);
         if !dir.is_dir() {
             let removed = self.models.write().remove(name).is_some();
@@ -345,7 +347,8 @@ impl ModelRepository {
                 .map(|s| s.served.clone());
             let unchanged = match same {
                 None => false,
-                Some(served) => served.is_none_or(|s| s.failure().is_none()),
+                Some(None) => !(retry_failed || config.is_pipeline()),
+                Some(Some(s)) => s.failure().is_none(),
             };
             if unchanged {
                 continue;

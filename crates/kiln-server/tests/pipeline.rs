@@ -179,8 +179,6 @@ async fn invalid_pipelines_are_refused_naming_the_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the repository does not retry a version whose files are unchanged: the second load \
-            answers 503 'has no serving version'"]
 async fn pipeline_refused_for_a_missing_member_loads_once_the_member_serves() {
     let dir = repo_of(&["user_tower"]);
     write_pipeline(
