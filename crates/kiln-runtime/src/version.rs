@@ -234,6 +234,12 @@ impl ServedVersion {
     /// The current tracing span (the caller's request span, if it entered one) goes with the
     /// request through the queue: the batch that computes it links to it.
     pub async fn infer(&self, req: InferRequest) -> Result<Vec<Tensor>> {
+        self.infer_timed(req).await.map(|a| a.outputs)
+    }
+
+    /// [`ServedVersion::infer`], also returning how long the request queued and computed
+    /// (what a pipeline adds up over its steps).
+    pub(crate) async fn infer_timed(&self, req: InferRequest) -> Result<Answer> {
         let mut in_flight = InFlight::start(&self.metrics);
         let received = req.received;
         let result = self.run(req).await;
@@ -251,7 +257,7 @@ impl ServedVersion {
                 self.metrics
                     .compute_seconds
                     .observe(a.compute.as_secs_f64());
-                Ok(a.outputs)
+                Ok(a)
             }
             Err(e) => {
                 self.metrics.fail(e.code.as_label());
@@ -357,15 +363,17 @@ impl ServedVersion {
                     }
                 };
                 let deadline = timeout.map(|t| req.received + t);
-                let (outputs, compute) = p
+                let (outputs, queue, compute) = p
                     .run(&req, inputs, deadline)
                     .await
                     .map_err(|e| e.prefixed(format!("pipeline '{}'", self.name)))?;
+                // as Triton counts an ensemble: its members' queue and compute times summed
+                self.stats.queue.add(queue);
                 self.stats
                     .record_batch(1, Duration::ZERO, compute, Duration::ZERO);
                 return Ok(Answer {
                     outputs,
-                    queue: Duration::ZERO,
+                    queue,
                     compute,
                 });
             }

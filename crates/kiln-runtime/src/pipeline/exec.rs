@@ -25,19 +25,22 @@ enum State {
     Skipped,
 }
 
-/// What a finished step gives back: its index, its outputs by port, and how long it took.
-type Finished = (usize, Result<Vec<(String, Tensor)>>, Duration);
+/// A step's outputs by port, and the time a model step's request queued at its member.
+type StepOutput = (Vec<(String, Tensor)>, Duration);
+/// What a finished step gives back: its index, its outputs, and how long it took.
+type Finished = (usize, Result<StepOutput>, Duration);
 type StepFuture<'a> = Pin<Box<dyn Future<Output = Finished> + Send + 'a>>;
 
 impl Pipeline {
     /// Runs the pipeline on validated `inputs` (in input order). Returns the outputs in output
-    /// order and the summed time of the steps (what the pipeline's compute statistics count).
+    /// order, the summed time its model steps queued at their members, and the summed time of
+    /// the steps less that (what the pipeline's queue and compute statistics count).
     pub async fn run(
         &self,
         req: &InferRequest,
         inputs: Vec<Tensor>,
         deadline: Option<Instant>,
-    ) -> Result<(Vec<Tensor>, Duration)> {
+    ) -> Result<(Vec<Tensor>, Duration, Duration)> {
         let run = self.run_steps(req, inputs, deadline);
         match deadline {
             None => run.await,
@@ -57,7 +60,7 @@ impl Pipeline {
         req: &InferRequest,
         inputs: Vec<Tensor>,
         deadline: Option<Instant>,
-    ) -> Result<(Vec<Tensor>, Duration)> {
+    ) -> Result<(Vec<Tensor>, Duration, Duration)> {
         use futures::stream::{FuturesUnordered, StreamExt};
         let n = self.steps.len();
         let mut tensors: HashMap<String, Tensor> =
@@ -66,6 +69,7 @@ impl Pipeline {
         let mut chosen: HashMap<usize, HashSet<usize>> = HashMap::new();
         let mut running: FuturesUnordered<StepFuture<'_>> = FuturesUnordered::new();
         let mut compute = Duration::ZERO;
+        let mut queued = Duration::ZERO;
         loop {
             // start (or skip) every step that can be decided now, until nothing changes
             let mut changed = true;
@@ -102,11 +106,12 @@ impl Pipeline {
             let m = &self.step_metrics[i];
             m.requests.inc();
             m.seconds.observe(took.as_secs_f64());
-            compute += took;
-            let outputs = result.map_err(|e| {
+            let (outputs, queue) = result.map_err(|e| {
                 m.failures.inc();
                 e.prefixed(format!("step '{}'", step.name))
             })?;
+            queued += queue;
+            compute += took.saturating_sub(queue);
             if let StepKind::Switch { .. } = step.kind {
                 chosen.insert(i, self.choice(i, req, &outputs)?);
             } else {
@@ -143,7 +148,7 @@ impl Pipeline {
                 Ok(t)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((outputs, compute))
+        Ok((outputs, queued, compute))
     }
 
     /// Whether step `i` can run now, must wait, or will never run.
@@ -273,7 +278,7 @@ impl Pipeline {
         req: &InferRequest,
         inputs: Vec<(String, Tensor)>,
         deadline: Option<Instant>,
-    ) -> Result<Vec<(String, Tensor)>> {
+    ) -> Result<StepOutput> {
         let get = |port: &str| -> Result<&Tensor> {
             inputs
                 .iter()
@@ -281,7 +286,7 @@ impl Pipeline {
                 .map(|(_, t)| t)
                 .ok_or_else(|| Error::internal(format!("input '{port}' missing")))
         };
-        let one = |t: Tensor| Ok(vec![("output".to_string(), t)]);
+        let one = |t: Tensor| Ok((vec![("output".to_string(), t)], Duration::ZERO));
         match &step.kind {
             StepKind::Model { model, version } => {
                 let repo = self
@@ -305,14 +310,15 @@ impl Pipeline {
                 if sub.timeout == Some(Duration::ZERO) {
                     return Err(Error::new(ErrorCode::Timeout, "no time left for the step"));
                 }
-                let outputs = member.infer(sub).await?;
+                let answer = member.infer_timed(sub).await?;
                 let io = member.io();
-                Ok(io
+                let outputs = io
                     .outputs
                     .iter()
-                    .zip(outputs)
+                    .zip(answer.outputs)
                     .map(|(spec, t)| (spec.name.clone(), t))
-                    .collect())
+                    .collect();
+                Ok((outputs, answer.queue))
             }
             StepKind::Retrieve { k, .. } => {
                 let index = self.items[&i].clone();
@@ -325,11 +331,14 @@ impl Pipeline {
                         .map_err(|e| Error::internal(format!("retrieve task failed: {e}")))??;
                 let mut out = vec![("ids".to_string(), ids), ("scores".to_string(), scores)];
                 out.extend(emb.map(|e| ("embeddings".to_string(), e)));
-                Ok(out)
+                Ok((out, Duration::ZERO))
             }
             StepKind::TopK { k } => {
                 let (idx, val) = ops::topk(get("input")?, *k)?;
-                Ok(vec![("indices".into(), idx), ("values".into(), val)])
+                Ok((
+                    vec![("indices".into(), idx), ("values".into(), val)],
+                    Duration::ZERO,
+                ))
             }
             StepKind::Gather { axis } => one(ops::gather(get("data")?, get("indices")?, *axis)?),
             StepKind::Repeat { times } => {
@@ -352,8 +361,11 @@ impl Pipeline {
             // the switch reads its input once it has run (`choice`)
             StepKind::Switch {
                 parameter: None, ..
-            } => Ok(vec![("input".into(), get("input")?.clone())]),
-            StepKind::Switch { .. } => Ok(Vec::new()),
+            } => Ok((
+                vec![("input".into(), get("input")?.clone())],
+                Duration::ZERO,
+            )),
+            StepKind::Switch { .. } => Ok((Vec::new(), Duration::ZERO)),
         }
     }
 }
