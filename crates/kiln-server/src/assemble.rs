@@ -107,6 +107,11 @@ impl Assembled {
         self.server.metrics_addr()
     }
 
+    /// Installs the process's log handle (see [`Server::set_log_control`]).
+    pub fn set_log_control(&self, log: Arc<dyn crate::LogControl>) {
+        self.server.set_log_control(log);
+    }
+
     /// The model repository the server will serve.
     pub fn repo(&self) -> &Arc<ModelRepository> {
         &self.repo

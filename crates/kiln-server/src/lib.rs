@@ -11,6 +11,7 @@ mod assemble;
 mod body;
 mod control;
 mod error;
+mod extensions;
 mod grpc;
 mod http;
 mod infer;
@@ -26,6 +27,7 @@ mod state;
 pub use admission::Admission;
 pub use assemble::{assemble, Assembled, Running, Settings};
 pub use error::to_status;
+pub use extensions::{LogControl, LogSettings};
 pub use limits::Limits;
 pub use state::AppState;
 
@@ -148,6 +150,12 @@ impl Server {
             grpc,
             metrics,
         })
+    }
+
+    /// Installs the handle through which `v2/logging` and gRPC `LogSettings` read and change
+    /// the process's log; without one they answer UNAVAILABLE. Only the first handle counts.
+    pub fn set_log_control(&self, log: Arc<dyn LogControl>) {
+        let _ = self.state.extensions.log.set(log);
     }
 
     /// Marks start-up loading as in progress (`false`) or done (`true`); the server is ready

@@ -15,6 +15,8 @@ pub const EXTENSIONS: &[&str] = &[
     "model_configuration",
     "statistics",
     "schedule_policy",
+    "logging",
+    "trace",
 ];
 
 /// The extensions listed, with `system_shared_memory` when clients may register regions.
@@ -41,6 +43,8 @@ pub struct AppState {
     pub shm: Regions,
     /// Early refusal of inference requests and the server-wide in-flight budget.
     pub admission: crate::admission::Admission,
+    /// Log and trace settings (Triton's logging and trace extensions).
+    pub extensions: crate::extensions::Extensions,
 }
 
 impl AppState {
@@ -58,6 +62,7 @@ impl AppState {
             admin_token,
             shm: Regions::new(allow_shm),
             admission: Default::default(),
+            extensions: Default::default(),
         })
     }
 

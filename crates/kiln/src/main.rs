@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     };
     let _telemetry = telemetry::init(&cli.log, matches!(cli.log_format, LogFormat::Json), otlp)?;
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args, _telemetry.log_control()),
         Command::Learn(args) => learn::run(args),
         Command::Cache { cmd } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

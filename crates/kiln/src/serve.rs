@@ -141,7 +141,7 @@ enum Mode {
     Explicit,
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, log: Arc<dyn kiln_server::LogControl>) -> anyhow::Result<()> {
     raise_nofile(args.max_connections);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("kiln-io");
@@ -150,10 +150,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     rt.build()
         .context("cannot start the async runtime")?
-        .block_on(serve(args))
+        .block_on(serve(args, log))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, log: Arc<dyn kiln_server::LogControl>) -> anyhow::Result<()> {
     let mode = match (args.model_control_mode, args.poll_interval) {
         (Mode::Explicit, Some(_)) => {
             anyhow::bail!("--poll-interval cannot be combined with --model-control-mode explicit")
@@ -203,8 +203,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     // Serves health probes while the models load; readiness turns true once they are loaded.
-    let running = kiln_server::assemble(settings, backends, registry)
-        .await?
+    let assembled = kiln_server::assemble(settings, backends, registry).await?;
+    assembled.set_log_control(log);
+    let running = assembled
         .start(stopped(stop_rx.clone()))
         .await
         .with_context(|| format!("--model-repository {}", args.model_repository.display()))?;

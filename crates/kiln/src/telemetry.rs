@@ -16,7 +16,11 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterFn, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
+use tracing_subscriber::{reload, Layer};
+
+mod log_control;
+
+pub use log_control::LogHandle;
 
 /// What [`init`] started; dropping it flushes the spans not yet exported.
 pub struct Telemetry {
@@ -25,6 +29,15 @@ pub struct Telemetry {
     /// The runtime the OTLP client's connection runs on, independent of the server's, so that
     /// spans still leave after the server's runtime has stopped.
     runtime: Option<tokio::runtime::Runtime>,
+    /// Reads and changes the log's level and format at run time.
+    log: std::sync::Arc<LogHandle>,
+}
+
+impl Telemetry {
+    /// The handle the server's logging extension (`v2/logging`) uses.
+    pub fn log_control(&self) -> std::sync::Arc<dyn kiln_server::LogControl> {
+        self.log.clone()
+    }
 }
 
 impl Drop for Telemetry {
@@ -45,18 +58,35 @@ impl Drop for Telemetry {
 pub fn init(log: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(log).map_err(|e| anyhow::anyhow!("--log '{log}': {e}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    // The log's filter applies to the log only, so that the exporter's spans stay off it.
-    let fmt = if json {
-        fmt.json().with_filter(filter).boxed()
+    // One text and one JSON log, each behind a filter that can be swapped at run time: the one
+    // not chosen filters everything out. The log's filters apply to the log only, so that the
+    // exporter's spans stay off it.
+    let off = || EnvFilter::new("off");
+    let (text_filter, json_filter) = if json {
+        (off(), filter)
     } else {
-        fmt.with_filter(filter).boxed()
+        (filter, off())
     };
+    let (text_filter, text) = reload::Layer::new(text_filter);
+    let (json_filter, json_handle) = reload::Layer::new(json_filter);
+    let text_log = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .with_filter(text_filter);
+    let json_log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .json()
+        .with_filter(json_filter);
+    let log_handle = LogHandle::new(
+        log,
+        json,
+        Box::new(move |f| text.reload(f).map_err(|e| e.to_string())),
+        Box::new(move |f| json_handle.reload(f).map_err(|e| e.to_string())),
+    );
     let mut telemetry = Telemetry {
         provider: None,
         runtime: None,
+        log: std::sync::Arc::new(log_handle),
     };
     let otel = match otlp_endpoint {
         None => None,
@@ -71,7 +101,8 @@ pub fn init(log: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::Resul
         }
     };
     tracing_subscriber::registry()
-        .with(fmt)
+        .with(text_log)
+        .with(json_log)
         .with(otel)
         .try_init()
         .context("cannot install the log subscriber")?;

@@ -21,13 +21,18 @@ async fn run(
     state: &AppState,
     req: pb::ModelInferRequest,
 ) -> kiln_core::Result<pb::ModelInferResponse> {
-    let span = tracing::debug_span!(
-        "request",
-        protocol = "grpc",
-        model = req.model_name.as_str(),
-        version = req.model_version.as_str(),
-        id = field::Empty
-    );
+    // trace settings (`TraceSetting`) pick the requests that get a span
+    let span = if crate::extensions::traced(state, &req.model_name) {
+        tracing::debug_span!(
+            "request",
+            protocol = "grpc",
+            model = req.model_name.as_str(),
+            version = req.model_version.as_str(),
+            id = field::Empty
+        )
+    } else {
+        tracing::Span::none()
+    };
     if !req.id.is_empty() {
         span.record("id", req.id.as_str());
     }

@@ -3,6 +3,7 @@
 //! statistics and repository calls as a thin adapter over [`crate::control`], which the HTTP
 //! front end answers from too.
 
+mod extensions;
 mod infer;
 mod rollout;
 mod sparse;
@@ -225,5 +226,40 @@ impl GrpcInferenceService for Service {
         tracing::info!(caller = %from, region = %name.escape_debug(),
             "shared memory region unregistered (empty name: every region)");
         Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        r: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Rpc<pb::CudaSharedMemoryStatusResponse> {
+        extensions::cuda_status(r)
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        r: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Rpc<pb::CudaSharedMemoryRegisterResponse> {
+        extensions::cuda_register(&self.state, r)
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        r: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Rpc<pb::CudaSharedMemoryUnregisterResponse> {
+        extensions::cuda_unregister(&self.state, r)
+    }
+
+    async fn trace_setting(
+        &self,
+        r: Request<pb::TraceSettingRequest>,
+    ) -> Rpc<pb::TraceSettingResponse> {
+        extensions::trace_setting(&self.state, r)
+    }
+
+    async fn log_settings(
+        &self,
+        r: Request<pb::LogSettingsRequest>,
+    ) -> Rpc<pb::LogSettingsResponse> {
+        extensions::log_settings(&self.state, r)
     }
 }

@@ -49,13 +49,18 @@ async fn run(
     let received = Instant::now();
     // The request's span: the batch that computes it links to it. Disabled, and free, unless
     // a subscriber wants it (`--otlp-endpoint`, or a debug log filter).
-    let span = tracing::debug_span!(
-        "request",
-        protocol = "http",
-        model,
-        version,
-        id = field::Empty
-    );
+    // Trace settings (`v2/trace/setting`) pick the requests that get one.
+    let span = if crate::extensions::traced(&st, model) {
+        tracing::debug_span!(
+            "request",
+            protocol = "http",
+            model,
+            version,
+            id = field::Empty
+        )
+    } else {
+        tracing::Span::none()
+    };
     let handled = handle(st, max, model, version, headers, body, received, &span);
     match handled.instrument(span.clone()).await {
         Ok(r) => r,

@@ -1,6 +1,7 @@
 //! The HTTP front end (KServe v2 REST plus Triton's extensions), split by API area.
 
 mod admin;
+mod extensions;
 mod infer;
 mod parts_body;
 mod rollout;
@@ -90,6 +91,7 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         )
         .route("/v2/repository/models/{model}/load", post(admin::load))
         .route("/v2/repository/models/{model}/unload", post(admin::unload))
+        .merge(extensions::routes())
         .fallback(admin::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(infer::MaxBody(max_body)))
