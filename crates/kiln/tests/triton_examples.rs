@@ -129,6 +129,8 @@ fn start_server(models: &Path, backend: &str, scratch: &Path) -> (Server, u16, u
         .arg("--allow-client-shm")
         .arg("--ready-file")
         .arg(&ready)
+        // the ONNX Runtime library is found through the project's .venv
+        .current_dir(kiln_testkit::repo_root())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
