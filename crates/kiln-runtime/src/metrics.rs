@@ -1,8 +1,10 @@
 //! Prometheus metrics of the runtime, per model and version: request outcomes, latency
 //! histograms (request, queue, compute, server overhead), batch sizes, queue depth and
-//! in-flight requests. Handles are resolved once per served version so the hot path only
-//! touches atomics.
+//! in-flight requests, and `kiln_model_info` (who owns each model). Handles are resolved once
+//! per served version so the hot path only touches atomics.
 
+use kiln_core::config::ModelConfig;
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,6 +30,19 @@ pub struct FailureLabels {
     pub version: String,
     /// Why the request failed (`overloaded`, `timeout`, `invalid_argument`, ...).
     pub reason: String,
+}
+
+/// Labels of `kiln_model_info`: who answers for a served model version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// The config's `owner`, empty when unset.
+    pub owner: String,
+    /// The config's `team`, empty when unset.
+    pub team: String,
 }
 
 /// Labels of per-step pipeline series.
@@ -76,6 +91,9 @@ pub struct RuntimeMetrics {
     step_failures: Family<StepLabels, Counter>,
     step_seconds: Family<StepLabels, Histogram, fn() -> Histogram>,
     rollbacks: Family<VersionLabels, Counter>,
+    info: Family<InfoLabels, Gauge>,
+    /// The `info` series set so far, to drop those a newer load of the model replaces.
+    info_set: Mutex<Vec<InfoLabels>>,
 }
 
 impl Default for RuntimeMetrics {
@@ -103,6 +121,8 @@ impl Default for RuntimeMetrics {
             step_failures: Family::default(),
             step_seconds: Family::new_with_constructor(latency_histogram),
             rollbacks: Family::default(),
+            info: Family::default(),
+            info_set: Mutex::default(),
         }
     }
 }
@@ -220,6 +240,37 @@ impl RuntimeMetrics {
             "Canary versions whose traffic weight was set to 0 by automatic rollback",
             self.rollbacks.clone(),
         );
+        r.register(
+            "kiln_model_info",
+            "Always 1 for each loaded model version; its owner and team (config.toml) as labels",
+            self.info.clone(),
+        );
+    }
+
+    /// Sets `kiln_model_info` of a version that became ready, with the owner and team of its
+    /// `config`. The model's series with another owner or team go: the configuration is the
+    /// model's, so its newest load says who owns every version, and a single owner per model
+    /// keeps the alert rules' join on `model` unambiguous.
+    pub fn set_model_info(&self, model: &str, version: u64, config: &ModelConfig) {
+        let labels = InfoLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+            owner: config.owner.clone().unwrap_or_default(),
+            team: config.team.clone().unwrap_or_default(),
+        };
+        let mut set = self.info_set.lock();
+        set.retain(|l| {
+            let stale = l.model == labels.model
+                && (l.version == labels.version
+                    || l.owner != labels.owner
+                    || l.team != labels.team);
+            if stale {
+                self.info.remove(l);
+            }
+            !stale
+        });
+        self.info.get_or_create(&labels).set(1);
+        set.push(labels);
     }
 
     /// Counts one automatic rollback of `model` `version`.
@@ -347,4 +398,62 @@ pub struct StepMetrics {
     pub failures: Counter,
     /// Time per execution.
     pub seconds: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    fn info_lines(m: &RuntimeMetrics) -> Vec<String> {
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        encode(&mut text, &r).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("kiln_model_info{"))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn owner_and_team_are_optional_config_keys() {
+        let c = ModelConfig::parse("owner = \"ana@example.com\"\nteam = \"ranking\"", "m").unwrap();
+        assert_eq!(c.owner.as_deref(), Some("ana@example.com"));
+        assert_eq!(c.team.as_deref(), Some("ranking"));
+        let c = ModelConfig::parse("", "m").unwrap();
+        assert_eq!((c.owner, c.team), (None, None));
+        let e = ModelConfig::parse("owner = 3", "m").unwrap_err();
+        assert!(e.message.contains("owner"), "{e}");
+    }
+
+    #[test]
+    fn model_info_names_owner_and_team_of_each_loaded_version() {
+        let m = RuntimeMetrics::default();
+        let owned = ModelConfig::parse("owner = \"ana\"\nteam = \"ranking\"", "ranker").unwrap();
+        m.set_model_info("ranker", 1, &owned);
+        m.set_model_info("ranker", 2, &owned);
+        m.set_model_info("mlp", 1, &ModelConfig::parse("", "mlp").unwrap());
+        assert_eq!(
+            info_lines(&m),
+            [
+                r#"kiln_model_info{model="mlp",version="1",owner="",team=""} 1"#,
+                r#"kiln_model_info{model="ranker",version="1",owner="ana",team="ranking"} 1"#,
+                r#"kiln_model_info{model="ranker",version="2",owner="ana",team="ranking"} 1"#,
+            ]
+        );
+        // a new owner in the config replaces the model's series; other models keep theirs
+        let moved = ModelConfig::parse("owner = \"bo\"\nteam = \"ads\"", "ranker").unwrap();
+        m.set_model_info("ranker", 2, &moved);
+        assert_eq!(
+            info_lines(&m),
+            [
+                r#"kiln_model_info{model="mlp",version="1",owner="",team=""} 1"#,
+                r#"kiln_model_info{model="ranker",version="2",owner="bo",team="ads"} 1"#,
+            ]
+        );
+    }
 }

@@ -360,6 +360,7 @@ impl ModelRepository {
             {
                 Ok(served) => {
                     self.metrics.record_load(name, v, "ok");
+                    self.metrics.set_model_info(name, v, &config);
                     tracing::info!(model = %name, version = v, "version ready");
                     self.models
                         .write()
