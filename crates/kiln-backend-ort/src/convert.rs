@@ -2,13 +2,15 @@
 //!
 //! Inputs of fixed-size numeric types are passed to ONNX Runtime as views of the request's own
 //! buffer when it is suitably aligned (no copy); otherwise, and for `BOOL`, `FP16` and `BYTES`,
-//! they are copied once. Outputs are copied once out of ONNX Runtime's buffers.
+//! they are copied once. Outputs are copied once out of ONNX Runtime's buffers. `BYTES`
+//! elements go in and out with their lengths, so any byte (NUL, not UTF-8) round-trips.
 
 use kiln_core::{DataType, Error, Result, Tensor};
 use ort::session::SessionInputValue;
 use ort::value::{
     DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, TensorRef,
 };
+use ort::AsPointer;
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the onnxruntime backend assumes a little-endian target");
@@ -81,17 +83,91 @@ pub fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>> {
                 .map_err(ort_err("input", &t.name))?;
             Ok(tensor.into())
         }
-        DataType::Bytes => {
-            let strings: Vec<String> = t
-                .byte_elements()?
-                .into_iter()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .collect();
-            let tensor = OrtTensor::from_string_array((t.shape.clone(), strings.as_slice()))
-                .map_err(ort_err("input", &t.name))?;
-            Ok(tensor.into())
+        DataType::Bytes => Ok(string_tensor(t)?.into()),
+    }
+}
+
+/// Turns the status of an ONNX Runtime C call into an error on `what`.
+///
+/// # Safety
+/// `status` must be the status a C API call just returned (null or owned by the caller).
+unsafe fn check(status: ort::sys::OrtStatusPtr, what: &str) -> Result<()> {
+    // SAFETY: the caller passes a fresh status, which this call takes over and releases.
+    unsafe { ort::Error::result_from_status(status) }
+        .map_err(|e| Error::invalid(format!("{what}: {e}")))
+}
+
+/// A string tensor holding `t`'s `BYTES` elements exactly: each element is written with its
+/// length (ONNX Runtime keeps `std::string`s), so NUL bytes and bytes that are not UTF-8 reach
+/// the model unchanged. `from_string_array` would stop at a NUL (C strings).
+fn string_tensor(t: &Tensor) -> Result<OrtTensor<String>> {
+    let elems = t.byte_elements()?;
+    let empty = vec![""; elems.len()];
+    let mut tensor = OrtTensor::from_string_array((t.shape.clone(), empty.as_slice()))
+        .map_err(ort_err("input", &t.name))?;
+    let what = format!("input '{}'", t.name);
+    for (i, e) in elems.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
+        let mut buf: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: the tensor is a live string tensor of `elems.len()` elements and `i` is in
+        // range; ONNX Runtime resizes element `i` to `e.len()` bytes and hands back its buffer,
+        // which is valid for that many bytes until the tensor changes again.
+        unsafe {
+            let status = (ort::api().GetResizedStringTensorElementBuffer)(
+                tensor.ptr_mut(),
+                i,
+                e.len(),
+                &mut buf,
+            );
+            check(status, &what)?;
+            if buf.is_null() {
+                return Err(Error::internal(format!(
+                    "{what}: no buffer for element {i}"
+                )));
+            }
+            std::ptr::copy_nonoverlapping(e.as_ptr(), buf.cast::<u8>(), e.len());
         }
     }
+    Ok(tensor)
+}
+
+/// The elements of a string output as `BYTES` (each a 4-byte length, then its bytes), read
+/// with their lengths so that any byte survives.
+fn string_output(name: &str, v: &DynValue, count: usize) -> Result<Vec<u8>> {
+    let what = format!("output '{name}'");
+    let mut total = 0usize;
+    // SAFETY: `v` is a live string tensor; the call writes one usize.
+    unsafe {
+        check(
+            (ort::api().GetStringTensorDataLength)(v.ptr(), &mut total),
+            &what,
+        )?
+    };
+    let mut content = vec![0u8; total];
+    let mut offsets = vec![0usize; count + 1];
+    if count > 0 {
+        // SAFETY: `content` holds `total` bytes and `offsets` at least `count` entries, the
+        // sizes ONNX Runtime was told.
+        unsafe {
+            let status = (ort::api().GetStringTensorContent)(
+                v.ptr(),
+                content.as_mut_ptr().cast(),
+                total,
+                offsets.as_mut_ptr(),
+                count,
+            );
+            check(status, &what)?;
+        }
+    }
+    offsets[count] = total;
+    let mut out = Vec::with_capacity(total + 4 * count);
+    for w in offsets.windows(2) {
+        let elem = content.get(w[0]..w[1]).ok_or_else(|| {
+            Error::internal(format!("{what}: string offsets out of order ({w:?})"))
+        })?;
+        out.extend_from_slice(&(elem.len() as u32).to_le_bytes());
+        out.extend_from_slice(elem);
+    }
+    Ok(out)
 }
 
 fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
@@ -102,8 +178,8 @@ fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
 /// Copies an ONNX Runtime output into a Kiln tensor named `name`.
 pub fn from_ort(name: &str, v: &DynValue) -> Result<Tensor> {
     let internal = |e: ort::Error| Error::internal(format!("output '{name}': {e}"));
-    let ty = match v.dtype() {
-        ort::value::ValueType::Tensor { ty, .. } => *ty,
+    let (ty, shape) = match v.dtype() {
+        ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),
         other => {
             return Err(Error::internal(format!(
                 "output '{name}' is not a tensor but {other}"
@@ -114,8 +190,8 @@ pub fn from_ort(name: &str, v: &DynValue) -> Result<Tensor> {
         .ok_or_else(|| Error::internal(format!("output '{name}' has unsupported type {ty}")))?;
     macro_rules! copy {
         ($t:ty) => {{
-            let (shape, data) = v.try_extract_tensor::<$t>().map_err(internal)?;
-            (shape.to_vec(), bytes_of(data).to_vec())
+            let (s, data) = v.try_extract_tensor::<$t>().map_err(internal)?;
+            (s.to_vec(), bytes_of(data).to_vec())
         }};
     }
     let (shape, data): (Vec<i64>, Vec<u8>) = match dtype {
@@ -132,13 +208,10 @@ pub fn from_ort(name: &str, v: &DynValue) -> Result<Tensor> {
         DataType::Fp32 => copy!(f32),
         DataType::Fp64 => copy!(f64),
         DataType::Bytes => {
-            let (shape, strings) = v.try_extract_strings().map_err(internal)?;
-            let mut out = Vec::with_capacity(strings.iter().map(|s| s.len() + 4).sum());
-            for s in &strings {
-                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
-            (shape.to_vec(), out)
+            let shape = shape.to_vec();
+            let count = shape.iter().map(|&d| d.max(0) as usize).product();
+            let out = string_output(name, v, count)?;
+            (shape, out)
         }
     };
     Ok(Tensor {

@@ -47,11 +47,24 @@ pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor> {
     let shape: Vec<usize> = t.shape.iter().map(|&d| d.max(0) as usize).collect();
     let err = |e: TractError| Error::invalid(format!("input '{}': {e:#}", t.name));
     if t.dtype == DataType::Bytes {
+        // tract holds string tensors as Rust `String`s: bytes that are not UTF-8 cannot reach
+        // the model unchanged, so they are refused rather than replaced
         let strings: Vec<String> = t
             .byte_elements()?
             .into_iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect();
+            .enumerate()
+            .map(|(i, b)| {
+                String::from_utf8(b.to_vec()).map_err(|e| {
+                    Error::invalid(format!(
+                        "input '{}': element {i} is not valid UTF-8 (at byte {}); the tract \
+                         backend holds BYTES elements as text, serve the model with \
+                         onnxruntime for arbitrary bytes",
+                        t.name,
+                        e.utf8_error().valid_up_to()
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
         let arr = tract_ndarray::ArrayD::from_shape_vec(shape, strings)
             .map_err(|e| Error::invalid(format!("input '{}': {e}", t.name)))?;
         return Ok(arr.into_tensor());

@@ -39,6 +39,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
 
 /// Listener addresses and limits.
 #[derive(Debug, Clone)]
@@ -221,7 +222,13 @@ impl Server {
             state: self.state.clone(),
         })
         .max_decoding_message_size(max_body)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        // gzip and deflate messages in (the size limit counts inflated bytes, so a bomb is
+        // refused with RESOURCE_EXHAUSTED), and out when the client accepts them
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Deflate);
         let admin =
             kiln_protocol::admin::sparse_admin_server::SparseAdminServer::new(grpc::AdminService {
                 state: self.state.clone(),

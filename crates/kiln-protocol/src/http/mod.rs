@@ -9,6 +9,7 @@
 mod data;
 mod decode;
 mod encode;
+mod raw;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests_strict;
 pub use crate::request::{InferRequest, RequestedOutput, WireRequest};
 pub use decode::{decode_request, parse_json_object};
 pub use encode::{encode_response, encode_response_parts, error_body, EncodedResponse};
+pub use raw::decode_raw_request;
 
 /// The header that gives the length of the JSON part of a body with binary tensors.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";

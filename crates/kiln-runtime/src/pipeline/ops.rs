@@ -13,7 +13,8 @@
 
 use bytes::{Bytes, BytesMut};
 use kiln_core::{DataType, Error, Result, Tensor};
-use std::cmp::Ordering;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 mod shape;
 #[cfg(test)]
@@ -86,31 +87,55 @@ fn scores(t: &Tensor) -> Result<Vec<f64>> {
     })
 }
 
-/// Descending by score, NaN last, ties by the lower position first: a total order.
-pub(crate) fn rank_desc(a: (f64, usize), b: (f64, usize)) -> Ordering {
-    match (a.0.is_nan(), b.0.is_nan()) {
-        (false, false) => b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal),
-        (true, false) => Ordering::Greater,
-        (false, true) => Ordering::Less,
-        (true, true) => Ordering::Equal,
-    }
-    .then(a.1.cmp(&b.1))
-}
-
-/// The positions of the `k` best of `row` in rank order (see [`rank_desc`]); `k <= row.len()`.
+/// The positions of the `k` best of `row` in rank order (descending by score, NaN last, ties
+/// by the lower position first: a total order); `k <= row.len()`.
+///
+/// Each score becomes an integer key in that order (the score's bits mapped
+/// to an unsigned order, NaN lowest, -0 as +0; then the position, lower first), so selection
+/// and sorting compare integers in one contiguous array instead of looking scores up.
 pub(crate) fn top_positions<T: Copy + Into<f64>>(row: &[T], k: usize, out: &mut Vec<usize>) {
     out.clear();
-    out.extend(0..row.len());
-    let by = |&a: &usize, &b: &usize| rank_desc((row[a].into(), a), (row[b].into(), b));
     if k == 0 {
-        out.clear();
         return;
     }
-    if k < out.len() {
-        out.select_nth_unstable_by(k - 1, by);
-        out.truncate(k);
+    if k >= row.len() {
+        let mut keys: Vec<(u64, u32)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (order_key(v.into()), !(i as u32)))
+            .collect();
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        out.extend(keys.iter().map(|&(_, i)| !i as usize));
+        return;
     }
-    out.sort_unstable_by(by);
+    // one pass keeping the k best in a min-heap: past the first k, most scores only meet the
+    // heap's minimum and go
+    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = BinaryHeap::with_capacity(k + 1);
+    for (i, &v) in row.iter().enumerate() {
+        let key = (order_key(v.into()), !(i as u32));
+        if heap.len() < k {
+            heap.push(Reverse(key));
+        } else if let Some(mut least) = heap.peek_mut() {
+            if key > least.0 {
+                *least = Reverse(key);
+            }
+        }
+    }
+    let mut keys: Vec<(u64, u32)> = heap.into_iter().map(|Reverse(x)| x).collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    out.extend(keys.iter().map(|&(_, i)| !i as usize));
+}
+
+/// An unsigned key ordered as the score: NaN below everything, -0 equal to +0.
+fn order_key(v: f64) -> u64 {
+    if v.is_nan() {
+        return 0;
+    }
+    let bits = (v + 0.0).to_bits(); // -0 + 0 = +0
+    // negative: every bit flipped; otherwise the sign bit set (no branch on the sign, which
+    // random scores would mispredict half the time)
+    let negative = ((bits as i64) >> 63) as u64;
+    bits ^ (negative | 1 << 63)
 }
 
 /// The `k` largest values along the last axis of `input` (FP32, FP16 or FP64) and their

@@ -312,22 +312,26 @@ fn score(q: &[f32], items: &[f32], rows: usize, n: usize, dim: usize, out: &mut 
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `out` is [rows, n] row-major (column stride 1, row stride n), `q` is [rows, dim]
-    // row-major, and the right-hand side is items^T: element (d, j) at j * dim + d (column
-    // stride dim, row stride 1). The lengths are asserted above; nothing overlaps.
+    // Computed as out^T[n, rows] = items[n, dim] . q^T[dim, rows], so that the large operand
+    // is the left-hand side, which the GEMM reads in place, rather than a right-hand side it
+    // would pack on every call.
+    // SAFETY: `out` holds [rows, n] row-major, i.e. element (item i, query j) of out^T at
+    // j * n + i (column stride n, row stride 1); `items` is [n, dim] row-major (column stride
+    // 1, row stride dim); q^T's element (d, j) is at j * dim + d (column stride dim, row
+    // stride 1). The lengths are asserted above; nothing overlaps.
     unsafe {
         gemm::gemm(
-            rows,
             n,
+            rows,
             dim,
             out.as_mut_ptr(),
-            1,
             n as isize,
+            1,
             false,
-            q.as_ptr(),
+            items.as_ptr(),
             1,
             dim as isize,
-            items.as_ptr(),
+            q.as_ptr(),
             dim as isize,
             1,
             0.0f32,

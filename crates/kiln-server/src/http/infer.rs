@@ -147,6 +147,9 @@ async fn handle(
     let served = st.version(model, version).map_err(err)?;
     let declared = content_length(headers);
     let mut ticket = st.admission.admit(&served, declared).map_err(err)?;
+    // Triton's raw binary request: the body is the data of the model's one input
+    let raw_input =
+        (header_len == Some(0)).then(|| (served.io().inputs.clone(), served.config.max_batch_size));
     drop(served);
     let body = read_body(body, max.0).await?;
     if declared.is_none() {
@@ -154,7 +157,13 @@ async fn handle(
             .add_bytes(&mut ticket, body.len())
             .map_err(err)?;
     }
-    let req = kiln_protocol::decode_request(body, header_len).map_err(err)?;
+    let req = match raw_input {
+        Some((inputs, max_batch)) => {
+            kiln_protocol::http::decode_raw_request(body, &inputs, max_batch)
+        }
+        None => kiln_protocol::decode_request(body, header_len),
+    }
+    .map_err(err)?;
     if let Some(id) = &req.request.id {
         span.record("id", id.as_str());
     }

@@ -13,8 +13,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
 
-/// The HTTP routes. `max_body` bounds request bodies (413 beyond it).
+/// The HTTP routes. `max_body` bounds request bodies, counted after any `Content-Encoding` is
+/// undone (413 beyond it).
 pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
     Router::new()
         .route("/v2/health/live", get(admin::live))
@@ -95,5 +98,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .fallback(admin::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(infer::MaxBody(max_body)))
+        // `Content-Encoding: gzip | deflate` bodies are inflated as they are read, so the body
+        // limit above counts inflated bytes and a compression bomb stops at `max_body`
+        .layer(RequestDecompressionLayer::new())
+        // responses compressed as `Accept-Encoding` asks
+        .layer(CompressionLayer::new())
         .with_state(state)
 }

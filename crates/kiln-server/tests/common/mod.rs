@@ -123,6 +123,8 @@ pub struct Options {
     pub limits: kiln_server::Limits,
     /// Byte limit of the response cache (`--response-cache-mb`, in bytes).
     pub response_cache_bytes: u64,
+    /// Backends registered besides tract and recsys (onnxruntime, when a test has its library).
+    pub extra_backends: Vec<Arc<dyn kiln_core::backend::Backend>>,
 }
 
 impl Default for Options {
@@ -134,6 +136,7 @@ impl Default for Options {
             allow_client_shm: false,
             limits: kiln_server::Limits::default(),
             response_cache_bytes: 64 << 20,
+            extra_backends: Vec::new(),
         }
     }
 }
@@ -188,7 +191,10 @@ impl TestServer {
     /// Binds every port (0 = any free one), loads the repository and serves it.
     pub async fn start_at(root: PathBuf, dir: Option<TempDir>, opts: Options) -> Self {
         let mut registry = prometheus_client::registry::Registry::default();
-        let backends = backends(&mut registry);
+        let mut backends = backends(&mut registry);
+        for b in &opts.extra_backends {
+            backends.register(b.clone());
+        }
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let mut settings = Settings::new(
             &root,

@@ -1,0 +1,52 @@
+//! Pipeline operations on the recommend example's sizes: `retrieve` (top 1000 of the 100,000
+//! items of `examples/models/recommend/1/items.safetensors`, one query) and `topk` (100 of
+//! 1000 and 1000 of 100,000 scores).
+//!
+//!   cargo bench -p kiln-runtime --bench retrieve
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kiln_core::Tensor;
+use kiln_runtime::pipeline::ops::topk;
+use kiln_runtime::pipeline::retrieve::ItemIndex;
+use std::hint::black_box;
+use std::path::Path;
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/recommend/1");
+    let index = ItemIndex::load(&dir, "items", "recommend").expect("examples/models/recommend");
+    let dim = index.dim();
+    let query = Tensor::from_vec("query", vec![1, dim as i64], &values(dim, 1));
+    c.bench_function("retrieve 1000 of 100k, ids+scores", |b| {
+        b.iter(|| black_box(index.search(&query, 1000, false).unwrap()))
+    });
+    c.bench_function("retrieve 1000 of 100k, with embeddings", |b| {
+        b.iter(|| black_box(index.search(&query, 1000, true).unwrap()))
+    });
+    let q8 = Tensor::from_vec("query", vec![8, dim as i64], &values(8 * dim, 2));
+    c.bench_function("retrieve 1000 of 100k, 8 queries", |b| {
+        b.iter(|| black_box(index.search(&q8, 1000, false).unwrap()))
+    });
+    let big = Tensor::from_vec("s", vec![100_000], &values(100_000, 3));
+    c.bench_function("topk 1000 of 100k", |b| {
+        b.iter(|| black_box(topk(&big, 1000).unwrap()))
+    });
+    let small = Tensor::from_vec("s", vec![1000], &values(1000, 4));
+    c.bench_function("topk 100 of 1000", |b| {
+        b.iter(|| black_box(topk(&small, 100).unwrap()))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
