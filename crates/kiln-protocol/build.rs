@@ -6,6 +6,9 @@
 //! gRPC front end sends, as Triton renders its protobuf model configuration to JSON: field
 //! names as in the `.proto`, enums by their names, the version policy's oneof as its chosen
 //! field, unset messages left out.
+//!
+//! The descriptor set of `model_config.proto` is written to `OUT_DIR/model_config.fds`, against
+//! which `config.pbtxt` files are parsed.
 
 /// Messages (with their nested types) that HTTP renders as JSON.
 const JSON_MESSAGES: &[&str] = &[
@@ -63,6 +66,20 @@ const OPTIONAL_MESSAGES: &[&str] = &[
     ".inference.ModelDynamicBatching.default_queue_policy",
 ];
 
+/// Fields of Triton's model configuration that Kiln's answers never fill (they are declared so
+/// that `config.pbtxt` files parse and a setting Kiln does not implement is refused by name):
+/// left out of the JSON, so the HTTP and gRPC answers stay the same message.
+const UNSERVED_FIELDS: &[&str] = &[
+    ".inference.ModelConfig.batch_input",
+    ".inference.ModelConfig.batch_output",
+    ".inference.ModelConfig.optimization",
+    ".inference.ModelConfig.sequence_batching",
+    ".inference.ModelConfig.model_warmup",
+    ".inference.ModelConfig.model_operations",
+    ".inference.ModelConfig.model_repository_agents",
+    ".inference.ModelConfig.model_metrics",
+];
+
 /// String fields of the repository index left out when empty, as Triton's HTTP index does.
 const OPTIONAL_STRINGS: &[&str] = &[
     ".inference.RepositoryIndexResponse.ModelIndex.version",
@@ -79,6 +96,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
+    // the model configuration's descriptors, for reading `config.pbtxt` (protobuf text format)
+    let mut config = protox::Compiler::new(["proto"])?;
+    config
+        .include_imports(true)
+        .open_file("model_config.proto")?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("model_config.fds"),
+        config.encode_file_descriptor_set(),
+    )?;
     let mut b = tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
@@ -103,6 +130,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for field in OPTIONAL_MESSAGES {
         b = b.field_attribute(field, "#[serde(skip_serializing_if = \"Option::is_none\")]");
+    }
+    for field in UNSERVED_FIELDS {
+        b = b.field_attribute(field, "#[serde(skip)]");
     }
     for field in OPTIONAL_STRINGS {
         b = b.field_attribute(

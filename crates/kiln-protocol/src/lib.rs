@@ -8,6 +8,8 @@
 //! - [`codec`]: the gRPC codec (prost's, with undecodable messages as `INVALID_ARGUMENT`).
 //! - [`shm`]: the parameters by which a tensor names a region of Triton's system shared-memory
 //!   extension (the registered regions themselves are server state).
+//! - [`triton_config`]: Triton's `config.pbtxt` (protobuf text format of `model_config.proto`)
+//!   read into Kiln's model configuration.
 //!
 //! Both front ends decode into the same [`InferRequest`], so the layers above see one request
 //! type whatever the transport.
@@ -17,6 +19,7 @@ pub mod grpc_convert;
 pub mod http;
 mod request;
 pub mod shm;
+pub mod triton_config;
 
 /// Messages, server and client of `kiln.admin.v1`: the sparse-model control plane.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

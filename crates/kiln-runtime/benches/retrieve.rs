@@ -1,6 +1,7 @@
 //! Pipeline operations on the recommend example's sizes: `retrieve` (top 1000 of the 100,000
 //! items of `examples/models/recommend/1/items.safetensors`, one query) and `topk` (100 of
-//! 1000 and 1000 of 100,000 scores).
+//! 1000 and 1000 of 100,000 scores), each beside a baseline measured in the same run: the
+//! straightforward way (a dot-product loop, or a full sort of the scores).
 //!
 //!   cargo bench -p kiln-runtime --bench retrieve
 
@@ -38,7 +39,31 @@ fn bench(c: &mut Criterion) {
     c.bench_function("retrieve 1000 of 100k, 8 queries", |b| {
         b.iter(|| black_box(index.search(&q8, 1000, false).unwrap()))
     });
+    // baseline: a dot product per item over a row-major copy of the table, then a full sort
+    let items = values(100_000 * dim, 9);
+    let q = values(dim, 1);
+    c.bench_function("baseline retrieve: dot loop + full sort", |b| {
+        b.iter(|| {
+            let mut scored: Vec<(f32, usize)> = items
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(i, row)| (row.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>(), i))
+                .collect();
+            scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            scored.truncate(1000);
+            black_box(scored)
+        })
+    });
     let big = Tensor::from_vec("s", vec![100_000], &values(100_000, 3));
+    let raw = values(100_000, 3);
+    c.bench_function("baseline topk: full sort of 100k", |b| {
+        b.iter(|| {
+            let mut idx: Vec<usize> = (0..raw.len()).collect();
+            idx.sort_unstable_by(|&a, &b| raw[b].total_cmp(&raw[a]).then(a.cmp(&b)));
+            idx.truncate(1000);
+            black_box(idx)
+        })
+    });
     c.bench_function("topk 1000 of 100k", |b| {
         b.iter(|| black_box(topk(&big, 1000).unwrap()))
     });

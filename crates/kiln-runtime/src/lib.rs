@@ -13,6 +13,7 @@ pub mod backends;
 #[cfg(feature = "kafka")]
 pub mod delta_source;
 pub mod metrics;
+pub mod model_config;
 pub mod pipeline;
 pub mod repository;
 pub mod response_cache;

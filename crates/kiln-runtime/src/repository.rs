@@ -7,6 +7,7 @@
 
 use crate::backends::Backends;
 use crate::metrics::RuntimeMetrics;
+use crate::model_config::read_config;
 use crate::response_cache::ResponseCache;
 use crate::traffic::Routes;
 use crate::version::ServedVersion;
@@ -663,24 +664,6 @@ impl ModelRepository {
             .flat_map(|m| m.versions.values().filter_map(|s| s.served.clone()))
             .collect()
     }
-}
-
-fn read_config(dir: &Path, name: &str) -> Result<(ModelConfig, u64)> {
-    let path = dir.join("config.toml");
-    // named relative to the repository in errors, which clients see
-    let shown = format!("{name}/config.toml");
-    let (config, text) = if path.is_file() {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| Error::invalid(format!("{shown}: {e}")))?;
-        let c = ModelConfig::parse(&text, name)
-            .map_err(|e| Error::invalid(format!("{shown}: {}", e.message)))?;
-        (c, text)
-    } else {
-        (ModelConfig::default_for(name), String::new())
-    };
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    Ok((config, h.finish()))
 }
 
 fn list_versions(dir: &Path) -> Vec<u64> {

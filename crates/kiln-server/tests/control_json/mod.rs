@@ -334,6 +334,15 @@ pub fn config_from_json(v: &Value) -> pb::ModelConfig {
         metric_tags: strings("metric_tags"),
         parameters,
         model_transaction_policy: None,
+        // never filled by Kiln's answers, and left out of the JSON
+        batch_input: Vec::new(),
+        batch_output: Vec::new(),
+        optimization: None,
+        sequence_batching: None,
+        model_warmup: Vec::new(),
+        model_operations: None,
+        model_repository_agents: None,
+        model_metrics: None,
         response_cache: o.get("response_cache").map(|r| {
             let r = object(r, &["enable"], "response_cache");
             pb::ModelResponseCache {
