@@ -13,6 +13,7 @@ pub mod gather;
 pub mod request;
 pub mod tensor;
 pub mod warmup;
+pub mod texts;
 
 pub use backend::{
     Backend, DeltaAck, LoadedModel, ModelInstance, ModelIo, SparseParameters, SparseTableInfo,

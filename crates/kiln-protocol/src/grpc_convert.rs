@@ -26,6 +26,7 @@ mod tests;
 /// `int64_param` or `uint64_param`.
 pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<WireRequest> {
     // Inputs in shared memory have no entry in raw_input_contents (as tritonclient sends them).
+    let model = req.model_name.clone();
     let mut shm = Vec::with_capacity(req.inputs.len());
     for input in &req.inputs {
         shm.push(shm_param(
@@ -73,7 +74,8 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<WireRequest> {
                 out.shm_inputs.push((i, r));
             }
             None => {
-                let (t, what) = decode_input(input, if use_raw { raw.next() } else { None })?;
+                let (t, what) =
+                    decode_input(input, &model, if use_raw { raw.next() } else { None })?;
                 // the one length check of the input's data
                 out.request.push_input(t, what)?;
             }
@@ -162,7 +164,11 @@ pub fn response_to_grpc(
 
 /// Decodes one input from its raw bytes (`raw`) or its typed contents; returns it with the
 /// name of the field its data came from, for the length check when it enters the request.
-fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<(Tensor, &'static str)> {
+fn decode_input(
+    input: InferInputTensor,
+    model: &str,
+    raw: Option<Bytes>,
+) -> Result<(Tensor, &'static str)> {
     let InferInputTensor {
         name,
         datatype,
@@ -175,9 +181,8 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<(Tensor, 
     let (data, what) = match raw {
         Some(data) => {
             if contents.as_ref().is_some_and(has_contents) {
-                return Err(Error::invalid(format!(
-                    "input '{name}': contents are given together with raw_input_contents; \
-                     send every input one way"
+                return Err(Error::invalid(kiln_core::texts::contents_with_raw(
+                    &name, model,
                 )));
             }
             (data, "raw_input_contents")

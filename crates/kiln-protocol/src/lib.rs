@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod grpc_convert;
 pub mod http;
+pub mod load_config;
 mod request;
 pub mod shm;
 pub mod triton_config;

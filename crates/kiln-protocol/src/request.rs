@@ -100,7 +100,8 @@ pub(crate) fn input_elements(shape: &[i64], name: &str) -> Result<usize> {
 /// The error for a wrong number of elements in the input `name`.
 pub(crate) fn count_mismatch(name: &str, shape: &[i64], want: usize, got: usize) -> Error {
     Error::invalid(format!(
-        "input '{name}': expected {want} elements for shape {}, got {got}",
+        "{} (shape {})",
+        kiln_core::texts::input_element_count(name, "", false, want, got),
         fmt_shape(shape)
     ))
 }

@@ -194,7 +194,7 @@ fn typed_content_errors_name_the_input() {
     });
     assert_eq!(
         m,
-        "input 'x': expected 256 elements for shape [1,256], got 255 in contents.fp32_contents"
+        "expected 256 elements for inference input 'x', got 255 (shape [1,256]) in contents.fp32_contents"
     );
     let m = err(ModelInferRequest {
         inputs: vec![input("x", "FP32", &[2])],
@@ -202,7 +202,7 @@ fn typed_content_errors_name_the_input() {
     });
     assert_eq!(
         m,
-        "input 'x': expected 2 elements for shape [2], got 0 in contents.fp32_contents"
+        "expected 2 elements for inference input 'x', got 0 (shape [2]) in contents.fp32_contents"
     );
     let m = err(ModelInferRequest {
         inputs: vec![typed("h", "FP16", &[1], fp32(1))],
@@ -239,7 +239,7 @@ fn raw_content_errors_name_the_input() {
     });
     assert_eq!(
         m,
-        "input 'x': raw_input_contents is 12 bytes, but shape [4] of FP32 needs 16"
+        "input byte size mismatch for input 'x'. Expected 16, got 12 (raw_input_contents, shape [4] of FP32)"
     );
     let m = err(ModelInferRequest {
         inputs: vec![input("x", "FP32", &[3]), input("y", "FP32", &[3])],
@@ -262,7 +262,7 @@ fn raw_content_errors_name_the_input() {
         ..Default::default()
     });
     assert!(
-        m.starts_with("input 'x': contents are given together with raw_input_contents"),
+        m.starts_with("contents field must not be specified when using raw_input_contents for 'x' for model '"),
         "{m}"
     );
     let m = err(ModelInferRequest {
@@ -270,7 +270,10 @@ fn raw_content_errors_name_the_input() {
         raw_input_contents: vec![Tensor::from_strings("s", vec![1], &["a"]).data],
         ..Default::default()
     });
-    assert_eq!(m, "input 's': expected 2 elements for shape [2], got 1");
+    assert_eq!(
+        m,
+        "expected 2 string elements for inference input 's', got 1 (shape [2])"
+    );
 }
 
 #[test]

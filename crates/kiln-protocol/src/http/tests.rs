@@ -219,12 +219,15 @@ fn element_count_errors_name_the_input() {
     let m = decode_err(&json.to_string());
     assert_eq!(
         m,
-        "input 'x': expected 256 elements for shape [1,256], got 255"
+        "expected 256 elements for inference input 'x', got 255 (shape [1,256])"
     );
     let m = decode_err(
         r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3]]}]}"#,
     );
-    assert_eq!(m, "input 'x': expected 4 elements for shape [2,2], got 3");
+    assert_eq!(
+        m,
+        "expected 4 elements for inference input 'x', got 3 (shape [2,2])"
+    );
     let m = decode_err(r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"INT32","data":[1]}]}"#);
     assert!(m.contains("input 'x'") && m.contains("negative"), "{m}");
 }
@@ -393,7 +396,7 @@ fn binary_part_errors() {
     );
     assert_eq!(
         binary_err(&x(8), &[0; 8]),
-        "input 'x': binary_data_size is 8 bytes, but shape [256] of FP32 needs 1024"
+        "input byte size mismatch for input 'x'. Expected 1024, got 8 (binary_data_size, shape [256] of FP32)"
     );
     let (body, n) = with_binary(&x(1024), &[0; 1024]);
     assert!(decode_request(body.clone(), Some(n)).is_ok());
@@ -438,7 +441,7 @@ fn binary_bytes_inputs_are_checked() {
     let one = Tensor::from_strings("s", vec![1], &["abc"]);
     assert_eq!(
         binary_err(&s(one.data.len()), &one.data),
-        "input 's': expected 2 elements for shape [2], got 1"
+        "expected 2 string elements for inference input 's', got 1 (shape [2])"
     );
     let m = binary_err(&s(5), b"\x09\0\0\0a");
     assert!(
