@@ -178,8 +178,8 @@ pub fn check_data(
             })?;
             if data.len() != want {
                 return Err(Error::invalid(format!(
-                    "input '{name}': {what} is {} bytes, but shape {} of {dtype} needs {want}",
-                    data.len(),
+                    "{} ({what}, shape {} of {dtype})",
+                    crate::texts::input_byte_size(name, "", want, data.len()),
                     fmt_shape(shape)
                 )));
             }
@@ -188,7 +188,8 @@ pub fn check_data(
             Some(got) if got == n => {}
             Some(got) => {
                 return Err(Error::invalid(format!(
-                    "input '{name}': expected {n} elements for shape {}, got {got}",
+                    "{} (shape {})",
+                    crate::texts::input_element_count(name, "", true, n, got),
                     fmt_shape(shape)
                 )))
             }
@@ -226,7 +227,12 @@ mod tests {
     fn no_input_enters_unchecked() {
         let mut r = InferRequest::with_capacity(2);
         let e = r.push_input(short(), "raw_input_contents").unwrap_err();
-        assert!(e.message.contains("raw_input_contents is 4 bytes"), "{e}");
+        assert!(
+            e.message.contains(
+                "input byte size mismatch for input 'x'. Expected 8, got 4 (raw_input_contents"
+            ),
+            "{e}"
+        );
         assert!(r.inputs().is_empty());
         assert!(InferRequest::checked(vec![short()]).is_err());
         // built unchecked: checked when the runtime takes the inputs

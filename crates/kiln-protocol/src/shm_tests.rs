@@ -70,8 +70,9 @@ fn filled_inputs_are_checked_against_their_shape() {
         .fill_shm_inputs(|r, _| Ok(Bytes::from(vec![0u8; r.byte_size as usize])))
         .unwrap_err();
     assert!(
-        e.message
-            .contains("input 'a': shared_memory_byte_size is 4 bytes"),
+        e.message.contains(
+            "input byte size mismatch for input 'a'. Expected 8, got 4 (shared_memory_byte_size"
+        ),
         "{e}"
     );
 }

@@ -8,11 +8,12 @@
 use crate::backends::Backends;
 use crate::metrics::RuntimeMetrics;
 use crate::model_config::read_config;
+use crate::repository_files::{check_files, write_files, LoadRequest};
 use crate::response_cache::ResponseCache;
 use crate::traffic::Routes;
 use crate::version::ServedVersion;
 use crate::warmup::warm_up;
-use kiln_core::{Error, ModelConfig, Result};
+use kiln_core::{texts, Error, ModelConfig, Result};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -38,14 +39,24 @@ pub enum VersionState {
     Ready,
     /// Not serving; `reason` says why.
     Unavailable,
+    /// Being loaded (a load, or the poll's rescan, is working on it).
+    Loading,
+    /// Unloaded or replaced, while requests it took are still in flight.
+    Unloading,
+    /// In the repository directory but never loaded: Triton lists such a model by name only.
+    NotLoaded,
 }
 
 impl VersionState {
-    /// The protocol's name (`READY`, `UNAVAILABLE`).
+    /// The protocol's name (`READY`, `UNAVAILABLE`, `LOADING`, `UNLOADING`; empty for a model
+    /// never loaded).
     pub fn as_str(self) -> &'static str {
         match self {
             VersionState::Ready => "READY",
             VersionState::Unavailable => "UNAVAILABLE",
+            VersionState::Loading => "LOADING",
+            VersionState::Unloading => "UNLOADING",
+            VersionState::NotLoaded => "",
         }
     }
 }
@@ -74,6 +85,8 @@ struct ModelSlot {
     versions: BTreeMap<u64, VersionSlot>,
     error: Option<String>,
     unloaded: bool,
+    /// The configuration a load request gave instead of the file's (with its hash).
+    config_override: Option<Arc<(ModelConfig, u64)>>,
 }
 
 /// The models this server knows, and the versions it serves.
@@ -92,6 +105,21 @@ pub struct ModelRepository {
     cache: parking_lot::Mutex<Option<Arc<ResponseCache>>>,
     /// This repository, for the pipelines it loads (they resolve their member models here).
     me: Weak<ModelRepository>,
+    /// Models a load or poll is working on now (the index shows them `LOADING`).
+    loading: parking_lot::Mutex<BTreeSet<String>>,
+    /// Versions unloaded or replaced, while requests still hold them (`UNLOADING`).
+    draining: parking_lot::Mutex<Vec<Weak<ServedVersion>>>,
+    /// The mode [`ModelRepository::start`] was given (explicit until then).
+    mode: parking_lot::Mutex<ControlMode>,
+}
+
+/// Marks a model as loading while it lives.
+struct Loading<'a>(&'a ModelRepository, String);
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.0.loading.lock().remove(&self.1);
+    }
 }
 
 /// Rejects names that could leave the repository directory.
@@ -130,6 +158,9 @@ impl ModelRepository {
             traffic: Routes::default(),
             cache: parking_lot::Mutex::new(None),
             me: me.clone(),
+            loading: Default::default(),
+            draining: Default::default(),
+            mode: parking_lot::Mutex::new(ControlMode::Explicit),
         })
     }
 
@@ -160,6 +191,11 @@ impl ModelRepository {
         self.worker_nice.store(nice, Ordering::Relaxed);
     }
 
+    /// How models get loaded: the mode the repository was started in.
+    pub fn control_mode(&self) -> ControlMode {
+        *self.mode.lock()
+    }
+
     /// The repository directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -177,8 +213,10 @@ impl ModelRepository {
                 self.root.display()
             )));
         }
+        *self.mode.lock() = mode;
         let names = match mode {
-            ControlMode::Explicit => startup_models.to_vec(),
+            // `*` alone: every model, as Triton's `--load-model=*`
+            ControlMode::Explicit if startup_models != ["*"] => startup_models.to_vec(),
             _ => self.scan()?,
         };
         for name in self.load_order(names) {
@@ -230,10 +268,12 @@ impl ModelRepository {
         let all: BTreeSet<String> = names.into_iter().chain(known).collect();
         let _g = self.ops.lock().await;
         for name in self.load_order(all.into_iter().collect()) {
-            if self.models.read().get(&name).is_some_and(|m| m.unloaded) {
-                continue;
-            }
-            if let Err(e) = self.sync(&name, false).await {
+            let over = match self.models.read().get(&name) {
+                Some(m) if m.unloaded => continue,
+                Some(m) => m.config_override.clone(),
+                None => None,
+            };
+            if let Err(e) = self.sync(&name, false, over).await {
                 tracing::debug!(model = %name, error = %e, "poll: model not serving");
             }
         }
@@ -268,33 +308,102 @@ impl ModelRepository {
 
     /// Loads or reloads a model (the load API). Ok once at least one version serves.
     pub async fn load(&self, name: &str) -> Result<()> {
+        self.load_with(name, LoadRequest::default()).await
+    }
+
+    /// [`ModelRepository::load`] with what a load request brings: its files are checked as a
+    /// whole, then written into the model's directory (a model may be created so); its
+    /// configuration is used instead of the model's file from then on, until a load without
+    /// one. A model with no directory and no files is refused as Triton refuses it.
+    pub async fn load_with(&self, name: &str, req: LoadRequest) -> Result<()> {
         check_model_name(name)?;
+        let files = check_files(&req.files)?;
         let _g = self.ops.lock().await;
+        let dir = self.root.join(name);
+        if files.is_empty() && !dir.is_dir() {
+            return Err(Error::not_found(texts::load_unknown(name)));
+        }
+        if !files.is_empty() {
+            write_files(&dir, &files).map_err(|e| self.relative(e))?;
+            tracing::info!(model = %name, files = req.files.len(), "model files written by a load request");
+        }
         if let Some(m) = self.models.write().get_mut(name) {
             m.unloaded = false;
         }
-        self.sync(name, true).await
+        let over = req.config.map(Arc::new);
+        let r = self.sync(name, true, over.clone()).await;
+        if r.is_ok() {
+            if let Some(m) = self.models.write().get_mut(name) {
+                m.config_override = over;
+            }
+        }
+        r
     }
 
-    /// Unloads every version of a model (the unload API); queued requests still complete.
+    /// Unloads every version of a model (the unload API); requests in flight still complete
+    /// (the index shows their version `UNLOADING` until they have). A model that is not loaded
+    /// is left alone, as Triton does.
     pub async fn unload(&self, name: &str) -> Result<()> {
+        self.unload_with(name, false).await
+    }
+
+    /// [`ModelRepository::unload`]; with `dependents` (Triton's `unload_dependents`) a
+    /// pipeline's member models are unloaded too, except those another loaded pipeline uses.
+    /// Unloading a member alone leaves the pipelines using it unable to serve until it is
+    /// loaded again.
+    pub async fn unload_with(&self, name: &str, dependents: bool) -> Result<()> {
         check_model_name(name)?;
         let _g = self.ops.lock().await;
         let mut models = self.models.write();
-        let m = models
-            .get_mut(name)
-            .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
-        m.versions.clear();
-        m.error = Some("unloaded".into());
-        m.unloaded = true;
-        tracing::info!(model = %name, "model unloaded");
+        let mut names = vec![name.to_string()];
+        if dependents {
+            for member in models.get(name).map(members).unwrap_or_default() {
+                let used_elsewhere = models
+                    .iter()
+                    .any(|(n, m)| n != name && !m.unloaded && members(m).contains(&member));
+                if !used_elsewhere && !names.contains(&member) {
+                    names.push(member);
+                }
+            }
+        }
+        for n in names {
+            let Some(m) = models.get_mut(&n) else {
+                continue;
+            };
+            if m.unloaded {
+                continue;
+            }
+            for (_, slot) in std::mem::take(&mut m.versions) {
+                self.drain(slot.served);
+            }
+            m.error = Some("unloaded".into());
+            m.unloaded = true;
+            tracing::info!(model = %n, "model unloaded");
+        }
         Ok(())
+    }
+
+    /// Keeps an eye on a version leaving service, for the index's `UNLOADING`.
+    fn drain(&self, served: Option<Arc<ServedVersion>>) {
+        if let Some(v) = served {
+            let mut d = self.draining.lock();
+            d.retain(|w| w.strong_count() > 0);
+            d.push(Arc::downgrade(&v));
+        }
     }
 
     /// Brings one model in line with its directory. Caller holds `ops`. A version that failed
     /// to load is tried again when its files changed, on `retry_failed` (the load API), and
-    /// always for a pipeline (its members may serve now).
-    async fn sync(&self, name: &str, retry_failed: bool) -> Result<()> {
+    /// always for a pipeline (its members may serve now). `config_override` replaces the
+    /// model's configuration file.
+    async fn sync(
+        &self,
+        name: &str,
+        retry_failed: bool,
+        config_override: Option<Arc<(ModelConfig, u64)>>,
+    ) -> Result<()> {
+        self.loading.lock().insert(name.to_string());
+        let _loading = Loading(self, name.to_string());
         let dir = self.root.join(name);
         if !dir.is_dir() {
             let removed = self.models.write().remove(name).is_some();
@@ -306,7 +415,11 @@ impl ModelRepository {
                 "model '{name}' is not in the repository"
             )));
         }
-        let (config, config_hash) = match read_config(&dir, name) {
+        let read = match &config_override {
+            Some(c) => Ok(c.as_ref().clone()),
+            None => read_config(&dir, name),
+        };
+        let (config, config_hash) = match read {
             Ok(c) => c,
             Err(e) => {
                 let e = self.relative(e);
@@ -363,7 +476,8 @@ impl ModelRepository {
                     self.metrics.record_load(name, v, "ok");
                     self.metrics.set_model_info(name, v, &config);
                     tracing::info!(model = %name, version = v, "version ready");
-                    self.models
+                    let replaced = self
+                        .models
                         .write()
                         .entry(name.to_string())
                         .or_default()
@@ -376,6 +490,7 @@ impl ModelRepository {
                                 reason: String::new(),
                             },
                         );
+                    self.drain(replaced.and_then(|old| old.served));
                 }
                 Err(e) => {
                     self.metrics.record_load(name, v, e.code.as_label());
@@ -415,7 +530,7 @@ impl ModelRepository {
                 .filter(|v| !selected.contains(v))
                 .collect();
             for v in stale {
-                m.versions.remove(&v);
+                self.drain(m.versions.remove(&v).and_then(|s| s.served));
                 tracing::info!(model = %name, version = v, "version retired");
             }
             Ok(())
@@ -524,7 +639,7 @@ impl ModelRepository {
             let models = self.models.read();
             let m = models
                 .get(name)
-                .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+                .ok_or_else(|| Error::not_found(texts::unknown_model(name)))?;
             match version {
                 Some(v) => match m.versions.get(&v) {
                     Some(VersionSlot {
@@ -536,11 +651,7 @@ impl ModelRepository {
                             slot.reason
                         )))
                     }
-                    None => {
-                        return Err(Error::not_found(format!(
-                            "unknown version {v} of model '{name}'"
-                        )))
-                    }
+                    None => return Err(Error::not_found(texts::unknown_version(name, v))),
                 },
                 None => {
                     let served: Vec<Arc<ServedVersion>> = m
@@ -595,7 +706,25 @@ impl ModelRepository {
         Ok(chosen.unwrap_or(&ready[0]).clone())
     }
 
-    /// Every known model and version with its state.
+    /// The repository index API's answer: [`ModelRepository::index`] and every other model
+    /// directory of the repository, by name only ([`VersionState::NotLoaded`]), as Triton lists
+    /// the models it could load.
+    pub fn index_all(&self) -> Vec<IndexEntry> {
+        let mut out = self.index();
+        let mut unseen: BTreeSet<String> = self.scan().unwrap_or_default().into_iter().collect();
+        unseen.retain(|n| !out.iter().any(|e| &e.name == n));
+        out.extend(unseen.into_iter().map(|name| IndexEntry {
+            name,
+            version: None,
+            state: VersionState::NotLoaded,
+            reason: String::new(),
+        }));
+        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        out
+    }
+
+    /// Every known model and version with its state: a model a load works on `LOADING`, a
+    /// version unloaded or replaced while requests still hold it `UNLOADING`.
     pub fn index(&self) -> Vec<IndexEntry> {
         // copied out first: a pipeline's readiness looks its members up in the repository
         type Row = (
@@ -605,6 +734,7 @@ impl ModelRepository {
             String,
             Option<String>,
         );
+        let loading = self.loading.lock().clone();
         let rows: Vec<Row> = {
             let models = self.models.read();
             let mut rows = Vec::new();
@@ -624,8 +754,19 @@ impl ModelRepository {
             }
             rows
         };
-        rows.into_iter()
+        let mut out: Vec<IndexEntry> = rows
+            .into_iter()
             .map(|(name, version, served, reason, error)| {
+                let failure = served.as_ref().and_then(|v| v.failure());
+                let computes = served.is_some() && failure.is_none();
+                if !computes && loading.contains(&name) {
+                    return IndexEntry {
+                        name,
+                        version,
+                        state: VersionState::Loading,
+                        reason: String::new(),
+                    };
+                }
                 if version.is_none() {
                     return IndexEntry {
                         name,
@@ -634,8 +775,6 @@ impl ModelRepository {
                         reason: error.unwrap_or_default(),
                     };
                 }
-                let failure = served.as_ref().and_then(|v| v.failure());
-                let computes = served.is_some() && failure.is_none();
                 IndexEntry {
                     name,
                     version,
@@ -653,7 +792,42 @@ impl ModelRepository {
                     },
                 }
             })
-            .collect()
+            .collect();
+        let draining: Vec<(String, u64)> = {
+            let mut d = self.draining.lock();
+            d.retain(|w| w.strong_count() > 0);
+            d.iter()
+                .filter_map(Weak::upgrade)
+                .map(|v| (v.name.clone(), v.version))
+                .collect()
+        };
+        for (name, v) in draining {
+            let listed = out
+                .iter()
+                .any(|e| e.name == name && e.version == Some(v) && e.state == VersionState::Ready);
+            if !listed {
+                out.retain(|e| !(e.name == name && e.version.is_none()));
+                out.push(IndexEntry {
+                    name,
+                    version: Some(v),
+                    state: VersionState::Unloading,
+                    reason: String::new(),
+                });
+            }
+        }
+        for name in loading {
+            if !out.iter().any(|e| e.name == name) {
+                out.push(IndexEntry {
+                    name,
+                    version: None,
+                    state: VersionState::Loading,
+                    reason: String::new(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        out.dedup();
+        out
     }
 
     /// Every serving version (for statistics).
@@ -664,6 +838,19 @@ impl ModelRepository {
             .flat_map(|m| m.versions.values().filter_map(|s| s.served.clone()))
             .collect()
     }
+}
+
+/// The member models of the pipeline versions a model serves.
+fn members(m: &ModelSlot) -> Vec<String> {
+    let mut names: Vec<String> = m
+        .versions
+        .values()
+        .filter_map(|s| s.served.as_ref())
+        .flat_map(|v| crate::pipeline::member_names(&v.config))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn list_versions(dir: &Path) -> Vec<u64> {

@@ -13,8 +13,8 @@ use crate::scheduler::{Answer, BatchPolicy, Pending, Scheduler};
 use crate::stats::VersionStats;
 use kiln_core::backend::{check_input_shape, LoadedModel, ModelIo};
 use kiln_core::DataType;
+use kiln_core::{texts, Error, ErrorCode, ModelConfig, Result, Tensor};
 use kiln_core::{DeltaAck, SparseParameters, SparseTableInfo};
-use kiln_core::{Error, ErrorCode, ModelConfig, Result, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -437,21 +437,28 @@ impl ServedVersion {
                 .iter()
                 .position(|t| t.name == spec.name)
                 .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "input '{}' is missing (model '{}' expects {:?})",
-                        spec.name,
-                        self.name,
-                        io.inputs
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                    ))
+                    let mut named: Vec<&str> = ordered
+                        .iter()
+                        .chain(&given)
+                        .map(|t: &Tensor| t.name.as_str())
+                        .collect();
+                    named.sort_unstable();
+                    let missing: Vec<&str> = io
+                        .inputs
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .filter(|n| !named.contains(n))
+                        .collect();
+                    let n = io.inputs.len();
+                    Error::invalid(texts::input_count(&self.name, n, n, &named, &missing))
                 })?;
             let t = given.swap_remove(pos);
             if t.dtype != spec.data_type {
-                return Err(Error::invalid(format!(
-                    "input '{}': datatype {} does not match the model's {}",
-                    t.name, t.dtype, spec.data_type
+                return Err(Error::invalid(texts::input_datatype(
+                    &t.name,
+                    &self.name,
+                    t.dtype.as_str(),
+                    spec.data_type.as_str(),
                 )));
             }
             if max_batch > 0 && spec.allow_ragged_batch {
@@ -490,7 +497,16 @@ impl ServedVersion {
             }
             // the spec's dims are the engine's (derived from the graph where the file leaves
             // a dim free), so a request the graph cannot compute is refused here
-            check_input_shape(spec, &t.shape, max_batch > 0)?;
+            check_input_shape(spec, &t.shape, max_batch > 0).map_err(|_| {
+                let batched = max_batch > 0;
+                Error::invalid(texts::input_shape(
+                    &t.name,
+                    &self.name,
+                    &spec.client_shape(batched),
+                    &t.shape,
+                    batched,
+                ))
+            })?;
             if self.config.reject_non_finite_inputs {
                 check_finite(&t, &self.name)?;
             }

@@ -238,7 +238,7 @@ async fn errors_name_the_model_version_and_table() {
     assert!(e.message.contains("'nope'"), "{e}");
     let e = repo.tables("m", Some(7)).unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
-    assert!(e.message.contains("version 7 of model 'm'"), "{e}");
+    assert!(e.message.contains("'m' version 7 is not found"), "{e}");
     let e = repo.tables("../m", None).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
 }

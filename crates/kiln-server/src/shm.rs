@@ -18,7 +18,7 @@
 //! was started to allow them.
 
 use bytes::Bytes;
-use kiln_core::{Error, ErrorCode, Result};
+use kiln_core::{texts, Error, ErrorCode, Result};
 use kiln_protocol::shm::ShmRef;
 use kiln_protocol::WireRequest;
 use parking_lot::RwLock;
@@ -60,9 +60,11 @@ impl Region {
                 Ok((r.offset as usize, r.byte_size as usize))
             }
             _ => Err(Error::invalid(format!(
-                "{what}: {} bytes at offset {} run past the end of shared memory region '{}' \
-                 ({} bytes)",
-                r.byte_size, r.offset, r.region, self.status.byte_size
+                "{} ({what}: {} bytes at offset {}, the region holds {} bytes)",
+                texts::shm_out_of_bounds(&r.region),
+                r.byte_size,
+                r.offset,
+                self.status.byte_size
             ))),
         }
     }
@@ -173,7 +175,8 @@ impl Regions {
         check_name(name, byte_size)?;
         if self.regions.read().contains_key(name) {
             return Err(Error::invalid(format!(
-                "shared memory region '{name}' is already registered; unregister it first"
+                "{}; unregister it first",
+                texts::shm_already_registered(name)
             )));
         }
         let size = file
@@ -214,7 +217,8 @@ impl Regions {
         let mut regions = self.regions.write();
         if regions.contains_key(name) {
             return Err(Error::invalid(format!(
-                "shared memory region '{name}' is already registered; unregister it first"
+                "{}; unregister it first",
+                texts::shm_already_registered(name)
             )));
         }
         regions.insert(name.to_string(), region);
@@ -358,9 +362,7 @@ fn sealed_against_shrinking(file: &File) -> bool {
 }
 
 fn unknown(name: &str) -> Error {
-    Error::invalid(format!(
-        "unable to find system shared memory region '{name}'"
-    ))
+    Error::invalid(texts::shm_unknown_region(name))
 }
 
 /// Opens the POSIX shared-memory object `key` read-write.

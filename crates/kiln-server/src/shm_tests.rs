@@ -55,7 +55,10 @@ fn write_then_read_through_two_regions_of_one_object() {
     regions.unregister(Some("b")).unwrap();
     assert_eq!(&view[..], b"hello");
     let e = regions.read(&at("b", 0, 1), &"input 'x'").unwrap_err();
-    assert!(e.message.contains("unable to find"), "{e}");
+    assert!(
+        e.message.contains("Unable to find shared memory region"),
+        "{e}"
+    );
     let status = regions.status(None).unwrap();
     assert_eq!(status.len(), 1);
     assert_eq!(
@@ -81,10 +84,11 @@ fn refusals_name_the_problem() {
     assert!(e.message.contains("cannot open"), "{e}");
     regions.register("r", &obj.0, 0, 1024).unwrap();
     let e = regions.register("r", &obj.0, 0, 8).unwrap_err();
-    assert!(e.message.contains("already registered"), "{e}");
+    assert!(e.message.contains("already in manager"), "{e}");
     let e = regions.read(&at("r", 1000, 100), &"input 'x'").unwrap_err();
     assert!(
-        e.message.starts_with("input 'x': 100 bytes at offset 1000"),
+        e.message
+            .starts_with("Invalid offset + byte size for shared memory region: 'r' (input 'x': 100 bytes at offset 1000"),
         "{e}"
     );
     let e = regions

@@ -13,6 +13,7 @@ pub const EXTENSIONS: &[&str] = &[
     "parameters",
     "model_repository",
     "model_configuration",
+    "model_repository(unload_dependents)",
     "statistics",
     "schedule_policy",
     "logging",
@@ -210,9 +211,8 @@ pub fn parse_version(v: &str) -> Result<Option<u64>> {
         return Ok(None);
     }
     v.parse::<u64>().map(Some).map_err(|_| {
-        Error::invalid(format!(
-            "invalid model version '{}': must be a number",
-            v.escape_debug()
+        Error::invalid(kiln_core::texts::bad_version_string(
+            &v.escape_debug().to_string(),
         ))
     })
 }

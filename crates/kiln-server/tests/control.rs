@@ -57,7 +57,7 @@ async fn guarded(models: &[&str]) -> TestServer {
         Options {
             admin_token: Some(TOKEN.into()),
             allow_client_shm: true,
-            ..Default::default()
+            ..Options::explicit_all()
         },
     )
     .await

@@ -122,7 +122,7 @@ async fn health_and_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_statistics_and_repository() {
-    let s = TestServer::examples().await;
+    let s = TestServer::start_at(examples(), None, Options::explicit_all()).await;
     let mut c = s.grpc().await;
 
     let cfg = c
@@ -221,7 +221,19 @@ async fn config_statistics_and_repository() {
         .model_stats;
     let mut names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["ctr_wide", "dlrm_small", "mlp", "ranker"]);
+    assert_eq!(
+        names,
+        [
+            "coarse_rank",
+            "ctr_wide",
+            "dlrm_small",
+            "fine_rank",
+            "mlp",
+            "ranker",
+            "recommend",
+            "user_tower"
+        ]
+    );
     assert_eq!(
         c.model_statistics(stats("nope")).await.unwrap_err().code(),
         Code::NotFound
@@ -284,7 +296,18 @@ async fn config_statistics_and_repository() {
         .into_inner()
         .models;
     let names: Vec<&str> = ready_only.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["ctr_wide", "dlrm_small", "ranker"]);
+    assert_eq!(
+        names,
+        [
+            "coarse_rank",
+            "ctr_wide",
+            "dlrm_small",
+            "fine_rank",
+            "ranker",
+            "recommend",
+            "user_tower"
+        ]
+    );
 
     c.repository_model_load(pb::RepositoryModelLoadRequest {
         model_name: "mlp".into(),

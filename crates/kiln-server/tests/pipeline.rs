@@ -209,7 +209,7 @@ async fn pipeline_refused_for_a_missing_member_loads_once_the_member_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unloaded_member_makes_the_pipeline_not_ready() {
-    let s = TestServer::temp(repo_of(&RECOMMEND), Options::default()).await;
+    let s = TestServer::temp(repo_of(&RECOMMEND), Options::explicit_all()).await;
     let (cases, tol) = recommend_golden();
     assert_eq!(s.get("/v2/models/recommend/ready").await.0, 200);
 

@@ -197,12 +197,14 @@ async fn unknown_config_fields_are_named() {
     assert_eq!(status, 503, "{body}");
     assert!(error_of(&body).contains(BAD_FIELD), "{body}");
 
-    // The load API answers the same.
+    // The load API is refused in the poll mode, as Triton refuses it; the runtime's load
+    // answers what the index says.
+    let refusal = "explicit model load / unload is not allowed if polling is enabled";
     let (status, body) = s
         .post("/v2/repository/models/broken/load", &json!({}))
         .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(error_of(&body).contains(BAD_FIELD), "{body}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_of(&body), refusal);
     let e = s
         .grpc()
         .await
@@ -212,8 +214,10 @@ async fn unknown_config_fields_are_named() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains(BAD_FIELD), "{e:?}");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(e.message(), refusal);
+    let e = s.repo.load("broken").await.unwrap_err();
+    assert!(e.message.contains(BAD_FIELD), "{e:?}");
 
     // A serving model whose configuration gains an unknown field keeps serving, and says why
     // its new configuration is not used.
@@ -265,10 +269,9 @@ async fn unknown_config_fields_are_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unloaded_models_stay_unloaded_across_polls() {
     let s = TestServer::temp(copy_models(&["pair"]), poll_opts()).await;
-    let (status, body) = s
-        .post("/v2/repository/models/pair/unload", &json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    // (the repository API is refused in the poll mode: the runtime's unload, as a control
+    // plane embedding the runtime would call it)
+    s.repo.unload("pair").await.unwrap();
 
     // A new version appears and several polls go by: the poller leaves the model unloaded.
     install_version(
@@ -296,7 +299,6 @@ async fn unloaded_models_stay_unloaded_across_polls() {
     );
 
     // Loading it again serves the newest version.
-    let (status, body) = s.post("/v2/repository/models/pair/load", &json!({})).await;
-    assert_eq!(status, 200, "{body}");
+    s.repo.load("pair").await.unwrap();
     assert_eq!(pair_answer(&s).await, (200, "2".to_string(), scaled(3.0)));
 }

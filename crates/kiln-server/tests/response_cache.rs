@@ -40,7 +40,8 @@ async fn server(cache_bytes: u64) -> TestServer {
     let opts = Options {
         admin_token: Some(TOKEN.into()),
         response_cache_bytes: cache_bytes,
-        ..Options::default()
+        // (unload and load are refused outside the explicit mode)
+        ..Options::explicit_all()
     };
     TestServer::temp(repo(), opts).await
 }

@@ -171,7 +171,7 @@ async fn golden_outputs_through_shared_memory_over_http() {
     bad["inputs"][0]["parameters"]["shared_memory_offset"] = json!(128);
     let e = refused(bad).await;
     assert!(
-        e.contains("run past the end of shared memory region 'in'"),
+        e.contains("Invalid offset + byte size for shared memory region: 'in'"),
         "{e}"
     );
     let mut bad = body.clone();
@@ -195,7 +195,7 @@ async fn golden_outputs_through_shared_memory_over_http() {
         (
             "in",
             json!({"key": input.key, "byte_size": 8}),
-            "already registered",
+            "already in manager",
         ),
         (
             "far",
@@ -234,7 +234,7 @@ async fn golden_outputs_through_shared_memory_over_http() {
     assert_eq!(st, 400, "{v}");
     let e = refused(body.clone()).await;
     assert!(
-        e.contains("unable to find system shared memory region 'in'"),
+        e.contains("Unable to find shared memory region: 'in'"),
         "{e}"
     );
     let (st, one) = s.get("/v2/systemsharedmemory/region/out/status").await;
@@ -368,7 +368,10 @@ async fn ranker_over_grpc_with_one_input_in_shared_memory() {
         .unwrap();
     let e = c.model_infer(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("unable to find"), "{e:?}");
+    assert!(
+        e.message().contains("Unable to find shared memory region"),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +409,10 @@ async fn shared_memory_is_refused_unless_allowed() {
     });
     let (st, v) = s.post("/v2/models/mlp/infer", &body).await;
     assert_eq!(st, 400, "{v}");
-    assert!(error_of(&v).contains("unable to find"), "{v}");
+    assert!(
+        error_of(&v).contains("Unable to find shared memory region"),
+        "{v}"
+    );
 }
 
 /// Requests whose inputs are views of one region are batched together (the scheduler copies

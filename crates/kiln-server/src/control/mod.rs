@@ -6,12 +6,13 @@
 //! request and pack the answer.
 
 mod config;
+pub mod repository;
 
 use crate::state::{extensions, AppState, SERVER_NAME, SERVER_VERSION};
 use kiln_core::{Error, Result, TensorSpec};
 use kiln_protocol::inference as pb;
 use kiln_runtime::stats::CountNs;
-use kiln_runtime::{ServedVersion, VersionState};
+use kiln_runtime::ServedVersion;
 
 pub use config::{config_message, platform};
 
@@ -147,20 +148,7 @@ fn stats(v: &ServedVersion) -> pb::ModelStatistics {
     }
 }
 
-/// The repository index: every known model version with its state (only the serving ones
-/// when `ready_only`). A model with no loadable version has an empty `version`.
+/// The repository index ([`repository::index`]).
 pub fn repository_index(st: &AppState, ready_only: bool) -> pb::RepositoryIndexResponse {
-    let models = st
-        .repo
-        .index()
-        .into_iter()
-        .filter(|e| !ready_only || e.state == VersionState::Ready)
-        .map(|e| pb::repository_index_response::ModelIndex {
-            name: e.name,
-            version: e.version.map(|v| v.to_string()).unwrap_or_default(),
-            state: e.state.as_str().into(),
-            reason: e.reason,
-        })
-        .collect();
-    pb::RepositoryIndexResponse { models }
+    repository::index(st, ready_only)
 }

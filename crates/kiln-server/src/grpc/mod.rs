@@ -60,6 +60,25 @@ pub fn oversize_is_resource_exhausted<B>(
     resp
 }
 
+/// The parameters of a repository load or unload call; one without a value is left out.
+fn params(
+    p: std::collections::HashMap<String, pb::ModelRepositoryParameter>,
+) -> Vec<(String, control::repository::Param)> {
+    use control::repository::Param;
+    use pb::model_repository_parameter::ParameterChoice as C;
+    p.into_iter()
+        .filter_map(|(k, v)| {
+            let v = match v.parameter_choice? {
+                C::BoolParam(b) => Param::Bool(b),
+                C::Int64Param(_) => Param::Int,
+                C::StringParam(s) => Param::Str(s),
+                C::BytesParam(b) => Param::Bytes(b),
+            };
+            Some((k, v))
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for Service {
     async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Rpc<pb::ServerLiveResponse> {
@@ -153,8 +172,9 @@ impl GrpcInferenceService for Service {
         r: Request<pb::RepositoryModelLoadRequest>,
     ) -> Rpc<pb::RepositoryModelLoadResponse> {
         let from = authorize(&self.state, &r)?;
-        let m = r.into_inner().model_name;
-        let res = self.state.repo.load(&m).await;
+        let r = r.into_inner();
+        let m = r.model_name;
+        let res = control::repository::load(&self.state, &m, params(r.parameters)).await;
         tracing::info!(caller = %from, model = %m.escape_debug(), ok = res.is_ok(), "repository load");
         res.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
@@ -165,8 +185,9 @@ impl GrpcInferenceService for Service {
         r: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Rpc<pb::RepositoryModelUnloadResponse> {
         let from = authorize(&self.state, &r)?;
-        let m = r.into_inner().model_name;
-        let res = self.state.repo.unload(&m).await;
+        let r = r.into_inner();
+        let m = r.model_name;
+        let res = control::repository::unload(&self.state, &m, params(r.parameters)).await;
         tracing::info!(caller = %from, model = %m.escape_debug(), ok = res.is_ok(), "repository unload");
         res.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))

@@ -3,6 +3,7 @@
 //! message as JSON.
 
 use crate::control;
+use crate::control::repository::Param;
 use crate::error::ApiError;
 use crate::state::{caller, AppState};
 use axum::extract::connect_info::ConnectInfo;
@@ -126,11 +127,12 @@ struct IndexRequest {
     ready: bool,
 }
 
-/// The repository index as Triton's HTTP API returns it: a JSON array of the index entries.
+/// The repository index as Triton's HTTP API returns it: a JSON array of the index entries; a
+/// model never loaded shows its name only.
 pub async fn repository_index(
     State(st): State<Arc<AppState>>,
     body: Bytes,
-) -> Api<Json<Vec<pb::repository_index_response::ModelIndex>>> {
+) -> Api<Json<Vec<serde_json::Value>>> {
     let req: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
@@ -140,16 +142,69 @@ pub async fn repository_index(
             )))
         })?
     };
-    Ok(Json(control::repository_index(&st, req.ready).models))
+    let rows = control::repository_index(&st, req.ready)
+        .models
+        .into_iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                if o.get("state").and_then(|s| s.as_str()) == Some("") {
+                    o.remove("state");
+                }
+            }
+            v
+        })
+        .collect();
+    Ok(Json(rows))
+}
+
+/// The body of a repository load or unload request: `{"parameters": {...}}`, or empty.
+#[derive(Deserialize, Default)]
+struct ControlRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The parameters of a load or unload body; a value that is not a boolean, an integer or a
+/// string is refused naming the parameter.
+fn control_params(body: &[u8], what: &str) -> Result<Vec<(String, Param)>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let req: ControlRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError(Error::invalid(format!(
+            "repository {what} request: {e} (expected {{\"parameters\": {{...}}}})"
+        )))
+    })?;
+    req.parameters
+        .into_iter()
+        .map(|(k, v)| {
+            let p = match v {
+                serde_json::Value::Bool(b) => Param::Bool(b),
+                serde_json::Value::String(s) => Param::Str(s),
+                serde_json::Value::Number(n) if n.is_i64() => Param::Int,
+                other => {
+                    return Err(ApiError(Error::invalid(format!(
+                        "repository {what} request: parameter '{}' must be a boolean, an \
+                         integer or a string, got {other}",
+                        k.escape_debug()
+                    ))))
+                }
+            };
+            Ok((k, p))
+        })
+        .collect()
 }
 
 pub async fn load(
     State(st): State<Arc<AppState>>,
     who: Caller,
     Path(m): Path<String>,
+    body: Bytes,
 ) -> Api<StatusCode> {
     who.authorize(&st)?;
-    let r = st.repo.load(&m).await;
+    let params = control_params(&body, "load")?;
+    let r = control::repository::load(&st, &m, params).await;
     tracing::info!(caller = %who.shown(), model = %m.escape_debug(), ok = r.is_ok(), "repository load");
     r?;
     Ok(StatusCode::OK)
@@ -159,9 +214,11 @@ pub async fn unload(
     State(st): State<Arc<AppState>>,
     who: Caller,
     Path(m): Path<String>,
+    body: Bytes,
 ) -> Api<StatusCode> {
     who.authorize(&st)?;
-    let r = st.repo.unload(&m).await;
+    let params = control_params(&body, "unload")?;
+    let r = control::repository::unload(&st, &m, params).await;
     tracing::info!(caller = %who.shown(), model = %m.escape_debug(), ok = r.is_ok(), "repository unload");
     r?;
     Ok(StatusCode::OK)

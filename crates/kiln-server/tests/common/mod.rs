@@ -113,6 +113,8 @@ pub fn mlp_repo(delay_us: u64, max_queue: usize, preferred: &[u32], instances: u
 pub struct Options {
     /// Model control mode.
     pub mode: ControlMode,
+    /// Models loaded at start in the explicit mode (`*`: every one).
+    pub startup_models: Vec<String>,
     /// Largest request accepted.
     pub max_request_bytes: usize,
     /// Control-plane token.
@@ -131,12 +133,25 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             mode: ControlMode::None,
+            startup_models: Vec::new(),
             max_request_bytes: DEFAULT_MAX_BYTES,
             admin_token: None,
             allow_client_shm: false,
             limits: kiln_server::Limits::default(),
             response_cache_bytes: 64 << 20,
             extra_backends: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    /// The explicit model-control mode with every model loaded at start: repository load and
+    /// unload are refused in the other modes, as in Triton.
+    pub fn explicit_all() -> Self {
+        Options {
+            mode: ControlMode::Explicit,
+            startup_models: vec!["*".into()],
+            ..Default::default()
         }
     }
 }
@@ -209,6 +224,7 @@ impl TestServer {
             },
         );
         settings.control_mode = opts.mode;
+        settings.startup_models = opts.startup_models.clone();
         settings.response_cache_bytes = opts.response_cache_bytes;
         let (stop, stopped) = oneshot::channel::<()>();
         let running = kiln_server::assemble(settings, backends, registry)
