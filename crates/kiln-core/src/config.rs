@@ -1,6 +1,7 @@
 //! Model configuration: `<repo>/<model>/config.toml`, read with `deny_unknown_fields` so that a
 //! typo is an error naming the file and field rather than a silently ignored setting.
 
+pub use crate::classification::InputFormat;
 use crate::dtype::DataType;
 use crate::error::{Error, Result};
 pub use crate::warmup::{WarmupData, WarmupInput, WarmupSample};
@@ -77,6 +78,16 @@ pub struct ModelConfig {
     /// The team the model's alerts are routed to (the `team` label of `kiln_model_info`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// Labels files of classification outputs: output name → file in the model directory,
+    /// one label per line (Triton's `label_filename`); see [`crate::classification`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Image layout of inputs (`NCHW` or `NHWC`), reported in the model configuration.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_format: BTreeMap<String, InputFormat>,
+    /// The lines of each `labels` file, read when the model loads.
+    #[serde(skip)]
+    pub label_data: BTreeMap<String, std::sync::Arc<[String]>>,
 }
 
 /// The name of the pseudo-backend of pipelines.
@@ -403,6 +414,7 @@ impl ModelConfig {
         }
         crate::warmup::validate(&self.model_warmup, self.max_batch_size)?;
         self.validate_routing()?;
+        crate::classification::validate(self)?;
         let pipeline = self.backend.as_deref() == Some(PIPELINE_BACKEND);
         if pipeline && self.step.is_empty() {
             return Err("step: a pipeline needs at least one [[step]]".into());

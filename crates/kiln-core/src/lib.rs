@@ -6,6 +6,7 @@
 //! build on it, and nothing here imports anything above it.
 
 pub mod backend;
+pub mod classification;
 pub mod config;
 pub mod dtype;
 pub mod error;

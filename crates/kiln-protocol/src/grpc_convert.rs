@@ -9,7 +9,7 @@ use crate::request::{
 use crate::shm::ShmRef;
 use bytes::Bytes;
 use kiln_core::tensor::Element;
-use kiln_core::{DataType, Error, ErrorCode, Result, Tensor};
+use kiln_core::{DataType, Error, Result, Tensor};
 use std::collections::HashMap;
 use std::fmt::Display;
 
@@ -83,15 +83,10 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<WireRequest> {
     }
 
     for o in req.outputs {
-        if o.parameters.contains_key("classification") {
-            return Err(Error::new(
-                ErrorCode::Unsupported,
-                format!(
-                    "output '{}': parameters.classification is not supported",
-                    o.name
-                ),
-            ));
-        }
+        let classification = uint_param(&o.parameters, "classification")
+            .map_err(|e| Error::invalid(format!("output '{}': {}", o.name, e.message)))?
+            .filter(|&n| n != 0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         if out.outputs.iter().any(|r| r.name == o.name) {
             return Err(Error::invalid(format!(
                 "output '{}' is requested twice",
@@ -103,6 +98,7 @@ pub fn request_from_grpc(req: pb::ModelInferRequest) -> Result<WireRequest> {
             name: o.name,
             binary_data: None,
             shared_memory,
+            classification,
         });
     }
     out.request.id = Some(req.id).filter(|s| !s.is_empty());

@@ -48,6 +48,10 @@ pub struct RequestedOutput {
     pub binary_data: Option<bool>,
     /// Where to write the output instead of the response: its shared-memory parameters.
     pub shared_memory: Option<ShmRef>,
+    /// Triton's classification extension (`parameters.classification`): return the top `n`
+    /// classes of each batch row as a BYTES tensor of `"<value>:<index>[:<label>]"` instead of
+    /// the output's data.
+    pub classification: Option<usize>,
 }
 
 /// How one output goes back to the client.
@@ -118,11 +122,13 @@ mod tests {
                     name: "a".into(),
                     binary_data: Some(false),
                     shared_memory: None,
+                    classification: None,
                 },
                 RequestedOutput {
                     name: "b".into(),
                     binary_data: None,
                     shared_memory: None,
+                    classification: None,
                 },
             ],
             binary_data_output: true,

@@ -39,6 +39,8 @@ pub fn read_config(dir: &Path, name: &str) -> Result<(ModelConfig, u64)> {
         }
         (false, false) => ("", ModelConfig::default_for(name), String::new()),
     };
+    let mut config = config;
+    kiln_core::classification::read_labels(&mut config, dir)?;
     let mut h = DefaultHasher::new();
     file.hash(&mut h);
     text.hash(&mut h);

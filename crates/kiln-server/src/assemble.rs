@@ -112,6 +112,12 @@ impl Assembled {
         self.server.set_log_control(log);
     }
 
+    /// Sets the name server metadata reports (`GET /v2`, gRPC `ServerMetadata`) instead of
+    /// `kiln`; only the first name counts.
+    pub fn set_server_name(&self, name: String) {
+        let _ = self.server.state.server_name.set(name);
+    }
+
     /// The model repository the server will serve.
     pub fn repo(&self) -> &Arc<ModelRepository> {
         &self.repo

@@ -1,7 +1,8 @@
 //! What both front ends do for one inference: find the version, run the request, and pick the
-//! outputs the client asked for.
+//! outputs the client asked for (as top classes where it asked for a classification).
 
 use crate::state::AppState;
+use kiln_core::classification::classify;
 use kiln_core::{Error, Result, Tensor};
 use kiln_protocol::{Delivery, WireRequest};
 use kiln_runtime::ServedVersion;
@@ -72,9 +73,13 @@ pub async fn infer(
                     .iter()
                     .position(|s| s.name == o.name)
                     .expect("checked above");
-                let t = all[i].take().ok_or_else(|| {
+                let mut t = all[i].take().ok_or_else(|| {
                     Error::invalid(format!("output '{}' is requested more than once", o.name))
                 })?;
+                if let Some(n) = o.classification {
+                    let labels = served.config.label_data.get(&o.name).map(|l| &l[..]);
+                    t = classify(&t, served.config.max_batch_size > 0, n, labels)?;
+                }
                 let delivery = match (&o.shared_memory, o.binary_data) {
                     (Some(r), _) => Delivery::SharedMemory(r.clone()),
                     (None, Some(true)) => Delivery::Binary,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 /// The protocol extensions this server implements, as `GET /v2` lists them.
 pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
+    "classification",
     "parameters",
     "model_repository",
     "model_configuration",
@@ -46,6 +47,8 @@ pub struct AppState {
     pub admission: crate::admission::Admission,
     /// Log and trace settings (Triton's logging and trace extensions).
     pub extensions: crate::extensions::Extensions,
+    /// The name server metadata reports, when set (see [`AppState::server_name`]).
+    pub server_name: std::sync::OnceLock<String>,
 }
 
 impl AppState {
@@ -64,7 +67,14 @@ impl AppState {
             shm: Regions::new(allow_shm),
             admission: Default::default(),
             extensions: Default::default(),
+            server_name: Default::default(),
         })
+    }
+
+    /// The name `GET /v2` and gRPC `ServerMetadata` report: the one set at start-up, else
+    /// [`SERVER_NAME`].
+    pub fn server_name(&self) -> &str {
+        self.server_name.get().map_or(SERVER_NAME, String::as_str)
     }
 
     /// Server readiness: start-up loading done and not shutting down.
@@ -217,7 +227,7 @@ pub fn parse_version(v: &str) -> Result<Option<u64>> {
     })
 }
 
-/// Server name and version as `GET /v2` reports them.
+/// The server name `GET /v2` reports unless another is set (`kiln serve --server-name`).
 pub const SERVER_NAME: &str = "kiln";
 /// Server version.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// default: a client can then make the server map any shared-memory object it can open.
     #[arg(long, env = "KILN_ALLOW_CLIENT_SHM")]
     allow_client_shm: bool,
+    /// The name server metadata reports (`GET /v2`, gRPC `ServerMetadata`). Clients written for
+    /// Triton may check for `triton`.
+    #[arg(long, env = "KILN_SERVER_NAME", default_value = "kiln")]
+    server_name: String,
     /// Seconds a client has to send a request's headers over HTTP/1.1; the clock starts when
     /// the connection is ready for its next request, so it also closes idle keep-alive
     /// connections.
@@ -205,6 +209,7 @@ async fn serve(args: ServeArgs, log: Arc<dyn kiln_server::LogControl>) -> anyhow
     // Serves health probes while the models load; readiness turns true once they are loaded.
     let assembled = kiln_server::assemble(settings, backends, registry).await?;
     assembled.set_log_control(log);
+    assembled.set_server_name(args.server_name.clone());
     let running = assembled
         .start(stopped(stop_rx.clone()))
         .await

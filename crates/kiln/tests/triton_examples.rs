@@ -1,11 +1,15 @@
 //! Triton's own Python client examples as a conformance suite: `tests/triton_examples/` holds
 //! them unchanged (triton-inference-server/client r24.10, BSD license), and `gen_models.py`
-//! there writes ONNX stand-ins for the QA models they call. The built `kiln serve` serves that
-//! repository (every port 0, explicit model control, client shared memory allowed) once on
-//! tract and once on ONNX Runtime, and every example runs against it with `--url`. Each run's
-//! outcome is printed; the test fails if any example fails on either backend.
+//! there writes ONNX stand-ins for the QA models they call and a test image. The built
+//! `kiln serve` serves that repository (every port 0, explicit model control, client shared
+//! memory allowed, `--server-name triton`, since the health examples check the name) once on
+//! tract and once on ONNX Runtime, and every example runs against it with `--url`; the image
+//! clients run with the arguments of Triton's QA. Each run's outcome is printed; the test fails
+//! if any run fails on either backend.
 //!
-//! The model-control examples load, reconfigure and unload `simple`, so they run last.
+//! The model-control examples count the models in the repository index (8 over gRPC, 7 over
+//! HTTP) and load, reconfigure and unload `simple`, so each gets a server of its own over a
+//! repository holding the models it expects.
 //!
 //! Needs the project's Python environment (`scripts/setup-python.sh` creates `.venv`); without
 //! it the test is skipped with a message, except under CI (`kiln_testkit::python`).
@@ -27,8 +31,84 @@ const MODELS: &[&str] = &[
     "simple_string",
     "simple_identity",
     "custom_identity_int32",
+    "identity_fp32",
     "inception_graphdef",
     "densenet_onnx",
+];
+/// The model-control examples, each with the models of its own repository (the examples check
+/// that the index lists exactly 8 and 7 models).
+const MODEL_CONTROL: &[(&str, &[&str])] = &[
+    ("simple_grpc_model_control.py", MODELS),
+    (
+        "simple_http_model_control.py",
+        &[
+            "simple",
+            "simple_int8",
+            "simple_string",
+            "simple_identity",
+            "custom_identity_int32",
+            "inception_graphdef",
+            "densenet_onnx",
+        ],
+    ),
+];
+/// The image clients, with the arguments Triton's QA runs them with (the image path follows);
+/// `true` where the run talks gRPC.
+const IMAGE_RUNS: &[(&str, &[&str], bool)] = &[
+    (
+        "image_client.py",
+        &["-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION"],
+        false,
+    ),
+    (
+        "image_client.py",
+        &[
+            "-m",
+            "inception_graphdef",
+            "-c",
+            "3",
+            "-s",
+            "INCEPTION",
+            "-b",
+            "2",
+            "-a",
+        ],
+        false,
+    ),
+    (
+        "image_client.py",
+        &[
+            "-i",
+            "grpc",
+            "-m",
+            "inception_graphdef",
+            "-c",
+            "3",
+            "-s",
+            "INCEPTION",
+            "--streaming",
+        ],
+        true,
+    ),
+    (
+        "grpc_image_client.py",
+        &[
+            "-m",
+            "inception_graphdef",
+            "-c",
+            "3",
+            "-s",
+            "INCEPTION",
+            "-b",
+            "2",
+        ],
+        true,
+    ),
+    (
+        "grpc_image_client.py",
+        &["-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION"],
+        true,
+    ),
 ];
 
 /// A scratch directory removed on drop (std only: no tempfile dependency).
@@ -105,9 +185,13 @@ fn wait(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> 
     }
 }
 
-fn start_server(models: &Path, backend: &str, scratch: &Path) -> (Server, u16, u16) {
-    let ready = scratch.join(format!("ready-{backend}.json"));
-    let log = scratch.join(format!("kiln-serve-{backend}.log"));
+/// Starts `kiln serve` over `models` on `backend`, loading `load`; `tag` names its files.
+fn start_server(models: &Path, load: &[&str], backend: &str, tag: &str) -> (Server, u16, u16) {
+    let scratch = models
+        .parent()
+        .expect("repository inside the scratch directory");
+    let ready = scratch.join(format!("ready-{tag}.json"));
+    let log = scratch.join(format!("kiln-serve-{tag}.log"));
     let out = fs::File::create(&log).expect("create server log");
     let err = out.try_clone().expect("clone server log handle");
     let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -125,8 +209,10 @@ fn start_server(models: &Path, backend: &str, scratch: &Path) -> (Server, u16, u
         .args(["--default-onnx-backend", backend])
         .args(["--model-control-mode", "explicit"])
         .arg("--load-model")
-        .arg(MODELS.join(","))
+        .arg(load.join(","))
         .arg("--allow-client-shm")
+        // simple_{http,grpc}_health_metadata.py check that the server calls itself "triton"
+        .args(["--server-name", "triton"])
         .arg("--ready-file")
         .arg(&ready)
         // the ONNX Runtime library is found through the project's .venv
@@ -150,13 +236,13 @@ fn start_server(models: &Path, backend: &str, scratch: &Path) -> (Server, u16, u
         }
         if let Some(status) = server.child.try_wait().expect("poll kiln serve") {
             panic!(
-                "kiln serve ({backend}) exited with {status}:\n{}",
+                "kiln serve ({tag}) exited with {status}:\n{}",
                 tail(&server.log, 50)
             );
         }
         assert!(
             start.elapsed() < READY_TIMEOUT,
-            "kiln serve ({backend}) was not ready within {READY_TIMEOUT:?}:\n{}",
+            "kiln serve ({tag}) was not ready within {READY_TIMEOUT:?}:\n{}",
             tail(&server.log, 50)
         );
         // a test thread polling a child process, not a runtime thread
@@ -165,34 +251,87 @@ fn start_server(models: &Path, backend: &str, scratch: &Path) -> (Server, u16, u
     }
 }
 
-/// The vendored examples, the model-control ones last.
-fn examples(dir: &Path) -> Vec<String> {
+/// Writes a repository of `models` to `out` with `gen_models.py`, and the test image to `image`.
+fn generate(python: &Path, dir: &Path, out: &Path, models: &[&str], image: Option<&Path>) {
+    let mut cmd = Command::new(python);
+    cmd.arg(dir.join("gen_models.py"))
+        .arg("--out")
+        .arg(out)
+        .arg("--models")
+        .arg(models.join(","));
+    if let Some(image) = image {
+        cmd.arg("--image").arg(image);
+    }
+    let mut gen = cmd
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run gen_models.py");
+    let status = wait(&mut gen, EXAMPLE_TIMEOUT).expect("gen_models.py finished in time");
+    assert!(status.success(), "gen_models.py failed: {status}");
+}
+
+/// One run of an example: the script, its arguments after `-u <url>`, whether it talks gRPC.
+struct Run {
+    script: String,
+    args: Vec<String>,
+    grpc: bool,
+}
+
+/// The vendored examples that run against the shared server: every one but the model-control
+/// examples, each once without arguments, and the image clients with [`IMAGE_RUNS`].
+fn runs(dir: &Path, image: &Path) -> Vec<Run> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read tests/triton_examples")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.ends_with(".py") && n != "gen_models.py")
+        .filter(|n| !MODEL_CONTROL.iter().any(|(m, _)| m == n))
+        .filter(|n| !IMAGE_RUNS.iter().any(|(m, _, _)| m == n))
         .collect();
-    names.sort_by_key(|n| (n.contains("model_control"), n.clone()));
-    names
+    names.sort();
+    let mut runs: Vec<Run> = names
+        .into_iter()
+        .map(|script| Run {
+            grpc: script.contains("grpc"),
+            script,
+            args: Vec::new(),
+        })
+        .collect();
+    for (script, args, grpc) in IMAGE_RUNS {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push(image.display().to_string());
+        runs.push(Run {
+            script: script.to_string(),
+            args,
+            grpc: *grpc,
+        });
+    }
+    runs
 }
 
-/// Runs every example against one server; returns the failures, each with its output's tail.
-fn run_examples(python: &Path, dir: &Path, backend: &str, scratch: &Path) -> Vec<String> {
-    let models = scratch.join("models");
-    let (server, http, grpc) = start_server(&models, backend, scratch);
+/// Runs `runs` against one server; returns the failures, each with its output's tail.
+fn run_all(
+    python: &Path,
+    dir: &Path,
+    runs: &[Run],
+    ports: (u16, u16),
+    backend: &str,
+    scratch: &Path,
+) -> Vec<String> {
     let mut failed = Vec::new();
-    for name in examples(dir) {
-        let url = if name.contains("grpc") {
-            format!("127.0.0.1:{grpc}")
-        } else {
-            format!("127.0.0.1:{http}")
-        };
-        let log = scratch.join(format!("{backend}-{name}.log"));
+    for (i, run) in runs.iter().enumerate() {
+        let port = if run.grpc { ports.1 } else { ports.0 };
+        let url = format!("127.0.0.1:{port}");
+        let shown = format!("{} {}", run.script, run.args.join(" "))
+            .trim_end()
+            .to_string();
+        let log = scratch.join(format!("{backend}-{i}-{}.log", run.script));
         let out = fs::File::create(&log).expect("create example log");
         let err = out.try_clone().expect("clone example log handle");
         let mut child = Command::new(python)
-            .arg(dir.join(&name))
+            .arg(dir.join(&run.script))
             .args(["-u", &url])
+            .args(&run.args)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .current_dir(scratch)
             .stdin(Stdio::null())
@@ -206,19 +345,37 @@ fn run_examples(python: &Path, dir: &Path, backend: &str, scratch: &Path) -> Vec
             None => Some(format!("ran past {EXAMPLE_TIMEOUT:?}")),
         };
         match outcome {
-            None => println!("PASS {backend:11} {name}"),
+            None => println!("PASS {backend:11} {shown}"),
             Some(why) => {
-                println!("FAIL {backend:11} {name} ({why})");
+                println!("FAIL {backend:11} {shown} ({why})");
                 failed.push(format!(
-                    "--- {backend} {name} ({why}) ---\n{}",
+                    "--- {backend} {shown} ({why}) ---\n{}",
                     tail(&log, 15)
                 ));
             }
         }
     }
+    failed
+}
+
+/// The failures of `runs` against a fresh server over `models` (`tag` names its files), with
+/// the server's log when any failed.
+fn serve_and_run(
+    python: &Path,
+    dir: &Path,
+    runs: &[Run],
+    (models, load): (&Path, &[&str]),
+    backend: &str,
+    tag: &str,
+) -> Vec<String> {
+    let (server, http, grpc) = start_server(models, load, backend, tag);
+    let scratch = models
+        .parent()
+        .expect("repository inside the scratch directory");
+    let mut failed = run_all(python, dir, runs, (http, grpc), backend, scratch);
     if !failed.is_empty() {
         failed.push(format!(
-            "--- kiln serve ({backend}) log ---\n{}",
+            "--- kiln serve ({tag}) log ---\n{}",
             tail(&server.log, 40)
         ));
     }
@@ -236,26 +393,53 @@ fn triton_client_examples_pass_on_both_backends() {
             "tritonclient.http.aio",
             "tritonclient.grpc.aio",
             "onnx",
+            // attrdict too, which imports only after image_client.py patches `collections`
+            "PIL",
         ],
     ) else {
         return;
     };
     let dir = root.join("tests/triton_examples");
     let scratch = TempDir::new("triton-examples");
-    let mut gen = Command::new(&python)
-        .arg(dir.join("gen_models.py"))
-        .arg("--out")
-        .arg(scratch.0.join("models"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("run gen_models.py");
-    let status = wait(&mut gen, EXAMPLE_TIMEOUT).expect("gen_models.py finished in time");
-    assert!(status.success(), "gen_models.py failed: {status}");
+    let image = scratch.0.join("image.png");
+    let models = scratch.0.join("models");
+    generate(&python, &dir, &models, MODELS, Some(&image));
+    let shared = runs(&dir, &image);
+    let mut control = Vec::new();
+    for (i, (script, expected)) in MODEL_CONTROL.iter().enumerate() {
+        let repo = scratch.0.join(format!("control-{i}"));
+        fs::create_dir_all(&repo).expect("create model-control scratch directory");
+        let models = repo.join("models");
+        generate(&python, &dir, &models, expected, None);
+        let run = Run {
+            script: script.to_string(),
+            args: Vec::new(),
+            grpc: script.contains("grpc"),
+        };
+        control.push((models, *expected, run));
+    }
 
     let mut failed = Vec::new();
     for backend in ["tract", "onnxruntime"] {
-        failed.extend(run_examples(&python, &dir, backend, &scratch.0));
+        failed.extend(serve_and_run(
+            &python,
+            &dir,
+            &shared,
+            (&models, MODELS),
+            backend,
+            backend,
+        ));
+        for (models, load, run) in &control {
+            let tag = format!("{backend}-{}", run.script.trim_end_matches(".py"));
+            failed.extend(serve_and_run(
+                &python,
+                &dir,
+                std::slice::from_ref(run),
+                (models, load),
+                backend,
+                &tag,
+            ));
+        }
     }
     assert!(
         failed.is_empty(),
@@ -265,15 +449,15 @@ fn triton_client_examples_pass_on_both_backends() {
 }
 
 #[test]
-fn model_control_examples_run_last() {
-    let root = kiln_testkit::repo_root();
-    let names = examples(&root.join("tests/triton_examples"));
-    assert!(names.len() >= 20, "vendored examples: {names:?}");
-    let first_control = names
+fn every_named_example_is_vendored() {
+    let dir = kiln_testkit::repo_root().join("tests/triton_examples");
+    let named = MODEL_CONTROL
         .iter()
-        .position(|n| n.contains("model_control"))
-        .expect("model control examples vendored");
-    assert!(names[first_control..]
-        .iter()
-        .all(|n| n.contains("model_control")));
+        .map(|(s, _)| *s)
+        .chain(IMAGE_RUNS.iter().map(|(s, _, _)| *s));
+    for script in named {
+        assert!(dir.join(script).is_file(), "{script} is not vendored");
+    }
+    let all = runs(&dir, Path::new("image.png"));
+    assert!(all.len() >= 25, "vendored examples: {}", all.len());
 }

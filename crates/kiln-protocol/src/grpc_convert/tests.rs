@@ -60,6 +60,7 @@ fn raw_inputs_are_zero_copy() {
             name: "y".into(),
             binary_data: None,
             shared_memory: None,
+            classification: None,
         }]
     );
     assert_eq!(

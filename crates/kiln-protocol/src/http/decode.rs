@@ -5,7 +5,7 @@ use super::{json_error_message, JsonObject};
 use crate::request::{count_mismatch, input_elements, parse_dtype, RequestedOutput, WireRequest};
 use crate::shm::ShmRef;
 use bytes::Bytes;
-use kiln_core::{Error, ErrorCode, Result, Tensor};
+use kiln_core::{Error, Result, Tensor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -54,8 +54,8 @@ struct OutputJson {
 /// the first that many bytes are the JSON request and the rest is the concatenation of the
 /// binary inputs, in input order, each sized by its `parameters.binary_data_size`. Binary
 /// inputs are zero-copy slices of `body`. Every error is an
-/// [`ErrorCode::InvalidArgument`] (or [`ErrorCode::Unsupported`] for extensions Kiln does not
-/// serve) whose message names the offending field.
+/// [`InvalidArgument`](kiln_core::ErrorCode::InvalidArgument) whose message names the
+/// offending field.
 pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<WireRequest> {
     let json_len = match json_header_len {
         Some(n) if n > body.len() => {
@@ -111,12 +111,10 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Wir
             .ok_or_else(|| Error::invalid(format!("outputs[{i}]: missing 'name'")))?;
         let params = o.parameters.unwrap_or_default();
         let what = format!("output '{name}'");
-        if params.contains_key("classification") {
-            return Err(Error::new(
-                ErrorCode::Unsupported,
-                format!("{what}: parameters.classification is not supported"),
-            ));
-        }
+        let classification = uint_param(&params, "classification")
+            .map_err(|e| Error::invalid(format!("{what}: {}", e.message)))?
+            .filter(|&n| n != 0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let binary_data = bool_param(&params, "binary_data")
             .map_err(|e| Error::invalid(format!("{what}: {}", e.message)))?;
         let shared_memory = shm_param(&params, &what)?;
@@ -127,13 +125,15 @@ pub fn decode_request(body: Bytes, json_header_len: Option<usize>) -> Result<Wir
             name,
             binary_data,
             shared_memory,
+            classification,
         });
     }
     Ok(out)
 }
 
 /// Parses `json` as one JSON object into `T` (a top-level array or scalar is refused). Errors
-/// are [`ErrorCode::InvalidArgument`] naming the line, column and field, in JSON terms.
+/// are [`InvalidArgument`](kiln_core::ErrorCode::InvalidArgument) naming the line, column and
+/// field, in JSON terms.
 pub fn parse_json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let JsonObject(v) = serde_path_to_error::deserialize(&mut de).map_err(|e| {

@@ -164,11 +164,13 @@ fn binary_inputs_mixed_with_json_inputs() {
                 name: "y".into(),
                 binary_data: Some(false),
                 shared_memory: None,
+                classification: None,
             },
             RequestedOutput {
                 name: "z".into(),
                 binary_data: None,
                 shared_memory: None,
+                classification: None,
             },
         ]
     );
@@ -371,12 +373,14 @@ fn parameter_type_errors_name_the_parameter() {
         m,
         "output 'y': parameters.binary_data: expected true or false, got \"yes\""
     );
-    let e = decode(r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":3}}]}"#)
-        .unwrap_err();
-    assert_eq!(e.code, ErrorCode::Unsupported);
+    let r = decode(r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":3}}]}"#)
+        .unwrap();
+    assert_eq!(r.outputs[0].classification, Some(3));
+    let m =
+        decode_err(r#"{"inputs":[],"outputs":[{"name":"y","parameters":{"classification":-1}}]}"#);
     assert_eq!(
-        e.message,
-        "output 'y': parameters.classification is not supported"
+        m,
+        "output 'y': parameters.classification: expected an unsigned integer, got -1"
     );
 }
 

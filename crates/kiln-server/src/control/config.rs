@@ -1,6 +1,7 @@
 //! Triton's model configuration message of a served model, the one answer of both
 //! `GET /v2/models/{model}/config` and the `ModelConfig` RPC.
 
+use kiln_core::classification::InputFormat;
 use kiln_core::{ModelConfig, ModelIo, TensorSpec};
 use kiln_protocol::inference as pb;
 use kiln_runtime::pipeline::spec::StepKind;
@@ -88,8 +89,8 @@ pub fn config_message(
         backend: backend(config, facts),
         version_policy: Some(version_policy(config)),
         max_batch_size: i32::try_from(config.max_batch_size).unwrap_or(i32::MAX),
-        input: io.inputs.iter().map(input).collect(),
-        output: io.outputs.iter().map(output).collect(),
+        input: io.inputs.iter().map(|s| input(s, config)).collect(),
+        output: io.outputs.iter().map(|s| output(s, config)).collect(),
         dynamic_batching,
         instance_group: vec![pb::ModelInstanceGroup {
             name: format!("{name}_0"),
@@ -170,21 +171,31 @@ fn version_policy(config: &ModelConfig) -> pb::ModelVersionPolicy {
     }
 }
 
-fn input(s: &TensorSpec) -> pb::ModelInput {
+fn input(s: &TensorSpec, config: &ModelConfig) -> pb::ModelInput {
+    use pb::model_input::Format;
+    let format = config
+        .input_format
+        .get(&s.name)
+        .map_or(Format::None, |f| match f {
+            InputFormat::Nchw => Format::Nchw,
+            InputFormat::Nhwc => Format::Nhwc,
+        });
     pb::ModelInput {
         name: s.name.clone(),
         data_type: s.data_type.triton_config_enum(),
+        format: format as i32,
         dims: s.dims.clone(),
         allow_ragged_batch: s.allow_ragged_batch,
         ..Default::default()
     }
 }
 
-fn output(s: &TensorSpec) -> pb::ModelOutput {
+fn output(s: &TensorSpec, config: &ModelConfig) -> pb::ModelOutput {
     pb::ModelOutput {
         name: s.name.clone(),
         data_type: s.data_type.triton_config_enum(),
         dims: s.dims.clone(),
+        label_filename: config.labels.get(&s.name).cloned().unwrap_or_default(),
         ..Default::default()
     }
 }

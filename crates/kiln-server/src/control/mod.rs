@@ -8,7 +8,7 @@
 mod config;
 pub mod repository;
 
-use crate::state::{extensions, AppState, SERVER_NAME, SERVER_VERSION};
+use crate::state::{extensions, AppState, SERVER_VERSION};
 use kiln_core::{Error, Result, TensorSpec};
 use kiln_protocol::inference as pb;
 use kiln_runtime::stats::CountNs;
@@ -19,7 +19,7 @@ pub use config::{config_message, platform};
 /// The server's name, version and the protocol extensions it supports.
 pub fn server_metadata(st: &AppState) -> pb::ServerMetadataResponse {
     pb::ServerMetadataResponse {
-        name: SERVER_NAME.into(),
+        name: st.server_name().into(),
         version: SERVER_VERSION.into(),
         extensions: extensions(st).iter().map(|s| s.to_string()).collect(),
     }
