@@ -21,8 +21,6 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 # jq: the Fluid FUSE entry point (deploy/fluid/kiln-fluid-fuse.sh) and its test
 command -v jq >/dev/null 2>&1 || missing+=(jq)
-# jq: the Fluid FUSE entry point (deploy/fluid/kiln-fluid-fuse.sh) and its test
-command -v jq >/dev/null 2>&1 || missing+=(jq)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=()

@@ -13,8 +13,8 @@ pub mod error;
 pub mod gather;
 pub mod request;
 pub mod tensor;
-pub mod warmup;
 pub mod texts;
+pub mod warmup;
 
 pub use backend::{
     Backend, DeltaAck, LoadedModel, ModelInstance, ModelIo, SparseParameters, SparseTableInfo,

@@ -150,9 +150,10 @@ pub fn shm_already_registered(region: &str) -> String {
 pub const CONTROL_DISABLED: &str =
     "explicit model load / unload is not allowed if polling is enabled";
 
-/// A load request's `config` parameter that is not a valid model configuration.
-pub fn invalid_config_override(why: &str) -> String {
-    format!("Invalid config override: {why}")
+/// A load request's `config` parameter that is not a valid model configuration (Triton's
+/// load failure prefix, which clients match on, then the reason).
+pub fn invalid_config_override(model: &str, why: &str) -> String {
+    format!("failed to load '{model}', Invalid config override: {why}")
 }
 
 /// A load request parameter that is neither `config` nor `file:<version>/<name>` (`kind`:

@@ -241,7 +241,7 @@ async fn config_override_applies_and_a_malformed_one_changes_nothing() {
         )
         .await;
     assert!(
-        error_of(&body).starts_with("Invalid config override: "),
+        error_of(&body).starts_with("failed to load 'pair', Invalid config override: "),
         "{body}"
     );
     let (status, body) = s

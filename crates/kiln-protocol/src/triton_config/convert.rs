@@ -3,6 +3,7 @@
 
 use super::scheduling;
 use crate::inference as pb;
+use kiln_core::classification::InputFormat;
 use kiln_core::{
     DataType, Error, ModelConfig, Result, TensorSpec, VersionPolicy, PIPELINE_BACKEND,
 };
@@ -63,6 +64,25 @@ pub fn to_kiln(c: &pb::ModelConfig, file: &str, model_name: &str) -> Result<Mode
         .enumerate()
         .map(|(i, t)| output(t, &format!("output[{i}]"), file))
         .collect::<Result<_>>()?;
+    // the classification extension's labels, and the image layout clients read back
+    for (i, t) in c.input.iter().enumerate() {
+        let format = match t.format {
+            0 => continue,
+            1 => InputFormat::Nhwc,
+            2 => InputFormat::Nchw,
+            other => {
+                return Err(refuse(
+                    file,
+                    &format!("input[{i}].format"),
+                    format!("{other} is not FORMAT_NONE, FORMAT_NHWC or FORMAT_NCHW"),
+                ))
+            }
+        };
+        k.input_format.insert(t.name.clone(), format);
+    }
+    for t in c.output.iter().filter(|t| !t.label_filename.is_empty()) {
+        k.labels.insert(t.name.clone(), t.label_filename.clone());
+    }
     if let Some(db) = &c.dynamic_batching {
         k.dynamic_batching = scheduling::dynamic_batching(db, c.max_batch_size, file)?;
     }
@@ -348,12 +368,7 @@ fn reshape(r: Option<&pb::ModelTensorReshape>, dims: &[i64], at: &str, file: &st
 }
 
 fn input(t: &pb::ModelInput, at: &str, file: &str) -> Result<TensorSpec> {
-    let flags: [(&str, bool, &str); 4] = [
-        (
-            "format",
-            t.format != 0,
-            "image formats are not checked; leave it FORMAT_NONE",
-        ),
+    let flags: [(&str, bool, &str); 3] = [
         (
             "is_shape_tensor",
             t.is_shape_tensor,
@@ -383,12 +398,7 @@ fn input(t: &pb::ModelInput, at: &str, file: &str) -> Result<TensorSpec> {
 }
 
 fn output(t: &pb::ModelOutput, at: &str, file: &str) -> Result<TensorSpec> {
-    let flags: [(&str, bool, &str); 3] = [
-        (
-            "label_filename",
-            !t.label_filename.is_empty(),
-            "the classification extension is not served",
-        ),
+    let flags: [(&str, bool, &str); 2] = [
         (
             "is_shape_tensor",
             t.is_shape_tensor,

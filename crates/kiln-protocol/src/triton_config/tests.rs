@@ -156,17 +156,12 @@ fn unsupported_settings_are_refused_by_name() {
         ("instance_group [ { kind: KIND_MODEL } ]".into(), "instance_group[0].kind"),
         (tensor("reshape: { shape: [ ] }"), "input[0].reshape"),
         (tensor("optional: true"), "input[0].optional"),
-        (tensor("format: FORMAT_NCHW"), "input[0].format"),
         (tensor("is_shape_tensor: true"), "input[0].is_shape_tensor"),
         (
             "input [ { name: \"x\" data_type: TYPE_BF16 dims: [ 1 ] } ]".into(),
             "input[0].data_type",
         ),
         ("input [ { name: \"x\" dims: [ 1 ] } ]".into(), "input[0].data_type"),
-        (
-            "output [ { name: \"y\" data_type: TYPE_FP32 dims: [ 1 ] label_filename: \"l.txt\" } ]".into(),
-            "output[0].label_filename",
-        ),
         ("batch_input [ { target_name: \"n\" } ]".into(), "batch_input"),
         ("cc_model_filenames { key: \"7.5\" value: \"a.onnx\" }".into(), "cc_model_filenames"),
         ("metric_tags { key: \"team\" value: \"a\" }".into(), "metric_tags"),
@@ -301,4 +296,16 @@ fn lists_without_colons() {
     assert_eq!(inserted, vec![5]);
     let (text, _) = colon_before_lists("kind: KIND_CPU\ngpus [ 0 ]");
     assert_eq!(text, "kind: KIND_CPU\ngpus:[ 0 ]");
+}
+
+#[test]
+fn labels_and_image_formats_map_to_the_classification_keys() {
+    let text = "input [ { name: \"x\" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 2, 2 ] } ]\n\
+                output [ { name: \"y\" data_type: TYPE_FP32 dims: [ 4 ] label_filename: \"l.txt\" } ]";
+    let k = super::read(text, FILE, "m").unwrap();
+    assert_eq!(k.labels.get("y").map(String::as_str), Some("l.txt"));
+    assert_eq!(
+        k.input_format.get("x"),
+        Some(&kiln_core::classification::InputFormat::Nchw)
+    );
 }

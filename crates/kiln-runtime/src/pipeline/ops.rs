@@ -132,8 +132,8 @@ fn order_key(v: f64) -> u64 {
         return 0;
     }
     let bits = (v + 0.0).to_bits(); // -0 + 0 = +0
-    // negative: every bit flipped; otherwise the sign bit set (no branch on the sign, which
-    // random scores would mispredict half the time)
+                                    // negative: every bit flipped; otherwise the sign bit set (no branch on the sign, which
+                                    // random scores would mispredict half the time)
     let negative = ((bits as i64) >> 63) as u64;
     bits ^ (negative | 1 << 63)
 }

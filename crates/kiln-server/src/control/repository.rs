@@ -79,7 +79,7 @@ pub async fn load(st: &AppState, model: &str, params: Vec<(String, Param)>) -> R
                 )));
             };
             let config = kiln_protocol::load_config::read_json(&text, model)
-                .map_err(|e| Error::invalid(texts::invalid_config_override(&e.message)))?;
+                .map_err(|e| Error::invalid(texts::invalid_config_override(model, &e.message)))?;
             let mut h = DefaultHasher::new();
             text.hash(&mut h);
             req.config = Some((config, h.finish()));

@@ -50,7 +50,7 @@ async fn run(
     // The request's span: the batch that computes it links to it. Disabled, and free, unless
     // a subscriber wants it (`--otlp-endpoint`, or a debug log filter).
     // Trace settings (`v2/trace/setting`) pick the requests that get one.
-    let span = if crate::extensions::traced(&st, model) {
+    let span = if crate::extensions::traced(st, model) {
         tracing::debug_span!(
             "request",
             protocol = "http",

@@ -44,10 +44,16 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
             "/v2/models/{model}/versions/{version}/stats",
             get(admin::model_stats),
         )
-        .route("/v2/models/{model}/infer", post(infer::infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(infer::infer_v),
+        // inference answers are compressed as `Accept-Encoding` asks; like Triton, no other
+        // answer is (tritonclient's aio client inflates only inference responses)
+        .merge(
+            Router::new()
+                .route("/v2/models/{model}/infer", post(infer::infer))
+                .route(
+                    "/v2/models/{model}/versions/{version}/infer",
+                    post(infer::infer_v),
+                )
+                .layer(CompressionLayer::new()),
         )
         .route("/v2/repository/index", post(admin::repository_index))
         .route("/v2/systemsharedmemory/status", get(shm::status_all))
@@ -101,7 +107,5 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         // `Content-Encoding: gzip | deflate` bodies are inflated as they are read, so the body
         // limit above counts inflated bytes and a compression bomb stops at `max_body`
         .layer(RequestDecompressionLayer::new())
-        // responses compressed as `Accept-Encoding` asks
-        .layer(CompressionLayer::new())
         .with_state(state)
 }
