@@ -16,8 +16,11 @@ process on DIR/<model>/1/model.onnx, within an absolute tolerance of 1e-5, over:
 plus health, metadata, model configuration, repository index and statistics calls over both
 protocols and error answers for an unknown model. The pipeline `recommend` (recall -> coarse ->
 fine ranking) is driven over both protocols too: its answers must equal DIR/recommend/golden.json
-(an independent NumPy chain), and its configuration must read as a Triton ensemble. One line per check, then `N passed, M failed`;
-the exit status is non-zero when any check fails.
+(an independent NumPy chain), and its configuration must read as a Triton ensemble. Then the
+checks of triton_extras.py (compression, error texts, repository API, log, trace, CUDA shared
+memory, classification, BYTES), which need the server in explicit model-control mode with every
+model loaded and the BYTES model `strings` in DIR; --backend names the server's ONNX backend.
+One line per check, then `N passed, M failed`; the exit status is non-zero when any check fails.
 """
 import argparse
 import json
@@ -33,6 +36,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
+
+import triton_extras
 
 MODELS = ("mlp", "ranker")
 ATOL = 1e-5  # absolute tolerance against onnxruntime
@@ -342,7 +347,7 @@ def shm_infer(c, client_mod, proto, model, rows, seed):
         try:
             c.infer(model.name, inputs, outputs=outs)
         except InferenceServerException as e:
-            expect("unable to find" in str(e), f"unexpected error after unregistering: {e}")
+            expect("unable to find" in str(e).lower(), f"unexpected error after unregistering: {e}")
         else:
             raise AssertionError("inference through an unregistered region succeeded")
         return f"{rows} rows, max abs diff {diff:.2g}"
@@ -568,6 +573,8 @@ def main():
     ap.add_argument("--http", required=True, metavar="HOST:PORT")
     ap.add_argument("--grpc", required=True, metavar="HOST:PORT")
     ap.add_argument("--models", required=True, metavar="DIR", help="the model repository the server serves")
+    ap.add_argument("--backend", choices=("onnxruntime", "tract"), default="onnxruntime",
+                    help="the server's ONNX backend, for the BYTES checks (default onnxruntime)")
     ap.add_argument("--wait-s", type=float, default=60, help="how long to wait for readiness (default 60)")
     args = ap.parse_args()
 
@@ -577,13 +584,15 @@ def main():
     grpc = grpcclient.InferenceServerClient(url=args.grpc)
     try:
         t0 = time.monotonic()
-        ck.run("server and models ready", lambda: expect(wait_ready(http, MODELS + (PIPELINE,), args.wait_s),
+        ck.run("server and models ready", lambda: expect(wait_ready(http, MODELS + (PIPELINE, triton_extras.STRINGS),
+                                                                    args.wait_s),
                                                          f"not ready within {args.wait_s:g} s over HTTP {args.http}")
                or f"{time.monotonic() - t0:.1f} s")
         if not ck.failed:  # nothing else can pass against a server that is not there
             http_checks(ck, http, models)
             grpc_checks(ck, grpc, models)
             pipeline_checks(ck, http, grpc, args.models)
+            triton_extras.run(ck, http, grpc, models, args.models, args.backend)
     finally:
         http.close()
         grpc.close()

@@ -1,7 +1,10 @@
-//! Compatibility with NVIDIA's own Triton clients: starts the built `kiln serve` on the example
-//! model repository (every port 0), then runs `tests/compat/tritonclient_compat.py`, which drives
-//! it with tritonclient 2.51 over HTTP (JSON and binary tensors) and gRPC (unary, async and
-//! streaming) and compares every answer with onnxruntime.
+//! Compatibility with NVIDIA's own Triton clients: starts the built `kiln serve` on a copy of the
+//! example model repository plus the BYTES model `strings` of the conformance suite (every port
+//! 0, explicit model control with every model loaded), then runs
+//! `tests/compat/tritonclient_compat.py`, which drives it with tritonclient 2.51 over HTTP (JSON
+//! and binary tensors) and gRPC (unary, async and streaming), compares every answer with
+//! onnxruntime, and checks Triton's extensions (`tests/compat/triton_extras.py`). The whole run
+//! happens twice: with `--default-onnx-backend onnxruntime` and with `tract`.
 //!
 //! Needs the project's Python environment (`scripts/setup-python.sh` creates `.venv`); the
 //! interpreter can be overridden with `KILN_PYTHON`. Without it the test is skipped with a message,
@@ -81,7 +84,32 @@ fn json_port(text: &str, key: &str) -> Option<u16> {
     rest[..end].parse().ok().filter(|&p| p != 0)
 }
 
-fn start_server(root: &Path, models: &Path, scratch: &Path) -> (Server, u16, u16) {
+/// Copies the directory tree `from` to `to` (plain files and directories only).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("read a directory entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), &dest)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
+/// The repository the server runs on: the example models and the conformance suite's BYTES
+/// model `strings`, copied so that loads and unloads touch no committed file.
+fn build_repository(root: &Path, into: &Path) {
+    copy_tree(&root.join("examples/models"), into);
+    copy_tree(
+        &root.join("tests/conformance/models/strings"),
+        &into.join("strings"),
+    );
+}
+
+fn start_server(root: &Path, models: &Path, scratch: &Path, backend: &str) -> (Server, u16, u16) {
     let ready = scratch.join("ready.json");
     let log = scratch.join("kiln-serve.log");
     let out = fs::File::create(&log).expect("create server log");
@@ -94,6 +122,9 @@ fn start_server(root: &Path, models: &Path, scratch: &Path) -> (Server, u16, u16
         .args(["--grpc-port", "0"])
         .args(["--metrics-port", "0"])
         .arg("--allow-client-shm")
+        // the repository API's load and unload need explicit mode; every model loads at start
+        .args(["--model-control-mode", "explicit", "--load-model=*"])
+        .args(["--default-onnx-backend", backend])
         .arg("--ready-file")
         .arg(&ready)
         .current_dir(root)
@@ -143,21 +174,33 @@ fn tritonclient_http_and_grpc() {
     ) else {
         return;
     };
-    let models = root.join("examples/models");
-    let script = root.join("tests/compat/tritonclient_compat.py");
+    let examples = root.join("examples/models");
     assert!(
-        models.join("mlp/1/model.onnx").exists() && models.join("ranker/1/model.onnx").exists(),
+        examples.join("mlp/1/model.onnx").exists() && examples.join("ranker/1/model.onnx").exists(),
         "{} lacks the example models; run .venv/bin/python examples/gen_models.py",
-        models.display()
+        examples.display()
     );
+    // one backend after the other: the two servers would compete for the same cores
+    let failures: Vec<String> = ["onnxruntime", "tract"]
+        .into_iter()
+        .filter_map(|backend| run_compat(&root, &python, backend).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
 
-    let scratch = TempDir::new("tritonclient");
-    let (_server, http, grpc) = start_server(&root, &models, &scratch.0);
+/// Serves the repository with `backend` as the default ONNX backend and runs the script
+/// against it; the error holds the failed checks.
+fn run_compat(root: &Path, python: &Path, backend: &str) -> Result<(), String> {
+    let scratch = TempDir::new(&format!("tritonclient-{backend}"));
+    let models = scratch.0.join("models");
+    build_repository(root, &models);
+    let script = root.join("tests/compat/tritonclient_compat.py");
+    let (server, http, grpc) = start_server(root, &models, &scratch.0, backend);
 
     let client_log = scratch.0.join("client.log");
     let out = fs::File::create(&client_log).expect("create client log");
     let err = out.try_clone().expect("clone client log handle");
-    let mut client = Command::new(&python)
+    let mut client = Command::new(python)
         .arg(&script)
         .arg("--http")
         .arg(format!("127.0.0.1:{http}"))
@@ -165,8 +208,10 @@ fn tritonclient_http_and_grpc() {
         .arg(format!("127.0.0.1:{grpc}"))
         .arg("--models")
         .arg(&models)
+        .arg("--backend")
+        .arg(backend)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .current_dir(&root)
+        .current_dir(root)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -182,7 +227,7 @@ fn tritonclient_http_and_grpc() {
             let _ = client.kill();
             let _ = client.wait();
             panic!(
-                "the compatibility script ran past {CLIENT_TIMEOUT:?}:\n{}",
+                "the compatibility script ran past {CLIENT_TIMEOUT:?} on {backend}:\n{}",
                 tail(&client_log, 100)
             );
         }
@@ -191,16 +236,22 @@ fn tritonclient_http_and_grpc() {
         sleep(Duration::from_millis(100));
     };
     let report = fs::read_to_string(&client_log).unwrap_or_default();
-    println!("{report}");
-    assert!(
-        status.success(),
-        "tritonclient compatibility checks failed ({status}):\n{}",
+    println!("--- {backend} ---\n{report}");
+    if status.success() {
+        return Ok(());
+    }
+    eprintln!(
+        "--- kiln serve log ({backend}) ---\n{}",
+        tail(&server.log, 200)
+    );
+    Err(format!(
+        "tritonclient compatibility checks failed on {backend} ({status}):\n{}",
         report
             .lines()
-            .filter(|l| l.starts_with("FAIL") || l.contains(" passed, "))
+            .filter(|l| l.starts_with("FAIL") || l.contains(" passed, ") || l.contains("Error"))
             .collect::<Vec<_>>()
             .join("\n")
-    );
+    ))
 }
 
 #[test]
