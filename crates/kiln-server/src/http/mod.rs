@@ -10,9 +10,11 @@ mod sparse;
 
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{Extensions, HeaderMap, StatusCode, Version};
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate};
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
@@ -44,8 +46,8 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
             "/v2/models/{model}/versions/{version}/stats",
             get(admin::model_stats),
         )
-        // inference answers are compressed as `Accept-Encoding` asks; like Triton, no other
-        // answer is (tritonclient's aio client inflates only inference responses)
+        // successful inference answers are compressed as `Accept-Encoding` asks; like
+        // Triton, no other answer is (tritonclient's aio client inflates only those)
         .merge(
             Router::new()
                 .route("/v2/models/{model}/infer", post(infer::infer))
@@ -53,7 +55,13 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
                     "/v2/models/{model}/versions/{version}/infer",
                     post(infer::infer_v),
                 )
-                .layer(CompressionLayer::new()),
+                .layer(CompressionLayer::new().compress_when(
+                    DefaultPredicate::new().and(
+                        |status: StatusCode, _: Version, _: &HeaderMap, _: &Extensions| {
+                            status.is_success()
+                        },
+                    ),
+                )),
         )
         .route("/v2/repository/index", post(admin::repository_index))
         .route("/v2/systemsharedmemory/status", get(shm::status_all))
