@@ -4,8 +4,11 @@
 //! features, each an INT64 `[N, max_ids]` (or BYTES) input whose ids are looked up in an
 //! embedding table from `kiln-embed` and pooled; a dense FP32 `[N, D]` input through a bottom
 //! MLP; an interaction (concat, or DLRM pairwise dot products); a top MLP and an output
-//! activation. The MLPs run on the `gemm` crate ([`mlp`]); a batch is split into row ranges,
-//! one per instance thread, each running the whole forward pass. Features marked
+//! activation. The MLPs ([`mlp`]) run on the kernel chosen per model at load ([`dense`]): the
+//! `gemm` crate, or Intel MKL ([`mkl`], loaded at run time from the path in
+//! [`RecsysOptions`]) in fp32 on pre-packed weights or in bf16, after the model's `precision`
+//! parameter; a batch is split into row ranges, one per instance thread, each running the whole
+//! forward pass (MKL runs sequentially inside each). Features marked
 //! `part = "wide"` add their summed dim-1 rows straight to the logit ([`wide`]): a model of
 //! wide features only is a logistic regression, one with both parts is Wide & Deep.
 //!
@@ -17,12 +20,14 @@
 //!
 //! Modules: [`spec`] (the config), [`weights`] (the safetensors file), [`features`] (raw ids to
 //! table keys, the one definition of feature hashing), [`tables`] (the live-table registry and
-//! the sparse control plane), [`wide`] (the wide part's checks), [`mlp`] and [`model`] (the CPU
-//! forward pass).
+//! the sparse control plane), [`wide`] (the wide part's checks), [`dense`], [`mkl`], [`mlp`] and
+//! [`model`] (the CPU forward pass).
 
 #![warn(missing_docs)]
 
+pub mod dense;
 pub mod features;
+pub mod mkl;
 pub mod mlp;
 pub mod model;
 pub mod spec;
@@ -30,32 +35,83 @@ pub mod tables;
 pub mod weights;
 pub mod wide;
 
+use dense::{DenseEnv, DenseLayer};
 use kiln_core::{Backend, DataType, Error, LoadedModel, ModelConfig, ModelIo, Result, TensorSpec};
 use kiln_embed::{EmbedCollector, Pooling};
 use model::RecsysModel;
 use spec::{Interaction, Part, RecsysSpec};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 pub use tables::TableRegistry;
 use weights::WeightsFile;
 
 /// The `recsys` backend. Its [`TableRegistry`] keeps the live tables of loaded models, so a
 /// new version can share them, and the Prometheus collector of their metrics; a registry can be
-/// shared with another backend ([`RecsysBackend::with_tables`]).
-#[derive(Default)]
+/// shared with another backend ([`RecsysBackend::with_tables`]). What runs the dense layers
+/// is set by [`RecsysOptions`].
 pub struct RecsysBackend {
     tables: Arc<TableRegistry>,
+    dense: DenseEnv,
+}
+
+impl Default for RecsysBackend {
+    fn default() -> Self {
+        Self::with_options(RecsysOptions::default())
+    }
+}
+
+/// What the backend may use under the dense layers.
+#[derive(Debug, Clone, Default)]
+pub struct RecsysOptions {
+    /// `libmkl_rt.so*` to load; `None`: no MKL, every model runs on the `gemm` crate.
+    pub mkl_library: Option<PathBuf>,
+    /// Why `mkl_library` is `None` (for the log; e.g. where it was looked for).
+    pub mkl_missing: Option<String>,
+    /// Whether the CPU computes bf16 natively; `None`: detected (AVX512_BF16 or AMX). `Some`
+    /// overrides the detection (`Some(false)` runs as on a CPU without).
+    pub cpu_bf16: Option<bool>,
 }
 
 impl RecsysBackend {
-    /// A backend with no tables yet.
+    /// A backend with no tables yet, on the `gemm` crate.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A backend with no tables yet and these options. A library that fails to load is
+    /// logged (warning) and leaves the `gemm` path.
+    pub fn with_options(options: RecsysOptions) -> Self {
+        let mkl = match &options.mkl_library {
+            Some(path) => mkl::Mkl::load(path).map(Arc::new).map_err(|e| {
+                tracing::warn!(error = %e, "recsys: MKL not loaded; models run on the gemm crate");
+                e.to_string()
+            }),
+            None => Err(options
+                .mkl_missing
+                .clone()
+                .unwrap_or_else(|| "no MKL library given".to_string())),
+        };
+        if let Ok(m) = &mkl {
+            tracing::info!(library = %m.path().display(), version = m.version(), threading = m.threading(), "recsys: MKL loaded");
+        }
+        let cpu_bf16 = options.cpu_bf16.unwrap_or_else(dense::detect_cpu_bf16);
+        Self {
+            tables: Arc::default(),
+            dense: DenseEnv { mkl, cpu_bf16 },
+        }
+    }
+
     /// A backend sharing the live tables of `tables`.
     pub fn with_tables(tables: Arc<TableRegistry>) -> Self {
-        Self { tables }
+        Self {
+            tables,
+            ..Self::default()
+        }
+    }
+
+    /// What the dense layers may use (MKL, native bf16).
+    pub fn dense_env(&self) -> &DenseEnv {
+        &self.dense
     }
 
     /// The live tables.
@@ -100,6 +156,20 @@ impl Backend for RecsysBackend {
         }
         let weights = WeightsFile::open(&path)?;
         let (bottom, top) = wide::mlps(&spec, &weights)?;
+        let (kernel, reason) = if bottom.is_empty() && top.is_empty() {
+            (dense::Kernel::Gemm, "no MLPs (wide only)".to_string())
+        } else {
+            self.dense.choose(spec.precision)?
+        };
+        tracing::info!(model = %model, path = kernel.name(), reason = %reason, "recsys: dense layers");
+        let bottom: Vec<DenseLayer> = bottom
+            .into_iter()
+            .map(|l| DenseLayer::new(l, &kernel))
+            .collect();
+        let top: Vec<DenseLayer> = top
+            .into_iter()
+            .map(|l| DenseLayer::new(l, &kernel))
+            .collect();
         let mut tables = self.tables.open_all(&model, &spec.tables, &weights)?;
         let out_dim = top.last().map_or(1, |l| l.outputs);
         let wide = wide::load(&spec, &weights, &tables, out_dim)?;
@@ -212,7 +282,8 @@ impl Backend for RecsysBackend {
                     .unwrap_or_default(),
             ),
             ("threads".to_string(), threads.to_string()),
-            ("gemm".to_string(), "gemm crate, f32".to_string()),
+            ("gemm".to_string(), kernel.name().to_string()),
+            ("gemm_reason".to_string(), reason),
         ];
         if !wide.features.is_empty() {
             describe.push(("wide_features".to_string(), wide.features.len().to_string()));

@@ -1,31 +1,30 @@
-//! Dense layers on the `gemm` crate.
+//! The MLPs of a recsys model, and the `gemm` crate's f32 kernel.
 //!
-//! Why `gemm`: it is a pure-Rust BLAS-like kernel library (the one candle uses) with run-time
-//! CPU dispatch (FMA/AVX2, and AVX-512 on CPUs that have it), packing and cache blocking, so the
-//! build needs no system BLAS and the binary runs on any x86-64. Each call here runs on one
-//! thread: the model splits a batch into row ranges, one per thread, and every thread runs the
-//! whole forward pass of its rows, so layers need no synchronisation between them.
+//! Each layer runs on the kernel chosen for its model ([`crate::dense`]): the `gemm` crate
+//! (below), or MKL on weights packed at load. Each call runs on one thread: the model splits a
+//! batch into row ranges, one per thread, and every thread runs the whole forward pass of its
+//! rows, so layers need no synchronisation between them (MKL runs sequentially, see
+//! [`crate::mkl`]).
+//!
+//! Why `gemm` as the kernel without MKL: it is a pure-Rust BLAS-like kernel library (the one
+//! candle uses) with run-time CPU dispatch (FMA/AVX2, and AVX-512 on CPUs that have it),
+//! packing and cache blocking, so the build needs no system BLAS and the binary runs on any
+//! x86-64.
 //!
 //! An MLP ([`MlpScratch::run`], [`MlpScratch::run_into`]) alternates between two activation
 //! buffers: layer `j` reads the one layer `j - 1` wrote and writes the other.
 
+use crate::dense::{bias_relu, DenseLayer};
 use crate::weights::Linear;
 
-/// `out[rows, outputs] = x[rows, inputs] . W^T + b`, then ReLU if `relu`.
-pub fn linear(layer: &Linear, x: &[f32], rows: usize, out: &mut [f32], relu: bool) {
-    let (k, n) = (layer.inputs, layer.outputs);
-    debug_assert_eq!(x.len(), rows * k);
-    debug_assert_eq!(out.len(), rows * n);
+/// `out[rows, n] = x[rows, k] . w[k, n]` on the `gemm` crate, one thread.
+pub fn gemm_f32(w: &[f32], k: usize, n: usize, x: &[f32], rows: usize, out: &mut [f32]) {
+    // SAFETY: the pointers cover `rows * k`, `k * n` and `rows * n` elements with the strides
+    // given (row-major, unit column stride), checked here.
+    assert!(x.len() >= rows * k && out.len() >= rows * n && w.len() == k * n);
     if rows == 0 {
         return;
     }
-    for row in out.chunks_exact_mut(n) {
-        row.copy_from_slice(&layer.bias);
-    }
-    // SAFETY: the pointers cover `rows * k`, `k * n` and `rows * n` elements with the strides
-    // given (row-major, unit column stride), checked by the assertions above and by the
-    // slices' lengths the callers size from the same layer widths.
-    assert!(x.len() >= rows * k && out.len() >= rows * n && layer.weight_t.len() == k * n);
     unsafe {
         gemm::gemm(
             rows,
@@ -34,14 +33,14 @@ pub fn linear(layer: &Linear, x: &[f32], rows: usize, out: &mut [f32], relu: boo
             out.as_mut_ptr(),
             1,
             n as isize,
-            true,
+            false,
             x.as_ptr(),
             1,
             k as isize,
-            layer.weight_t.as_ptr(),
+            w.as_ptr(),
             1,
             n as isize,
-            1.0f32,
+            0.0f32,
             1.0f32,
             false,
             false,
@@ -49,18 +48,24 @@ pub fn linear(layer: &Linear, x: &[f32], rows: usize, out: &mut [f32], relu: boo
             gemm::Parallelism::None,
         );
     }
-    if relu {
-        for v in out.iter_mut() {
-            *v = v.max(0.0);
-        }
-    }
 }
 
-/// The two activation buffers of a thread's MLPs, grown to the widest layer seen.
+/// `out[rows, outputs] = x[rows, inputs] . W^T + b`, then ReLU if `relu`, on the `gemm` crate.
+pub fn linear(layer: &Linear, x: &[f32], rows: usize, out: &mut [f32], relu: bool) {
+    let (k, n) = (layer.inputs, layer.outputs);
+    debug_assert_eq!(x.len(), rows * k);
+    debug_assert_eq!(out.len(), rows * n);
+    gemm_f32(&layer.weight_t, k, n, x, rows, out);
+    bias_relu(&mut out[..rows * n], &layer.bias, relu);
+}
+
+/// The two activation buffers of a thread's MLPs, grown to the widest layer seen, and the
+/// bf16 copy of a layer's input (bf16 kernel only).
 #[derive(Default)]
 pub struct MlpScratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    x16: Vec<u16>,
 }
 
 /// Where the current activations are.
@@ -74,7 +79,7 @@ enum At {
 impl MlpScratch {
     /// Runs `layers` on `x` (`[rows, layers[0].inputs]`) with ReLU after every layer; the
     /// output (`[rows, last.outputs]`) stays in the scratch.
-    pub fn run<'s>(&'s mut self, layers: &[Linear], x: &'s [f32], rows: usize) -> &'s [f32] {
+    pub fn run<'s>(&'s mut self, layers: &[DenseLayer], x: &'s [f32], rows: usize) -> &'s [f32] {
         let mut at = At::Input;
         for layer in layers {
             at = self.layer(layer, x, rows, at);
@@ -85,7 +90,7 @@ impl MlpScratch {
 
     /// Runs `layers` on `x` with ReLU between layers and none after the last, which writes
     /// `out` (`[rows, last.outputs]`).
-    pub fn run_into(&mut self, layers: &[Linear], x: &[f32], rows: usize, out: &mut [f32]) {
+    pub fn run_into(&mut self, layers: &[DenseLayer], x: &[f32], rows: usize, out: &mut [f32]) {
         let Some((last, hidden)) = layers.split_last() else {
             return;
         };
@@ -93,13 +98,18 @@ impl MlpScratch {
         for layer in hidden {
             at = self.layer(layer, x, rows, at);
         }
-        let src = &self.activations(x, at)[..rows * last.inputs];
-        linear(last, src, rows, out, false);
+        let Self { a, b, x16 } = self;
+        let src = match at {
+            At::Input => x,
+            At::A => &a[..],
+            At::B => &b[..],
+        };
+        last.forward(&src[..rows * last.inputs], rows, out, false, x16);
     }
 
     /// One hidden layer (with ReLU) from the activations at `at` into the other buffer.
-    fn layer(&mut self, layer: &Linear, x: &[f32], rows: usize, at: At) -> At {
-        let Self { a, b } = self;
+    fn layer(&mut self, layer: &DenseLayer, x: &[f32], rows: usize, at: At) -> At {
+        let Self { a, b, x16 } = self;
         let (src, dst, next) = match at {
             At::Input => (x, a, At::A),
             At::A => (&a[..], b, At::B),
@@ -109,13 +119,7 @@ impl MlpScratch {
         if dst.len() < n {
             dst.resize(n, 0.0);
         }
-        linear(
-            layer,
-            &src[..rows * layer.inputs],
-            rows,
-            &mut dst[..n],
-            true,
-        );
+        layer.forward(&src[..rows * layer.inputs], rows, &mut dst[..n], true, x16);
         next
     }
 
@@ -190,18 +194,22 @@ mod tests {
         let mut logits = vec![0.0; rows * 3];
         linear(&layers[2], &hidden, rows, &mut logits, false);
 
+        let dense: Vec<DenseLayer> = layers
+            .iter()
+            .map(|l| DenseLayer::new(l.clone(), &crate::dense::Kernel::Gemm))
+            .collect();
         let mut s = MlpScratch::default();
         for n in 1..=layers.len() {
-            let got = s.run(&layers[..n], &x, rows);
+            let got = s.run(&dense[..n], &x, rows);
             assert_eq!(got.len(), rows * layers[n - 1].outputs);
         }
-        assert_eq!(s.run(&layers, &x, rows), &want[..]);
+        assert_eq!(s.run(&dense, &x, rows), &want[..]);
         let mut out = vec![0.0; rows * 3];
-        s.run_into(&layers, &x, rows, &mut out);
+        s.run_into(&dense, &x, rows, &mut out);
         assert_eq!(out, logits);
         // one layer: straight from the input
         let mut out = vec![0.0; rows * 5];
-        s.run_into(&layers[..1], &x, rows, &mut out);
+        s.run_into(&dense[..1], &x, rows, &mut out);
         let mut one = vec![0.0; rows * 5];
         linear(&layers[0], &x, rows, &mut one, false);
         assert_eq!(out, one);

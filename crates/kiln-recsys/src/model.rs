@@ -6,11 +6,11 @@
 //! wide sum (each wide feature's summed dim-1 rows and `wide.bias` added to the logit) and the
 //! output activation. A wide-only model runs the wide sum alone.
 
+use crate::dense::DenseLayer;
 use crate::features::FeatureIds;
 use crate::mlp::MlpScratch;
 use crate::spec::{Activation, Interaction, RecsysSpec};
 use crate::tables::{embed_err, ModelTables};
-use crate::weights::Linear;
 use crate::wide::WidePart;
 use bytes::Bytes;
 use kiln_core::{DataType, Error, LoadedModel, ModelIo, Result, SparseParameters, Tensor};
@@ -25,8 +25,8 @@ const MIN_ROWS_PER_THREAD: usize = 8;
 pub struct RecsysModel {
     pub(crate) io: ModelIo,
     pub(crate) spec: RecsysSpec,
-    pub(crate) bottom: Vec<Linear>,
-    pub(crate) top: Vec<Linear>,
+    pub(crate) bottom: Vec<DenseLayer>,
+    pub(crate) top: Vec<DenseLayer>,
     /// Per spec table.
     pub(crate) tables: ModelTables,
     /// Indices of the deep sparse features (interaction, top MLP), in spec order.

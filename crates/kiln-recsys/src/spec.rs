@@ -10,6 +10,8 @@
 //! output = "prob"                 # output tensor name
 //! output_activation = "sigmoid"   # or "none"
 //! dense_input = "dense"           # FP32 [N, D]; D is the bottom MLP's input width
+//! precision = "fp32"              # MLP arithmetic: "fp32" (default), "bf16" or "auto" (bf16
+//!                                 # where MKL and AVX512_BF16 / AMX are present); see crate::dense
 //!
 //! [[parameters.sparse]]
 //! name = "sparse_0"               # INT64 [N, max_ids] input, -1 = padding
@@ -39,6 +41,7 @@
 //! no deep part, hence no dense input (its inputs are the sparse features alone), and refuses
 //! `interaction`, `dense_input` and `bottom.*` / `top.*` tensors, naming the one it got.
 
+use crate::dense::Precision;
 use kiln_core::{DataType, Error, Result};
 use kiln_embed::{DefaultRow, GapPolicy, Pooling, StorageType, TableConfig};
 use serde::Deserialize;
@@ -155,6 +158,8 @@ struct RawParams {
     #[serde(default)]
     dense_input: Option<String>,
     #[serde(default)]
+    precision: Option<String>,
+    #[serde(default)]
     sparse: Vec<RawSparse>,
     #[serde(default)]
     table_defaults: RawTable,
@@ -228,6 +233,8 @@ pub struct RecsysSpec {
     pub sparse: Vec<SparseFeature>,
     /// Tables in order of first use.
     pub tables: Vec<TableSpec>,
+    /// The MLPs' arithmetic (`precision`, default fp32).
+    pub precision: Precision,
 }
 
 fn bad(m: impl std::fmt::Display) -> Error {
@@ -255,6 +262,19 @@ impl RecsysSpec {
                 ))
             }
             (i, _) => i.unwrap_or(Interaction::Concat),
+        };
+        if raw.precision.is_some() && wide_only {
+            return Err(no_deep("precision"));
+        }
+        let precision = match raw.precision.as_deref() {
+            None | Some("fp32") => Precision::Fp32,
+            Some("bf16") => Precision::Bf16,
+            Some("auto") => Precision::Auto,
+            Some(o) => {
+                return Err(bad(format!(
+                    "precision must be \"fp32\", \"bf16\" or \"auto\", got \"{o}\""
+                )))
+            }
         };
         let dense_input = match (raw.dense_input, wide_only) {
             (Some(_), true) => return Err(no_deep("dense_input")),
@@ -345,6 +365,7 @@ impl RecsysSpec {
             dense_input,
             sparse,
             tables,
+            precision,
         })
     }
 
@@ -452,6 +473,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("xxh3"), "{e:?}");
+        let base = "interaction = \"concat\"\n[[sparse]]\nname=\"a\"\ntable=\"t\"\nmax_ids=1\n";
+        let e = parse(&format!("precision = \"fp16\"\n{base}")).unwrap_err();
+        assert!(
+            e.message.contains("precision") && e.message.contains("fp16"),
+            "{e:?}"
+        );
+        assert_eq!(parse(base).unwrap().precision, Precision::Fp32);
+        let s = parse(&format!("precision = \"auto\"\n{base}")).unwrap();
+        assert_eq!(s.precision, Precision::Auto);
     }
 
     #[test]

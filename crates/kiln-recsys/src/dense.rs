@@ -1,0 +1,367 @@
+//! The kernel under a model's dense layers, chosen once per model at load.
+//!
+//! Three kernels ([`Kernel`]):
+//! - `gemm`: the pure-Rust `gemm` crate, f32 (always available; the weights are packed by the
+//!   crate on every call);
+//! - `mkl fp32`: MKL's `cblas_sgemm_compute` on weights packed once at load
+//!   (`cblas_sgemm_pack`);
+//! - `mkl bf16`: MKL's `cblas_gemm_bf16bf16f32_compute`: weights converted to bf16 and packed
+//!   at load, each layer's input converted to bf16 (round to nearest even), f32 accumulation
+//!   and output. Runs on AVX512_BF16 or AMX tiles where the CPU has them.
+//!
+//! Every kernel writes `x . W^T` and then adds the bias and applies the ReLU in one pass over
+//! the output ([`bias_relu`]). The choice ([`DenseEnv::choose`]) follows the model's
+//! `precision` parameter ([`Precision`]):
+//! - `fp32` (the default): MKL fp32 when MKL is loaded, else `gemm`;
+//! - `bf16`: MKL bf16; a load error naming the field when MKL is not loaded or the CPU has
+//!   neither AVX512_BF16 nor AMX (MKL would emulate bf16 far slower than fp32 runs);
+//! - `auto`: bf16 where it can run, else fp32.
+//!
+//! What the machine offers ([`DenseEnv`]) is given by the backend's options, so a test can
+//! simulate a CPU without bf16 or a machine without MKL.
+
+use crate::mkl::{Mkl, PackedBuf, B_MATRIX, NO_TRANS, PACKED, ROW_MAJOR};
+use crate::weights::Linear;
+use kiln_core::{Error, Result};
+use std::ffi::c_int;
+use std::sync::Arc;
+
+/// A model's `precision` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 weights and activations.
+    #[default]
+    Fp32,
+    /// bf16 weights and layer inputs, f32 accumulation (MKL on a CPU with AVX512_BF16 or AMX).
+    Bf16,
+    /// bf16 where it can run, else fp32.
+    Auto,
+}
+
+/// A dense-layer kernel.
+#[derive(Debug, Clone)]
+pub enum Kernel {
+    /// The `gemm` crate, f32.
+    Gemm,
+    /// MKL sgemm on pre-packed weights.
+    MklF32(Arc<Mkl>),
+    /// MKL bf16 x bf16 -> f32 on pre-packed weights.
+    MklBf16(Arc<Mkl>),
+}
+
+impl Kernel {
+    /// The name shown in the log and the model's description.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Gemm => "gemm fp32",
+            Kernel::MklF32(_) => "mkl fp32 packed",
+            Kernel::MklBf16(_) => "mkl bf16 packed",
+        }
+    }
+}
+
+/// What the machine offers the dense layers: MKL (or why not) and native bf16.
+#[derive(Debug, Clone)]
+pub struct DenseEnv {
+    /// The loaded MKL, or why there is none.
+    pub mkl: std::result::Result<Arc<Mkl>, String>,
+    /// Whether the CPU computes bf16 natively (AVX512_BF16 or AMX).
+    pub cpu_bf16: bool,
+}
+
+impl DenseEnv {
+    /// Picks the kernel for `precision`, with the reason shown in the log.
+    pub fn choose(&self, precision: Precision) -> Result<(Kernel, String)> {
+        let bf16_blocker = match (&self.mkl, self.cpu_bf16) {
+            (Err(why), _) => Some(format!("MKL is not loaded ({why})")),
+            (Ok(_), false) => Some("the CPU has neither AVX512_BF16 nor AMX".to_string()),
+            (Ok(_), true) => None,
+        };
+        let fp32 = |prefix: &str| match &self.mkl {
+            Ok(mkl) => (
+                Kernel::MklF32(mkl.clone()),
+                format!("{prefix}MKL {} loaded", mkl.version()),
+            ),
+            Err(why) => (Kernel::Gemm, format!("{prefix}MKL is not loaded ({why})")),
+        };
+        match (precision, bf16_blocker, &self.mkl) {
+            (Precision::Fp32, _, _) => Ok(fp32("precision = \"fp32\"; ")),
+            (Precision::Bf16 | Precision::Auto, None, Ok(mkl)) => Ok((
+                Kernel::MklBf16(mkl.clone()),
+                format!(
+                    "precision = \"{}\"; MKL {} loaded and the CPU has AVX512_BF16 or AMX",
+                    if precision == Precision::Bf16 { "bf16" } else { "auto" },
+                    mkl.version(),
+                ),
+            )),
+            (Precision::Bf16, blocker, _) => Err(Error::invalid(format!(
+                "recsys parameters: precision = \"bf16\" cannot run here: {}; use \"fp32\", or \"auto\" to fall back to fp32",
+                blocker.unwrap_or_default()
+            ))),
+            (Precision::Auto, blocker, _) => Ok(fp32(&format!(
+                "precision = \"auto\": no bf16 because {}; ",
+                blocker.unwrap_or_default()
+            ))),
+        }
+    }
+}
+
+/// Whether this CPU computes bf16 natively: AVX512_BF16 (with AVX-512 enabled by the OS) or
+/// AMX-BF16.
+pub fn detect_cpu_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // cpuid is available on every x86-64 CPU; leaf 7 exists where the max leaf (leaf 0
+        // EAX) is at least 7, checked first.
+        use std::arch::x86_64::__cpuid_count;
+        if __cpuid_count(0, 0).eax < 7 {
+            return false;
+        }
+        let (l7, l7s1) = (__cpuid_count(7, 0), __cpuid_count(7, 1));
+        let avx512_bf16 = std::is_x86_feature_detected!("avx512f") && l7s1.eax & (1 << 5) != 0;
+        let amx_bf16 = l7.edx & (1 << 22) != 0 && l7.edx & (1 << 24) != 0;
+        avx512_bf16 || amx_bf16
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A layer's weights in its kernel's form.
+enum Weights {
+    /// `[inputs, outputs]` row-major f32.
+    Gemm(Vec<f32>),
+    /// Packed by `cblas_sgemm_pack`.
+    MklF32(Arc<Mkl>, PackedBuf),
+    /// Converted to bf16 and packed by `cblas_gemm_bf16bf16f32_pack`.
+    MklBf16(Arc<Mkl>, PackedBuf),
+}
+
+/// A fully connected layer ready for its kernel.
+pub struct DenseLayer {
+    /// Input width.
+    pub inputs: usize,
+    /// Output width.
+    pub outputs: usize,
+    bias: Vec<f32>,
+    weights: Weights,
+}
+
+/// Rows given to the pack functions. MKL's packed layout of the right-hand operand depends on
+/// its `n` and `k` only (its size is the same for every `m`), so weights packed once serve
+/// batches of any size: the tests check 1 to thousands of rows against the golden outputs.
+const PACK_ROWS: c_int = 512;
+
+fn int(v: usize) -> c_int {
+    c_int::try_from(v).expect("layer widths fit MKL's 32-bit integers")
+}
+
+impl DenseLayer {
+    /// Prepares `layer` for `kernel` (converts and packs its weights for MKL).
+    pub fn new(layer: Linear, kernel: &Kernel) -> Self {
+        let (k, n) = (layer.inputs, layer.outputs);
+        let weights = match kernel {
+            Kernel::Gemm => Weights::Gemm(layer.weight_t),
+            Kernel::MklF32(mkl) => {
+                // SAFETY: `weight_t` is `[k, n]` row-major (ld = n); the destination has the
+                // size MKL asked for.
+                let buf = unsafe {
+                    let mut buf = PackedBuf::new((mkl.sgemm_pack_get_size)(
+                        B_MATRIX,
+                        PACK_ROWS,
+                        int(n),
+                        int(k),
+                    ));
+                    (mkl.sgemm_pack)(
+                        ROW_MAJOR,
+                        B_MATRIX,
+                        NO_TRANS,
+                        PACK_ROWS,
+                        int(n),
+                        int(k),
+                        1.0,
+                        layer.weight_t.as_ptr(),
+                        int(n),
+                        buf.as_mut_ptr(),
+                    );
+                    buf
+                };
+                Weights::MklF32(mkl.clone(), buf)
+            }
+            Kernel::MklBf16(mkl) => {
+                let mut w16 = vec![0u16; k * n];
+                to_bf16(&layer.weight_t, &mut w16);
+                // SAFETY: as above, for the bf16 copy.
+                let buf = unsafe {
+                    let mut buf = PackedBuf::new((mkl.bf16_pack_get_size)(
+                        B_MATRIX,
+                        PACK_ROWS,
+                        int(n),
+                        int(k),
+                    ));
+                    (mkl.bf16_pack)(
+                        ROW_MAJOR,
+                        B_MATRIX,
+                        NO_TRANS,
+                        PACK_ROWS,
+                        int(n),
+                        int(k),
+                        w16.as_ptr(),
+                        int(n),
+                        buf.as_mut_ptr(),
+                    );
+                    buf
+                };
+                Weights::MklBf16(mkl.clone(), buf)
+            }
+        };
+        DenseLayer {
+            inputs: k,
+            outputs: n,
+            bias: layer.bias,
+            weights,
+        }
+    }
+
+    /// Bytes of weights held (packed where packed).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            Weights::Gemm(w) => w.len() * 4,
+            Weights::MklF32(_, b) | Weights::MklBf16(_, b) => b.len(),
+        }
+    }
+
+    /// `out[rows, outputs] = x[rows, inputs] . W^T + b`, then ReLU if `relu`. `x16` is the
+    /// thread's buffer for the bf16 copy of `x`.
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], relu: bool, x16: &mut Vec<u16>) {
+        let (k, n) = (self.inputs, self.outputs);
+        assert!(x.len() >= rows * k && out.len() >= rows * n);
+        if rows == 0 {
+            return;
+        }
+        match &self.weights {
+            Weights::Gemm(w) => crate::mlp::gemm_f32(w, k, n, x, rows, out),
+            // SAFETY (both MKL arms): `x` holds `[rows, k]` row-major (lda = k), `out`
+            // `[rows, n]` (ldc = n), both checked above; the packed operand was packed for
+            // this `n` and `k`; beta = 0, so `out` is only written.
+            Weights::MklF32(mkl, packed) => unsafe {
+                (mkl.sgemm_compute)(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    PACKED,
+                    int(rows),
+                    int(n),
+                    int(k),
+                    x.as_ptr(),
+                    int(k),
+                    packed.as_ptr(),
+                    int(n),
+                    0.0,
+                    out.as_mut_ptr(),
+                    int(n),
+                )
+            },
+            Weights::MklBf16(mkl, packed) => {
+                if x16.len() < rows * k {
+                    x16.resize(rows * k, 0);
+                }
+                to_bf16(&x[..rows * k], &mut x16[..rows * k]);
+                // SAFETY: as above, `x16` holding the bf16 copy of `x`.
+                unsafe {
+                    (mkl.bf16_compute)(
+                        ROW_MAJOR,
+                        NO_TRANS,
+                        PACKED,
+                        int(rows),
+                        int(n),
+                        int(k),
+                        1.0,
+                        x16.as_ptr(),
+                        int(k),
+                        packed.as_ptr(),
+                        int(n),
+                        0.0,
+                        out.as_mut_ptr(),
+                        int(n),
+                    )
+                }
+            }
+        }
+        bias_relu(&mut out[..rows * n], &self.bias, relu);
+    }
+}
+
+/// Adds `bias` to every row of `out` and applies the ReLU if `relu`, in one pass.
+pub fn bias_relu(out: &mut [f32], bias: &[f32], relu: bool) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        if relu {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = (*v + b).max(0.0);
+            }
+        } else {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// f32 to bf16, rounding to nearest even (NaN stays a quiet NaN).
+pub fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        let b = s.to_bits();
+        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+        *d = if s.is_nan() { 0x7fc0 } else { rounded };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let cases = [
+            1.0f32,
+            -2.5,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            3.4e38,
+            f32::NAN,
+        ];
+        let mut out = [0u16; 6];
+        to_bf16(&cases, &mut out);
+        for (c, o) in cases.iter().zip(out) {
+            let want = half::bf16::from_f32(*c);
+            if c.is_nan() {
+                assert!(half::bf16::from_bits(o).is_nan());
+            } else {
+                assert_eq!(o, want.to_bits(), "{c}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_needs_mkl_and_the_cpu() {
+        let none = DenseEnv {
+            mkl: Err("no library given".into()),
+            cpu_bf16: true,
+        };
+        let (k, why) = none.choose(Precision::Fp32).unwrap();
+        assert!(
+            matches!(k, Kernel::Gemm) && why.contains("no library given"),
+            "{why}"
+        );
+        let (k, why) = none.choose(Precision::Auto).unwrap();
+        assert!(
+            matches!(k, Kernel::Gemm) && why.contains("MKL is not loaded"),
+            "{why}"
+        );
+        let e = none.choose(Precision::Bf16).unwrap_err();
+        assert!(
+            e.message.contains("precision") && e.message.contains("MKL"),
+            "{e:?}"
+        );
+    }
+}
