@@ -16,6 +16,7 @@ mod derive;
 mod io;
 pub mod library;
 mod model;
+pub mod onnx_file;
 mod onnx_graph;
 mod providers;
 pub mod settings;

@@ -157,12 +157,59 @@ pub fn ort_library(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// The OpenVINO C library the tests use: `KILN_OPENVINO_LIBRARY`, else the
+/// `libs/libopenvino_c.so.*` of the `openvino` package of the first of [`python_candidates`]
+/// that has one.
+pub fn openvino_library_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("KILN_OPENVINO_LIBRARY").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return match p.exists() {
+            true => Ok(p),
+            false => Err(format!(
+                "KILN_OPENVINO_LIBRARY={} does not exist",
+                p.display()
+            )),
+        };
+    }
+    let mut tried = Vec::new();
+    for python in python_candidates() {
+        match python_package_dir(python.as_os_str(), "openvino") {
+            Ok(dir) => match prefixed_library(&dir.join("libs"), "openvino_c.") {
+                Some(lib) => return Ok(lib),
+                None => tried.push(format!("no library in {}/libs", dir.display())),
+            },
+            Err(why) => tried.push(why),
+        }
+    }
+    Err(format!(
+        "openvino library not found (no KILN_OPENVINO_LIBRARY; {}); run scripts/setup-python.sh",
+        tried.join("; ")
+    ))
+}
+
+/// [`openvino_library_path`], or `None` after [`skip`]ping `test` (which fails under CI).
+pub fn openvino_library(test: &str) -> Option<PathBuf> {
+    match openvino_library_path() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            skip(test, why);
+            None
+        }
+    }
+}
+
 /// The versioned onnxruntime library in a wheel's `capi` directory (`libonnxruntime.so.1.32.0`,
 /// `libonnxruntime.1.32.0.dylib`).
 fn versioned_library(capi: &Path) -> Option<PathBuf> {
-    let prefix = format!("{}onnxruntime.", std::env::consts::DLL_PREFIX);
+    prefixed_library(capi, "onnxruntime.")
+}
+
+/// The library in `dir` whose name starts with `lib<stem>` (`stem` ends with the dot before
+/// the version), the longest such name first.
+fn prefixed_library(dir: &Path, stem: &str) -> Option<PathBuf> {
+    let prefix = format!("{}{stem}", std::env::consts::DLL_PREFIX);
     let suffix = std::env::consts::DLL_SUFFIX;
-    let mut found: Vec<PathBuf> = std::fs::read_dir(capi)
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
