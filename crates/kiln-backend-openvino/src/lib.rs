@@ -198,30 +198,44 @@ fn configure_device(core: &mut Core, settings: &OvSettings) -> std::result::Resu
             ));
         }
     }
+    // a virtual device takes the performance hint; the rest goes to the CPU plugin it may pick
+    let virtual_device = VIRTUAL_DEVICES.contains(&family);
     let device = DeviceType::from(settings.device.as_str());
-    let mut set = |key: RwPropertyKey, name: &str, value: String| {
-        core.set_property(&device, &key, &value).map_err(|e| {
+    let target = match virtual_device {
+        true => DeviceType::CPU,
+        false => DeviceType::from(settings.device.as_str()),
+    };
+    let mut set = |on: &DeviceType, key: RwPropertyKey, name: &str, value: String| {
+        core.set_property(on, &key, &value).map_err(|e| {
             format!(
                 "parameters.{name}: device '{}' refuses {value}: {e}",
-                settings.device
+                on.as_ref()
             )
         })
     };
     set(
+        &device,
         RwPropertyKey::HintPerformanceMode,
         "performance_hint",
         settings.hint.as_ov().to_string(),
     )?;
     set(
+        &target,
         RwPropertyKey::HintInferencePrecision,
         "inference_precision",
         settings.precision.as_ov().to_string(),
     )?;
     if let Some(n) = settings.num_streams {
-        set(RwPropertyKey::NumStreams, "num_streams", n.to_string())?;
-    }
-    if family == "CPU" {
         set(
+            &target,
+            RwPropertyKey::NumStreams,
+            "num_streams",
+            n.to_string(),
+        )?;
+    }
+    if family == "CPU" || virtual_device {
+        set(
+            &target,
             RwPropertyKey::InferenceNumThreads,
             "threads",
             settings.threads.to_string(),

@@ -4,7 +4,7 @@
 //! The text is parsed against the descriptors of `proto/model_config.proto` (which declares every
 //! field of Triton's `ModelConfig` with Triton's numbers) and then converted field by field:
 //!
-//! - honoured: `name`, `platform` / `backend` (`onnxruntime_onnx`, `onnxruntime`; `ensemble`
+//! - honoured: `name`, `platform` / `backend` (`onnxruntime_onnx`, `onnxruntime`, `openvino`; `ensemble`
 //!   becomes a pipeline with one `[[step]]` per ensemble step), `max_batch_size`, `input` /
 //!   `output`, `version_policy`, `dynamic_batching`, `instance_group` (CPU), `model_warmup`,
 //!   `parameters`, `response_cache`, `default_model_filename`, `ensemble_scheduling`;

@@ -13,9 +13,11 @@ use std::fmt::Display;
 const ONNX_PLATFORM: &str = "onnxruntime_onnx";
 /// Triton's platform of ensembles (Kiln's pipelines).
 const ENSEMBLE: &str = "ensemble";
-/// Backends a `config.pbtxt` may name: Triton's ONNX Runtime backend, and Kiln's pure-Rust
-/// ONNX engine.
-const BACKENDS: [&str; 2] = ["onnxruntime", "tract"];
+/// The platform (and backend) name of Triton's OpenVINO backend: ONNX and OpenVINO IR models.
+const OPENVINO: &str = "openvino";
+/// Backends a `config.pbtxt` may name: Triton's ONNX Runtime and OpenVINO backends, and Kiln's
+/// pure-Rust ONNX engine.
+const BACKENDS: [&str; 3] = ["onnxruntime", "tract", OPENVINO];
 
 /// The error about `field` of `file`.
 pub(super) fn refuse(file: &str, field: &str, why: impl Display) -> Error {
@@ -155,11 +157,14 @@ fn backend(c: &pb::ModelConfig, file: &str) -> Result<Option<String>> {
     let from_platform = match c.platform.as_str() {
         "" => None,
         ONNX_PLATFORM => Some("onnxruntime"),
+        OPENVINO => Some(OPENVINO),
         other => {
             return Err(unsupported(
                 file,
                 "platform",
-                &format!("'{other}': Kiln serves \"{ONNX_PLATFORM}\" and \"{ENSEMBLE}\" models"),
+                &format!(
+                    "'{other}': Kiln serves \"{ONNX_PLATFORM}\", \"{OPENVINO}\" and \"{ENSEMBLE}\" models"
+                ),
             ))
         }
     };
@@ -170,7 +175,9 @@ fn backend(c: &pb::ModelConfig, file: &str) -> Result<Option<String>> {
             return Err(unsupported(
                 file,
                 "backend",
-                &format!("'{other}': Kiln serves ONNX models with \"onnxruntime\" or \"tract\""),
+                &format!(
+                    "'{other}': Kiln serves models with \"onnxruntime\", \"openvino\" or \"tract\""
+                ),
             ))
         }
     };

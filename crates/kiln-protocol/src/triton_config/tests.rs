@@ -99,6 +99,17 @@ fn defaults_are_kilns() {
 }
 
 #[test]
+fn openvino_platform_and_backend_map_to_the_openvino_backend() {
+    for text in [
+        "platform: \"openvino\"",
+        "backend: \"openvino\"",
+        "platform: \"openvino\" backend: \"openvino\"",
+    ] {
+        assert_eq!(ok(text).backend.as_deref(), Some("openvino"), "{text}");
+    }
+}
+
+#[test]
 fn ensemble_becomes_a_pipeline() {
     let c = ok(r#"
         platform: "ensemble"
