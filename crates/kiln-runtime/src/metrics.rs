@@ -1,7 +1,8 @@
 //! Prometheus metrics of the runtime, per model and version: request outcomes, latency
 //! histograms (request, queue, compute, server overhead), batch sizes, queue depth and
-//! in-flight requests, and `kiln_model_info` (who owns each model). Handles are resolved once
-//! per served version so the hot path only touches atomics.
+//! in-flight requests, `kiln_model_info` (who owns each model) and, per model, the time of the
+//! last applied embedding delta. Handles are resolved once per served version so the hot path
+//! only touches atomics.
 
 use kiln_core::config::ModelConfig;
 use parking_lot::Mutex;
@@ -11,6 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Labels of per-version series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,6 +22,13 @@ pub struct VersionLabels {
     pub model: String,
     /// Model version.
     pub version: String,
+}
+
+/// Labels of per-model series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Model name.
+    pub model: String,
 }
 
 /// Labels of failure counters.
@@ -92,6 +102,7 @@ pub struct RuntimeMetrics {
     step_seconds: Family<StepLabels, Histogram, fn() -> Histogram>,
     rollbacks: Family<VersionLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
+    delta_applied_at: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     /// The `info` series set so far, to drop those a newer load of the model replaces.
     info_set: Mutex<Vec<InfoLabels>>,
 }
@@ -122,6 +133,7 @@ impl Default for RuntimeMetrics {
             step_seconds: Family::new_with_constructor(latency_histogram),
             rollbacks: Family::default(),
             info: Family::default(),
+            delta_applied_at: Family::default(),
             info_set: Mutex::default(),
         }
     }
@@ -245,6 +257,27 @@ impl RuntimeMetrics {
             "Always 1 for each loaded model version; its owner and team (config.toml) as labels",
             self.info.clone(),
         );
+        r.register(
+            "kiln_delta_last_applied_timestamp_seconds",
+            "Unix time of the last embedding delta applied to the model, from its delta topic or \
+             the admin API (replays, refused deltas and snapshot restores do not count), in seconds",
+            self.delta_applied_at.clone(),
+        );
+    }
+
+    /// Sets `kiln_delta_last_applied_timestamp_seconds` of `model` to now: a delta from its
+    /// delta topic or the admin API changed its tables. Callers leave out replays (no version
+    /// applied it), refused deltas and snapshot restores, so `time()` minus the gauge says how
+    /// long the served rows have gone without an update from the learner.
+    pub fn record_delta_applied(&self, model: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.delta_applied_at
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .set(now);
     }
 
     /// Sets `kiln_model_info` of a version that became ready, with the owner and team of its
@@ -401,59 +434,5 @@ pub struct StepMetrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use prometheus_client::encoding::text::encode;
-
-    fn info_lines(m: &RuntimeMetrics) -> Vec<String> {
-        let mut r = Registry::default();
-        m.register(&mut r);
-        let mut text = String::new();
-        encode(&mut text, &r).unwrap();
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| l.starts_with("kiln_model_info{"))
-            .map(str::to_string)
-            .collect();
-        lines.sort();
-        lines
-    }
-
-    #[test]
-    fn owner_and_team_are_optional_config_keys() {
-        let c = ModelConfig::parse("owner = \"ana@example.com\"\nteam = \"ranking\"", "m").unwrap();
-        assert_eq!(c.owner.as_deref(), Some("ana@example.com"));
-        assert_eq!(c.team.as_deref(), Some("ranking"));
-        let c = ModelConfig::parse("", "m").unwrap();
-        assert_eq!((c.owner, c.team), (None, None));
-        let e = ModelConfig::parse("owner = 3", "m").unwrap_err();
-        assert!(e.message.contains("owner"), "{e}");
-    }
-
-    #[test]
-    fn model_info_names_owner_and_team_of_each_loaded_version() {
-        let m = RuntimeMetrics::default();
-        let owned = ModelConfig::parse("owner = \"ana\"\nteam = \"ranking\"", "ranker").unwrap();
-        m.set_model_info("ranker", 1, &owned);
-        m.set_model_info("ranker", 2, &owned);
-        m.set_model_info("mlp", 1, &ModelConfig::parse("", "mlp").unwrap());
-        assert_eq!(
-            info_lines(&m),
-            [
-                r#"kiln_model_info{model="mlp",version="1",owner="",team=""} 1"#,
-                r#"kiln_model_info{model="ranker",version="1",owner="ana",team="ranking"} 1"#,
-                r#"kiln_model_info{model="ranker",version="2",owner="ana",team="ranking"} 1"#,
-            ]
-        );
-        // a new owner in the config replaces the model's series; other models keep theirs
-        let moved = ModelConfig::parse("owner = \"bo\"\nteam = \"ads\"", "ranker").unwrap();
-        m.set_model_info("ranker", 2, &moved);
-        assert_eq!(
-            info_lines(&m),
-            [
-                r#"kiln_model_info{model="mlp",version="1",owner="",team=""} 1"#,
-                r#"kiln_model_info{model="ranker",version="2",owner="bo",team="ads"} 1"#,
-            ]
-        );
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -13,8 +13,9 @@ use kiln_runtime::tables::VersionRows;
 use kiln_runtime::{VersionDeltaAck, VersionTable};
 use std::net::SocketAddr;
 
-/// Applies `delta` to `table` of `model` (`version` empty: every serving version) and logs
-/// each applied delta at info with the caller's address `from`. Blocking.
+/// Applies `delta` to `table` of `model` (`version` empty: every serving version), logs each
+/// applied delta at info with the caller's address `from`, and stamps the model's
+/// `kiln_delta_last_applied_timestamp_seconds` when a version applied it. Blocking.
 pub fn apply_delta(
     state: &AppState,
     from: Option<SocketAddr>,
@@ -30,6 +31,9 @@ pub fn apply_delta(
             tracing::debug!(caller = %caller(from), model, version, table, error = %e,
                 "embedding delta refused");
         })?;
+    if acks.iter().any(|a| a.ack.applied) {
+        state.repo.metrics().record_delta_applied(model);
+    }
     for VersionDeltaAck { version, ack } in &acks {
         if ack.applied {
             tracing::info!(

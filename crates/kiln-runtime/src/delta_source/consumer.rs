@@ -171,6 +171,7 @@ pub(crate) async fn run(
         match outcome {
             Outcome::Applied { gap } => {
                 metrics.applied(&model);
+                repo.metrics().record_delta_applied(&model);
                 if gap {
                     metrics.gap(&model);
                 }
