@@ -266,6 +266,20 @@ def sparse_learning():
     )
     b.row("Deltas on the serving replicas")
     b.panel(
+        "Seconds since the last applied delta",
+        "Per model, the seconds since its stalest replica last applied a delta (from its delta "
+        "topic or the admin API; replays and refused deltas do not count): a learner that stopped "
+        "publishing, or a stuck consumer, shows as a rising line (alert KilnDeltaLagging).",
+        [
+            (
+                'max by (model) (time() - kiln_delta_last_applied_timestamp_seconds{job=~"$job"})',
+                "{{model}}",
+            )
+        ],
+        unit="s",
+        w=8,
+    )
+    b.panel(
         "Deltas applied",
         "Deltas and rows applied per second to each table (from kiln learn, the admin API or a "
         "delta topic).",
@@ -278,13 +292,16 @@ def sparse_learning():
             ),
         ],
         unit="ops",
+        w=8,
     )
     b.panel(
-        "Delta lag",
-        "Seconds since the last delta was applied to each table, the highest over replicas: "
-        "how stale the served rows may be.",
+        "Delta lag (creation to apply)",
+        "Apply time minus creation time of each table's last delta (the learner dates a delta "
+        "by its events), the highest over replicas: how far behind the events the served rows "
+        "were when the last delta landed.",
         [(f"max by (table) ({tsel('kiln_embed_delta_lag_seconds')})", "{{table}}")],
         unit="s",
+        w=8,
     )
     b.panel(
         "Deltas rejected",
