@@ -3,6 +3,7 @@
 mod cache;
 mod learn;
 mod onnx;
+mod openvino;
 mod process_metrics;
 mod serve;
 mod signal;

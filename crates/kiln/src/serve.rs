@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// then the Python `onnxruntime` package (`pip install onnxruntime`) is used.
     #[arg(long, env = "KILN_ORT_LIBRARY")]
     ort_library: Option<PathBuf>,
+    /// OpenVINO C library (`libopenvino_c.so.*`, >= 2025.1) for models with `backend =
+    /// "openvino"`; when absent the Python `openvino` package's (`pip install openvino`).
+    #[arg(long, env = "KILN_OPENVINO_LIBRARY")]
+    openvino_library: Option<PathBuf>,
     /// Worker threads of the async runtime (network and protocol work; compute has its own).
     #[arg(long, env = "KILN_IO_THREADS")]
     io_threads: Option<usize>,
@@ -267,8 +271,8 @@ fn delta_source(args: &ServeArgs) -> anyhow::Result<Option<DeltaSourceConfig>> {
     Ok(Some(config))
 }
 
-/// The backends `kiln serve` is built with: tract, ONNX Runtime (cargo feature `ort`) and
-/// recsys, whose metrics go into `registry`.
+/// The backends `kiln serve` is built with: tract, ONNX Runtime (cargo feature `ort`), OpenVINO
+/// (cargo feature `openvino`) and recsys, whose metrics go into `registry`.
 fn backends(args: &ServeArgs, registry: &mut Registry) -> anyhow::Result<Backends> {
     let mut backends = Backends::new();
     backends.register(Arc::new(kiln_backend_tract::TractBackend));
@@ -277,6 +281,7 @@ fn backends(args: &ServeArgs, registry: &mut Registry) -> anyhow::Result<Backend
         args.ort_library.clone(),
         &args.default_onnx_backend,
     )?;
+    crate::openvino::register(&mut backends, args.openvino_library.clone())?;
     let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
     recsys.collector().register(registry);
     backends.register(recsys);
