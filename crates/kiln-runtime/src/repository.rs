@@ -5,18 +5,20 @@
 //! only once a selected version serves, so a corrupt new version leaves the old one serving.
 //! Load outcomes (and their errors) show in [`ModelRepository::index`].
 
+mod index;
+mod sync;
+
+pub use index::{IndexEntry, VersionState};
+
 use crate::backends::Backends;
 use crate::metrics::RuntimeMetrics;
-use crate::model_config::read_config;
 use crate::repository_files::{check_files, write_files, LoadRequest};
 use crate::response_cache::ResponseCache;
 use crate::traffic::Routes;
 use crate::version::ServedVersion;
-use crate::warmup::warm_up;
 use kiln_core::{texts, Error, ModelConfig, Result};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Weak};
@@ -30,48 +32,6 @@ pub enum ControlMode {
     Poll(std::time::Duration),
     /// Load only the models named at start; everything else through the API.
     Explicit,
-}
-
-/// The state of one model version as the repository index reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionState {
-    /// Serving.
-    Ready,
-    /// Not serving; `reason` says why.
-    Unavailable,
-    /// Being loaded (a load, or the poll's rescan, is working on it).
-    Loading,
-    /// Unloaded or replaced, while requests it took are still in flight.
-    Unloading,
-    /// In the repository directory but never loaded: Triton lists such a model by name only.
-    NotLoaded,
-}
-
-impl VersionState {
-    /// The protocol's name (`READY`, `UNAVAILABLE`, `LOADING`, `UNLOADING`; empty for a model
-    /// never loaded).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VersionState::Ready => "READY",
-            VersionState::Unavailable => "UNAVAILABLE",
-            VersionState::Loading => "LOADING",
-            VersionState::Unloading => "UNLOADING",
-            VersionState::NotLoaded => "",
-        }
-    }
-}
-
-/// One row of the repository index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexEntry {
-    /// Model name.
-    pub name: String,
-    /// Version, or `None` for a model that has no loadable version.
-    pub version: Option<u64>,
-    /// Serving or not.
-    pub state: VersionState,
-    /// Why it is not serving, or the last failed reload of a serving version.
-    pub reason: String,
 }
 
 struct VersionSlot {
@@ -279,33 +239,6 @@ impl ModelRepository {
         }
     }
 
-    /// `names` with the pipelines last, each after the pipelines it names as steps (as far as
-    /// their configurations can be read), so that members load before the pipelines using
-    /// them. A configuration that cannot be read keeps its place; its load reports why.
-    fn load_order(&self, names: Vec<String>) -> Vec<String> {
-        let mut models = Vec::new();
-        let mut pipelines: Vec<(String, Vec<String>)> = Vec::new();
-        for name in names {
-            match read_config(&self.root.join(&name), &name) {
-                Ok((c, _)) if c.is_pipeline() => {
-                    let members = crate::pipeline::member_names(&c);
-                    pipelines.push((name, members));
-                }
-                _ => models.push(name),
-            }
-        }
-        // pipelines of pipelines: place one once the pipelines it uses are placed
-        while !pipelines.is_empty() {
-            let pending: Vec<String> = pipelines.iter().map(|(n, _)| n.clone()).collect();
-            let ready = pipelines
-                .iter()
-                .position(|(_, m)| !m.iter().any(|x| pending.contains(x)))
-                .unwrap_or(0); // a cycle: its load names it
-            models.push(pipelines.remove(ready).0);
-        }
-        models
-    }
-
     /// Loads or reloads a model (the load API). Ok once at least one version serves.
     pub async fn load(&self, name: &str) -> Result<()> {
         self.load_with(name, LoadRequest::default()).await
@@ -390,200 +323,6 @@ impl ModelRepository {
             d.retain(|w| w.strong_count() > 0);
             d.push(Arc::downgrade(&v));
         }
-    }
-
-    /// Brings one model in line with its directory. Caller holds `ops`. A version that failed
-    /// to load is tried again when its files changed, on `retry_failed` (the load API), and
-    /// always for a pipeline (its members may serve now). `config_override` replaces the
-    /// model's configuration file.
-    async fn sync(
-        &self,
-        name: &str,
-        retry_failed: bool,
-        config_override: Option<Arc<(ModelConfig, u64)>>,
-    ) -> Result<()> {
-        self.loading.lock().insert(name.to_string());
-        let _loading = Loading(self, name.to_string());
-        let dir = self.root.join(name);
-        if !dir.is_dir() {
-            let removed = self.models.write().remove(name).is_some();
-            self.traffic.forget(name);
-            if removed {
-                tracing::info!(model = %name, "model directory removed: unloaded");
-            }
-            return Err(Error::not_found(format!(
-                "model '{name}' is not in the repository"
-            )));
-        }
-        let read = match &config_override {
-            Some(c) => Ok(c.as_ref().clone()),
-            None => read_config(&dir, name),
-        };
-        let (config, config_hash) = match read {
-            Ok(c) => c,
-            Err(e) => {
-                let e = self.relative(e);
-                tracing::error!(model = %name, error = %e, "bad model configuration; serving versions stay");
-                self.models
-                    .write()
-                    .entry(name.to_string())
-                    .or_default()
-                    .error = Some(e.message.clone());
-                return Err(e);
-            }
-        };
-        self.traffic.configure(name, &config);
-        let available = list_versions(&dir);
-        let selected = config.version_policy.select(&available);
-        if selected.is_empty() {
-            let e = Error::unavailable(format!(
-                "model '{name}' has no version directory matching its version policy"
-            ));
-            self.models
-                .write()
-                .entry(name.to_string())
-                .or_default()
-                .error = Some(e.message.clone());
-            return Err(e);
-        }
-        let config = Arc::new(config);
-        let mut last_err = None;
-        for &v in &selected {
-            let fp = fingerprint(&dir.join(v.to_string()), config_hash);
-            // (readiness is checked after the lock is released: a pipeline's looks its
-            // members up in the repository)
-            let same = self
-                .models
-                .read()
-                .get(name)
-                .and_then(|m| m.versions.get(&v))
-                .filter(|s| s.fingerprint == fp)
-                .map(|s| s.served.clone());
-            let unchanged = match same {
-                None => false,
-                Some(None) => !(retry_failed || config.is_pipeline()),
-                Some(Some(s)) => s.failure().is_none(),
-            };
-            if unchanged {
-                continue;
-            }
-            match self
-                .load_version(name, v, &dir, config.clone())
-                .await
-                .map_err(|e| self.relative(e))
-            {
-                Ok(served) => {
-                    self.metrics.record_load(name, v, "ok");
-                    self.metrics.set_model_info(name, v, &config);
-                    tracing::info!(model = %name, version = v, "version ready");
-                    let replaced = self
-                        .models
-                        .write()
-                        .entry(name.to_string())
-                        .or_default()
-                        .versions
-                        .insert(
-                            v,
-                            VersionSlot {
-                                served: Some(Arc::new(served)),
-                                fingerprint: fp,
-                                reason: String::new(),
-                            },
-                        );
-                    self.drain(replaced.and_then(|old| old.served));
-                }
-                Err(e) => {
-                    self.metrics.record_load(name, v, e.code.as_label());
-                    tracing::error!(model = %name, version = v, error = %e, "version failed to load");
-                    let mut models = self.models.write();
-                    let slot = models
-                        .entry(name.to_string())
-                        .or_default()
-                        .versions
-                        .entry(v)
-                        .or_insert(VersionSlot {
-                            served: None,
-                            fingerprint: fp,
-                            reason: String::new(),
-                        });
-                    slot.fingerprint = fp;
-                    slot.reason = if slot.served.is_some() {
-                        format!("reload failed, previous files still serving: {}", e.message)
-                    } else {
-                        e.message.clone()
-                    };
-                    last_err = Some(e);
-                }
-            }
-        }
-        let mut models = self.models.write();
-        let m = models.entry(name.to_string()).or_default();
-        m.error = None;
-        let serving_selected = selected
-            .iter()
-            .any(|v| m.versions.get(v).is_some_and(|s| s.served.is_some()));
-        if serving_selected {
-            let stale: Vec<u64> = m
-                .versions
-                .keys()
-                .copied()
-                .filter(|v| !selected.contains(v))
-                .collect();
-            for v in stale {
-                self.drain(m.versions.remove(&v).and_then(|s| s.served));
-                tracing::info!(model = %name, version = v, "version retired");
-            }
-            Ok(())
-        } else {
-            Err(last_err.unwrap_or_else(|| {
-                Error::unavailable(format!("model '{name}' has no serving version"))
-            }))
-        }
-    }
-
-    async fn load_version(
-        &self,
-        name: &str,
-        version: u64,
-        dir: &Path,
-        config: Arc<ModelConfig>,
-    ) -> Result<ServedVersion> {
-        let vdir = dir.join(version.to_string());
-        let metrics = self.metrics.for_version(name, version);
-        let cache = config
-            .response_cache
-            .enable
-            .then(|| self.response_cache())
-            .flatten();
-        if config.is_pipeline() {
-            let pipeline = crate::pipeline::Pipeline::load(
-                self.me.clone(),
-                &self.metrics,
-                name,
-                version,
-                &vdir,
-                &config,
-            )
-            .await?;
-            return Ok(ServedVersion::pipeline(
-                name, version, config, pipeline, metrics, cache,
-            ));
-        }
-        let backend = self.backends.for_config(&config)?;
-        let name = name.to_string();
-        let model_dir = dir.to_path_buf();
-        let nice = self.worker_nice.load(Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            tracing::info!(model = %name, version, backend = backend.name(), "loading version");
-            let model = backend.load(&vdir, &config)?;
-            if config.warmup {
-                warm_up(model.as_ref(), &config, &model_dir)
-                    .map_err(|e| Error::invalid(format!("warm-up failed: {}", e.message)))?;
-            }
-            ServedVersion::start(&name, version, config, model, metrics, nice, cache)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("model load task failed: {e}")))?
     }
 
     /// `e` with the repository's location cut from its message, so that the index and load
@@ -706,130 +445,6 @@ impl ModelRepository {
         Ok(chosen.unwrap_or(&ready[0]).clone())
     }
 
-    /// The repository index API's answer: [`ModelRepository::index`] and every other model
-    /// directory of the repository, by name only ([`VersionState::NotLoaded`]), as Triton lists
-    /// the models it could load.
-    pub fn index_all(&self) -> Vec<IndexEntry> {
-        let mut out = self.index();
-        let mut unseen: BTreeSet<String> = self.scan().unwrap_or_default().into_iter().collect();
-        unseen.retain(|n| !out.iter().any(|e| &e.name == n));
-        out.extend(unseen.into_iter().map(|name| IndexEntry {
-            name,
-            version: None,
-            state: VersionState::NotLoaded,
-            reason: String::new(),
-        }));
-        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-        out
-    }
-
-    /// Every known model and version with its state: a model a load works on `LOADING`, a
-    /// version unloaded or replaced while requests still hold it `UNLOADING`.
-    pub fn index(&self) -> Vec<IndexEntry> {
-        // copied out first: a pipeline's readiness looks its members up in the repository
-        type Row = (
-            String,
-            Option<u64>,
-            Option<Arc<ServedVersion>>,
-            String,
-            Option<String>,
-        );
-        let loading = self.loading.lock().clone();
-        let rows: Vec<Row> = {
-            let models = self.models.read();
-            let mut rows = Vec::new();
-            for (name, m) in models.iter() {
-                if m.versions.is_empty() {
-                    rows.push((name.clone(), None, None, String::new(), m.error.clone()));
-                }
-                for (v, s) in &m.versions {
-                    rows.push((
-                        name.clone(),
-                        Some(*v),
-                        s.served.clone(),
-                        s.reason.clone(),
-                        m.error.clone(),
-                    ));
-                }
-            }
-            rows
-        };
-        let mut out: Vec<IndexEntry> = rows
-            .into_iter()
-            .map(|(name, version, served, reason, error)| {
-                let failure = served.as_ref().and_then(|v| v.failure());
-                let computes = served.is_some() && failure.is_none();
-                if !computes && loading.contains(&name) {
-                    return IndexEntry {
-                        name,
-                        version,
-                        state: VersionState::Loading,
-                        reason: String::new(),
-                    };
-                }
-                if version.is_none() {
-                    return IndexEntry {
-                        name,
-                        version,
-                        state: VersionState::Unavailable,
-                        reason: error.unwrap_or_default(),
-                    };
-                }
-                IndexEntry {
-                    name,
-                    version,
-                    state: if computes {
-                        VersionState::Ready
-                    } else {
-                        VersionState::Unavailable
-                    },
-                    reason: match (error, failure) {
-                        (Some(e), None) if computes => {
-                            format!("configuration error, still serving: {e}")
-                        }
-                        (_, Some(why)) => format!("cannot compute any more: {why}"),
-                        _ => reason,
-                    },
-                }
-            })
-            .collect();
-        let draining: Vec<(String, u64)> = {
-            let mut d = self.draining.lock();
-            d.retain(|w| w.strong_count() > 0);
-            d.iter()
-                .filter_map(Weak::upgrade)
-                .map(|v| (v.name.clone(), v.version))
-                .collect()
-        };
-        for (name, v) in draining {
-            let listed = out
-                .iter()
-                .any(|e| e.name == name && e.version == Some(v) && e.state == VersionState::Ready);
-            if !listed {
-                out.retain(|e| !(e.name == name && e.version.is_none()));
-                out.push(IndexEntry {
-                    name,
-                    version: Some(v),
-                    state: VersionState::Unloading,
-                    reason: String::new(),
-                });
-            }
-        }
-        for name in loading {
-            if !out.iter().any(|e| e.name == name) {
-                out.push(IndexEntry {
-                    name,
-                    version: None,
-                    state: VersionState::Loading,
-                    reason: String::new(),
-                });
-            }
-        }
-        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-        out.dedup();
-        out
-    }
-
     /// Every serving version (for statistics).
     pub fn serving(&self) -> Vec<Arc<ServedVersion>> {
         self.models
@@ -851,45 +466,4 @@ fn members(m: &ModelSlot) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-fn list_versions(dir: &Path) -> Vec<u64> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Hash of every file's relative path, size and modification time under `dir`, and the config.
-fn fingerprint(dir: &Path, config_hash: u64) -> u64 {
-    let mut h = DefaultHasher::new();
-    config_hash.hash(&mut h);
-    let mut stack = vec![dir.to_path_buf()];
-    let mut entries = Vec::new();
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.filter_map(|e| e.ok()) {
-            let p = e.path();
-            match e.metadata() {
-                Ok(md) if md.is_dir() => stack.push(p),
-                Ok(md) => {
-                    let mtime = md
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                    entries.push((p, md.len(), mtime));
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    entries.sort();
-    entries.hash(&mut h);
-    h.finish()
 }
