@@ -11,7 +11,9 @@
 #      "1 64 512"), CONC (perf_analyzer concurrency, default 2), ENGINES (peer engines, default
 #      "eager bf16 ort"), LAYOUT (the tables' layout, "direct" (default: ids are row numbers,
 #      as in the peers' dense arrays) or "hashed"; written into the model's config.toml),
-#      OUT (default bench/out/recsys-DATE).
+#      OUT (default bench/out/recsys-DATE), KILN_PATHS (the in-process kernels, default
+#      "gemm mkl_fp32 mkl_bf16"), MKL_LIBRARY (default .venv/lib/libmkl_rt.so.3, from
+#      scripts/setup-python.sh; kiln serve finds it itself, or takes KILN_MKL_LIBRARY).
 # Results: $OUT/results.md; Kiln's own histograms in $OUT/server_side.txt.
 set -euo pipefail
 
@@ -26,6 +28,8 @@ export CONC=${CONC:-2}
 OUT=${OUT:-$ROOT/bench/out/recsys-$(date +%Y%m%d-%H%M%S)}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HP=${HTTP_PORT:-18100} GP=${GRPC_PORT:-18101} MP=${METRICS_PORT:-18102}
+KILN_PATHS=${KILN_PATHS:-gemm mkl_fp32 mkl_bf16}
+MKL_LIBRARY=${MKL_LIBRARY:-$ROOT/.venv/lib/libmkl_rt.so.3}
 what=${*:-inproc peers serve deltas}
 mkdir -p "$OUT"
 export RESULTS=$OUT/results.md
@@ -52,9 +56,18 @@ PY
 (cd "$ROOT" && cargo build --release -q -p kiln -p kiln-recsys --examples --bins)
 
 if [[ " $what " == *" inproc "* ]]; then
-  log "kiln in process"
-  "$TARGET/examples/bench_model" "$MODELS_DIR/dlrm" --threads "$THREADS" \
-    --batches "$(echo $BATCHES | tr ' ' ,)" | tee -a "$RESULTS"
+  for path in $KILN_PATHS; do
+    case $path in
+      gemm) extra=() ;;
+      mkl_fp32) extra=(--mkl-library "$MKL_LIBRARY" --precision fp32) ;;
+      # --cpu-bf16: MKL's bf16 path also where auto would not pick it (AMD's AVX512_BF16)
+      mkl_bf16) extra=(--mkl-library "$MKL_LIBRARY" --precision bf16 --cpu-bf16) ;;
+      *) echo "unknown KILN_PATHS entry $path" >&2; exit 1 ;;
+    esac
+    log "kiln in process, $path, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$TARGET/examples/bench_model" "$MODELS_DIR/dlrm" --threads "$THREADS" \
+      --batches "$(echo $BATCHES | tr ' ' ,)" "${extra[@]}" | tee -a "$RESULTS"
+  done
 fi
 
 if [[ " $what " == *" peers "* ]]; then
@@ -66,6 +79,8 @@ fi
 
 start_kiln() {
   rm -f "$OUT/ready.json"
+  # SERVE_MKL: the library kiln serve uses ("off": the gemm crate); default MKL_LIBRARY
+  KILN_MKL_LIBRARY=${SERVE_MKL:-$MKL_LIBRARY} \
   "$TARGET/kiln" serve --model-repository "$MODELS_DIR" --host 127.0.0.1 --http-port "$HP" \
     --grpc-port "$GP" --metrics-port "$MP" --ready-file "$OUT/ready.json" --log warn \
     >"$OUT/kiln.log" 2>&1 &

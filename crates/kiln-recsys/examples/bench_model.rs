@@ -6,12 +6,15 @@
 //!
 //! ```text
 //! cargo run --release -p kiln-recsys --example bench_model -- MODEL_DIR [--threads 2] [--batches 1,64,512,4096]
+//!     [--mkl-library PATH/libmkl_rt.so.3] [--precision fp32|bf16|auto] [--cpu-bf16]
 //! ```
+//! Without `--mkl-library` the MLPs run on the `gemm` crate; with it, on MKL (fp32 packed, or
+//! bf16 with `--precision bf16`; the model's `precision` parameter is replaced).
 //! Prints one markdown row per batch size: median rows/s over 7 runs (each >= 0.4 s and >= 3
 //! calls), the min-max of the runs, and per-call p50 / p99 latency.
 
 use kiln_core::{Backend, ModelConfig, Tensor};
-use kiln_recsys::RecsysBackend;
+use kiln_recsys::{RecsysBackend, RecsysOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,8 @@ fn main() {
     );
     let mut threads = 2u32;
     let mut batches = vec![1usize, 64, 512, 4096];
+    let mut options = RecsysOptions::default();
+    let mut precision = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--threads" => threads = args.next().unwrap().parse().unwrap(),
@@ -49,21 +54,36 @@ fn main() {
                     .map(|b| b.trim().parse().unwrap())
                     .collect()
             }
+            "--mkl-library" => options.mkl_library = Some(args.next().unwrap().into()),
+            "--precision" => precision = Some(args.next().unwrap()),
+            // declares native bf16 (MKL's bf16 path on a CPU where auto would not pick it)
+            "--cpu-bf16" => options.cpu_bf16 = Some(true),
             o => panic!("unknown argument {o}"),
         }
     }
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let mut config = ModelConfig::from_file(&dir.join("config.toml"), &name).expect("config");
     config.instance_group.threads = threads;
+    if let Some(p) = precision {
+        config
+            .parameters
+            .insert("precision".into(), toml::Value::String(p));
+    }
     let version = dir.join("1");
     let t0 = Instant::now();
-    let backend = RecsysBackend::new();
+    let backend = RecsysBackend::with_options(options);
     let model = backend.load(&version, &config).expect("load");
     eprintln!(
         "loaded {} in {:.1} s",
         dir.display(),
         t0.elapsed().as_secs_f64()
     );
+    let kernel = model
+        .describe()
+        .into_iter()
+        .find(|(k, _)| k == "gemm")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     let io = model.io().clone();
     let dense_dim = io.inputs[0].dims[0] as usize;
     let rows_per_table: u64 = model
@@ -130,7 +150,7 @@ fn main() {
         lat.sort_by(|a, b| a.total_cmp(b));
         let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
         println!(
-            "| kiln recsys fp32 ({threads} threads) | {b} | {:.0} | {:.0}-{:.0} | {:.3} | {:.3} |",
+            "| kiln recsys {kernel} ({threads} threads) | {b} | {:.0} | {:.0}-{:.0} | {:.3} | {:.3} |",
             rates[3],
             rates[0],
             rates[6],

@@ -67,8 +67,9 @@ pub struct RecsysOptions {
     pub mkl_library: Option<PathBuf>,
     /// Why `mkl_library` is `None` (for the log; e.g. where it was looked for).
     pub mkl_missing: Option<String>,
-    /// Whether the CPU computes bf16 natively; `None`: detected (AVX512_BF16 or AMX). `Some`
-    /// overrides the detection (`Some(false)` runs as on a CPU without).
+    /// Whether MKL computes bf16 natively on this CPU; `None`: detected
+    /// ([`dense::detect_cpu_bf16`]: AMX, or AVX512_BF16 on Intel). `Some` overrides the
+    /// detection (`Some(false)` runs as on a CPU without).
     pub cpu_bf16: Option<bool>,
 }
 
@@ -92,9 +93,13 @@ impl RecsysBackend {
                 .unwrap_or_else(|| "no MKL library given".to_string())),
         };
         if let Ok(m) = &mkl {
-            tracing::info!(library = %m.path().display(), version = m.version(), threading = m.threading(), "recsys: MKL loaded");
+            tracing::info!(library = %m.path().display(), version = m.version_number(), threading = m.threading(), "recsys: MKL loaded");
         }
-        let cpu_bf16 = options.cpu_bf16.unwrap_or_else(dense::detect_cpu_bf16);
+        let cpu_bf16 = match options.cpu_bf16 {
+            None => dense::detect_cpu_bf16(),
+            Some(true) => Ok("native bf16 (set by configuration)".to_string()),
+            Some(false) => Err("no native bf16 (set by configuration)".to_string()),
+        };
         Self {
             tables: Arc::default(),
             dense: DenseEnv { mkl, cpu_bf16 },

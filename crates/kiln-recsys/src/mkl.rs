@@ -176,6 +176,15 @@ impl Mkl {
         &self.version
     }
 
+    /// The version number alone (`2026.2`), or the whole string when it has none.
+    pub fn version_number(&self) -> &str {
+        self.version
+            .split_once("Version ")
+            .and_then(|(_, v)| v.split(['-', ' ']).next())
+            .filter(|v| !v.is_empty())
+            .unwrap_or(&self.version)
+    }
+
     /// The threading layer in effect: `"sequential"`, or the one an earlier user of MKL in this
     /// process fixed.
     pub fn threading(&self) -> &'static str {

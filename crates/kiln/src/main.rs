@@ -2,6 +2,7 @@
 
 mod cache;
 mod learn;
+mod mkl;
 mod onnx;
 mod openvino;
 mod process_metrics;

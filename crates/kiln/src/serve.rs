@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// "openvino"`; when absent the Python `openvino` package's (`pip install openvino`).
     #[arg(long, env = "KILN_OPENVINO_LIBRARY")]
     openvino_library: Option<PathBuf>,
+    /// Intel MKL (`libmkl_rt.so*`) for the recsys models' dense layers, or `off`; when absent the
+    /// Python `mkl` package's (`pip install mkl`) is used, and without one the `gemm` crate.
+    #[arg(long, env = "KILN_MKL_LIBRARY")]
+    mkl_library: Option<PathBuf>,
     /// Worker threads of the async runtime (network and protocol work; compute has its own).
     #[arg(long, env = "KILN_IO_THREADS")]
     io_threads: Option<usize>,
@@ -282,7 +286,9 @@ fn backends(args: &ServeArgs, registry: &mut Registry) -> anyhow::Result<Backend
         &args.default_onnx_backend,
     )?;
     crate::openvino::register(&mut backends, args.openvino_library.clone())?;
-    let recsys = Arc::new(kiln_recsys::RecsysBackend::new());
+    let recsys = Arc::new(kiln_recsys::RecsysBackend::with_options(
+        crate::mkl::recsys_options(args.mkl_library.clone()),
+    ));
     recsys.collector().register(registry);
     backends.register(recsys);
     Ok(backends)

@@ -1,0 +1,84 @@
+//! Intel MKL for the recsys backend's dense layers: where `kiln serve` finds the library.
+//!
+//! `--mkl-library` (`KILN_MKL_LIBRARY`) names `libmkl_rt.so*`, or `off` to run every recsys
+//! model on the `gemm` crate; else the library of a Python `mkl` package (`pip install mkl`;
+//! `scripts/setup-python.sh` installs it into `.venv`) is used: the interpreters
+//! `$KILN_PYTHON`, `./.venv/bin/python` (relative to the working directory) and `python3` are
+//! asked, in order, which files their `mkl` distribution installed, without importing
+//! anything. Nothing found: the recsys backend logs why and keeps the `gemm` crate. MKL runs
+//! sequentially inside each of a model's instance threads (see `kiln_recsys::mkl`).
+
+use kiln_recsys::RecsysOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The recsys backend's options for `--mkl-library` (`flag`).
+pub fn recsys_options(flag: Option<PathBuf>) -> RecsysOptions {
+    let (mkl_library, mkl_missing) = match flag {
+        Some(p) if p.as_os_str() == "off" => (None, Some("--mkl-library off".to_string())),
+        Some(p) => (Some(p), None),
+        None => match python_mkl() {
+            Ok(p) => {
+                tracing::debug!(library = %p.display(), "MKL from the Python mkl package");
+                (Some(p), None)
+            }
+            Err(why) => (None, Some(why)),
+        },
+    };
+    RecsysOptions {
+        mkl_library,
+        mkl_missing,
+        cpu_bf16: None,
+    }
+}
+
+/// The interpreters asked for an `mkl` package, in order.
+fn python_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
+        out.push(PathBuf::from(p));
+    }
+    let venv = Path::new(".venv/bin/python");
+    if venv.exists() {
+        out.push(venv.to_path_buf());
+    }
+    out.push("python3".into());
+    out
+}
+
+/// `libmkl_rt.so*` of the first interpreter whose `mkl` distribution has one.
+fn python_mkl() -> Result<PathBuf, String> {
+    let mut tried = Vec::new();
+    for python in python_candidates() {
+        match python_package_library(&python) {
+            Ok(p) => return Ok(p),
+            Err(why) => tried.push(format!("{}: {why}", python.display())),
+        }
+    }
+    Err(format!(
+        "no --mkl-library / KILN_MKL_LIBRARY and no Python mkl package ({})",
+        tried.join("; ")
+    ))
+}
+
+fn python_package_library(python: &Path) -> Result<PathBuf, String> {
+    let script = "import importlib.metadata as m\ntry:\n    d = m.distribution('mkl')\nexcept m.PackageNotFoundError:\n    raise SystemExit(0)\nfiles = sorted(str(d.locate_file(f)) for f in d.files or [] if f.name.startswith('libmkl_rt.so'))\nprint(files[0] if files else '')";
+    let out = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("exited with {}", out.status));
+    }
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if path.is_empty() {
+        return Err("no mkl package".into());
+    }
+    let path = PathBuf::from(path);
+    match path.exists() {
+        true => Ok(std::fs::canonicalize(&path).unwrap_or(path)),
+        false => Err(format!("{} is listed but missing", path.display())),
+    }
+}
