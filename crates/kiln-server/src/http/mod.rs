@@ -1,6 +1,7 @@
 //! The HTTP front end (KServe v2 REST plus Triton's extensions), split by API area.
 
 mod admin;
+mod encoding;
 mod extensions;
 mod infer;
 mod parts_body;
@@ -115,5 +116,6 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
         // `Content-Encoding: gzip | deflate` bodies are inflated as they are read, so the body
         // limit above counts inflated bytes and a compression bomb stops at `max_body`
         .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn(encoding::refuse_unknown_encodings))
         .with_state(state)
 }
