@@ -178,10 +178,17 @@ impl ParamTable {
         }
     }
 
-    /// Starts loading the entry of `key` into the cache.
+    /// The hash placing `key` in a table, for [`ParamTable::prefetch_hashed`] and
+    /// [`ParamTable::find_or_insert_hashed`] (a caller hashing a batch's keys once, up front).
     #[inline(always)]
-    pub fn prefetch(&self, key: u64) {
-        self.slots.prefetch(key);
+    pub fn hash(key: u64) -> u64 {
+        kiln_embed::mix64(key)
+    }
+
+    /// Starts loading the entry where the probe of a key of hash `hash` begins into the cache.
+    #[inline(always)]
+    pub fn prefetch_hashed(&self, hash: u64) {
+        self.slots.prefetch_hashed(hash);
     }
 
     /// The slot of `key`, if it has a row.
@@ -195,7 +202,13 @@ impl ParamTable {
     /// slots held): [`ParamTable::reserve`] first when holding slots.
     #[inline]
     pub fn find_or_insert(&mut self, key: u64) -> Option<Slot> {
-        let mut free = match self.slots.probe(key) {
+        self.find_or_insert_hashed(key, Self::hash(key))
+    }
+
+    /// [`ParamTable::find_or_insert`] given `hash` = [`ParamTable::hash`] of `key`.
+    #[inline]
+    pub fn find_or_insert_hashed(&mut self, key: u64, hash: u64) -> Option<Slot> {
+        let mut free = match self.slots.probe_hashed(key, hash) {
             Ok(i) => return Some(i as Slot),
             Err(i) => i,
         };

@@ -16,11 +16,18 @@
 //!
 //! # Throughput
 //!
-//! Per sample: the next sample's entries are prefetched (where each key's probe starts), every key
-//! is found or inserted once (scoring), then each distinct coordinate is updated in place. No
-//! allocation per sample (the coordinate list is reused scratch, duplicates are found with a
-//! mark bit on the slot). `benches/ftrl.rs` measures it against a plain
-//! `HashMap<u64, [f64; 3]>` FTRL in the same run; the figures are in [`crate::params`].
+//! A batch is learned in two passes. First every key of the batch is listed with its table and
+//! its hash (the samples' key lists, separate allocations, are prefetched a few samples ahead),
+//! and every table makes room for all of them, so no slot moves during the batch. Then sample by
+//! sample: while the keys of one sample are found or inserted (scoring), the table entries of
+//! the key [`PREFETCH_KEYS`] further on in the batch are prefetched, so about three samples'
+//! cache misses are in flight at once; then the sample's distinct coordinates are gathered into
+//! lanes and updated [`LANES`] at a time ([`ftrl::update_lanes`], vector square roots and
+//! divisions, bit for bit the scalar result), and written back in place. No allocation per
+//! sample (the lists are reused scratch; duplicates are found with a mark bit on the slot).
+//! Samples stay strictly sequential: each is scored with every earlier sample learned.
+//! `benches/ftrl.rs` measures it against a plain `HashMap<u64, [f64; 3]>` FTRL in the same run;
+//! the figures are in [`crate::params`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,13 +36,27 @@ use kiln_embed::{Clock, SystemClock, TableConfig};
 use kiln_recsys::spec::{Part, RecsysSpec};
 
 use crate::error::{Error, Result};
-use crate::optim::ftrl::{self, FtrlParams};
-use crate::params::{ParamTable, Slot};
+use crate::optim::ftrl::{self, FtrlParams, LANES};
+use crate::params::{prefetch, ParamTable, Slot};
 use crate::sample::Sample;
 use crate::trainer::{TableDelta, Trainer};
 
+/// How many keys ahead of the one being learned the trainer prefetches table entries (about
+/// three samples of 40 keys: enough to cover a memory access, few enough to stay in L1).
+const PREFETCH_KEYS: usize = 128;
+/// How many samples ahead the trainer prefetches the samples' key lists when it hashes a batch.
+const INPUT_AHEAD: usize = 8;
+
 /// The file holding the bias and the FTRL settings in a saved state.
 const STATE_FILE: &str = "wide.json";
+
+/// One key of the batch being learned, with its table and hash.
+#[derive(Debug, Clone, Copy)]
+struct BatchKey {
+    key: u64,
+    hash: u64,
+    table: u32,
+}
 
 /// One distinct coordinate of the sample being learned.
 #[derive(Clone, Copy)]
@@ -55,6 +76,12 @@ pub struct WideTrainer {
     /// The bias's `[w, z, n]`.
     bias: [f64; 3],
     coords: Vec<Coord>,
+    /// Every key of the batch being learned, in order.
+    keys: Vec<BatchKey>,
+    /// Where each sample's keys end in `keys`.
+    ends: Vec<usize>,
+    /// Scratch: keys of the batch per table.
+    per_table: Vec<usize>,
 }
 
 impl std::fmt::Debug for Coord {
@@ -109,6 +136,9 @@ impl WideTrainer {
             feature_table,
             bias: [0.0; 3],
             coords: Vec::with_capacity(64),
+            keys: Vec::new(),
+            ends: Vec::new(),
+            per_table: Vec::new(),
         })
     }
 
@@ -153,52 +183,100 @@ impl WideTrainer {
         ftrl::sigmoid(logit) as f32
     }
 
-    /// Scores one sample (inserting admitted new keys), then learns it; returns the score.
-    /// The entries of `next`'s keys are prefetched feature by feature meanwhile, so their
-    /// cache misses overlap this sample's work a few at a time.
+    /// Scores the sample whose keys are `keys` (from [`WideTrainer::gather`]; inserting
+    /// admitted new keys), then learns it; returns the score. While it walks the keys, it
+    /// prefetches the entries of the key [`PREFETCH_KEYS`] further on in the batch (`ahead`), so
+    /// a few samples' cache misses are in flight at any time.
     #[inline]
-    fn learn_one(&mut self, sample: &Sample, next: Option<&Sample>) -> f64 {
+    fn learn_one(&mut self, label: bool, keys: &[BatchKey], ahead: &[BatchKey]) -> f64 {
         let mut logit = self.bias[0];
         self.coords.clear();
-        for (f, (keys, &t)) in sample.keys.iter().zip(&self.feature_table).enumerate() {
-            let table = &mut self.tables[t as usize];
-            if let Some(ahead) = next.and_then(|n| n.keys.get(f)) {
-                for &k in ahead {
-                    table.prefetch(k);
-                }
+        for (i, e) in keys.iter().enumerate() {
+            if let Some(a) = ahead.get(i) {
+                self.tables[a.table as usize].prefetch_hashed(a.hash);
             }
-            for &k in keys {
-                let Some(slot) = table.find_or_insert(k) else {
-                    continue; // not admitted: weight 0, nothing to learn
-                };
-                logit += table.row(slot)[0] as f64;
-                if table.mark(slot) {
-                    if let Some(c) = self
-                        .coords
-                        .iter_mut()
-                        .find(|c| c.table == t && c.slot == slot)
-                    {
-                        c.count += 1.0;
-                    }
-                } else {
-                    self.coords.push(Coord {
-                        table: t,
-                        slot,
-                        count: 1.0,
-                    });
+            let t = e.table;
+            let table = &mut self.tables[t as usize];
+            let Some(slot) = table.find_or_insert_hashed(e.key, e.hash) else {
+                continue; // not admitted: weight 0, nothing to learn
+            };
+            logit += table.row(slot)[0] as f64;
+            if table.mark(slot) {
+                if let Some(c) = self
+                    .coords
+                    .iter_mut()
+                    .find(|c| c.table == t && c.slot == slot)
+                {
+                    c.count += 1.0;
                 }
+            } else {
+                self.coords.push(Coord {
+                    table: t,
+                    slot,
+                    count: 1.0,
+                });
             }
         }
         let p = ftrl::sigmoid(logit);
-        let err = p - if sample.label { 1.0 } else { 0.0 };
-        for c in &self.coords {
-            let table = &mut self.tables[c.table as usize];
-            ftrl::update_row(&self.ftrl, table.row_mut(c.slot), &[err * c.count as f64]);
-            table.touch(c.slot);
-            table.unmark(c.slot);
+        let err = p - if label { 1.0 } else { 0.0 };
+        // the rows' `[w, z, n]` in lanes, updated LANES coordinates at a time
+        let (mut w, mut z, mut n) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
+        let mut g = [0.0; LANES];
+        for chunk in self.coords.chunks(LANES) {
+            for (i, c) in chunk.iter().enumerate() {
+                let row = self.tables[c.table as usize].row(c.slot);
+                (w[i], z[i], n[i]) = (row[0], row[1], row[2]);
+                g[i] = err * c.count as f64;
+            }
+            ftrl::update_lanes(&self.ftrl, &mut w, &mut z, &mut n, &g);
+            for (i, c) in chunk.iter().enumerate() {
+                let table = &mut self.tables[c.table as usize];
+                table.row_mut(c.slot)[..3].copy_from_slice(&[w[i], z[i], n[i]]);
+                table.touch(c.slot);
+                table.unmark(c.slot);
+            }
         }
         ftrl::update_row(&self.ftrl, &mut self.bias, &[err]);
         p
+    }
+
+    /// Lists every key of `batch` with its table and hash, in order, into `self.keys`, and
+    /// where each sample's keys end into `self.ends`; makes room in every table for all of
+    /// them, so no slot moves while the batch is learned.
+    fn gather(&mut self, batch: &[Sample]) {
+        self.keys.clear();
+        self.ends.clear();
+        self.per_table.clear();
+        self.per_table.resize(self.tables.len(), 0);
+        for (i, s) in batch.iter().enumerate() {
+            // the samples' key lists are separate allocations, likely out of the cache:
+            // prefetch the list of lists of the sample 2 * INPUT_AHEAD on, and the lists of
+            // the sample INPUT_AHEAD on (its list of lists arrived meanwhile)
+            if let Some(a) = batch.get(i + 2 * INPUT_AHEAD) {
+                let bytes = std::mem::size_of_val(a.keys.as_slice());
+                for off in (0..bytes).step_by(64) {
+                    prefetch(a.keys.as_ptr().cast::<u8>().wrapping_add(off));
+                }
+            }
+            if let Some(a) = batch.get(i + INPUT_AHEAD) {
+                for keys in &a.keys {
+                    prefetch(keys.as_ptr());
+                }
+            }
+            for (keys, &t) in s.keys.iter().zip(&self.feature_table) {
+                self.per_table[t as usize] += keys.len();
+                self.keys.extend(keys.iter().map(|&key| BatchKey {
+                    key,
+                    hash: ParamTable::hash(key),
+                    table: t,
+                }));
+            }
+            self.ends.push(self.keys.len());
+        }
+        for (t, &n) in self.tables.iter_mut().zip(&self.per_table) {
+            t.tick();
+            t.reserve(n);
+        }
     }
 
     fn table_index(&self, name: &str) -> Option<&ParamTable> {
@@ -208,21 +286,23 @@ impl WideTrainer {
 
 impl Trainer for WideTrainer {
     fn train(&mut self, batch: &[Sample]) -> Vec<f32> {
-        // room for every key of the batch, so no slot moves while a sample holds it
-        let mut per_table = vec![0usize; self.tables.len()];
-        for s in batch {
-            for (keys, &t) in s.keys.iter().zip(&self.feature_table) {
-                per_table[t as usize] += keys.len();
-            }
-        }
-        for (t, n) in self.tables.iter_mut().zip(per_table) {
-            t.tick();
-            t.reserve(n);
+        self.gather(batch);
+        let keys = std::mem::take(&mut self.keys);
+        let d = PREFETCH_KEYS;
+        for e in &keys[..d.min(keys.len())] {
+            self.tables[e.table as usize].prefetch_hashed(e.hash);
         }
         let mut probs = Vec::with_capacity(batch.len());
+        let mut start = 0;
         for (i, sample) in batch.iter().enumerate() {
-            probs.push(self.learn_one(sample, batch.get(i + 1)) as f32);
+            let end = self.ends[i];
+            let ahead = keys
+                .get(start + d..(end + d).min(keys.len()))
+                .unwrap_or(&[]);
+            probs.push(self.learn_one(sample.label, &keys[start..end], ahead) as f32);
+            start = end;
         }
+        self.keys = keys;
         probs
     }
 

@@ -57,7 +57,7 @@ fn stream(n: usize, seed: u64) -> Vec<Sample> {
     let mut rng = Rng(seed);
     (0..n)
         .map(|_| {
-            let small = rng.next() % 4 == 0;
+            let small = rng.next().is_multiple_of(4);
             let mut id = |space: u64| {
                 if small {
                     rng.next() % 16
@@ -70,7 +70,7 @@ fn stream(n: usize, seed: u64) -> Vec<Sample> {
             let c_len = (id(9) % 9) as usize;
             let c: Vec<u64> = (0..c_len).map(|_| id(40)).collect();
             let d: Vec<u64> = (0..3).map(|_| id(200_000)).collect();
-            let label = (a[0] + b[0]) % 3 == 0 || rng.next() % 5 == 0;
+            let label = (a[0] + b[0]).is_multiple_of(3) || rng.next().is_multiple_of(5);
             Sample {
                 id: String::new(),
                 ts_ms: 0,
