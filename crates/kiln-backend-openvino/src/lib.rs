@@ -238,7 +238,7 @@ fn configure_device(core: &mut Core, settings: &OvSettings) -> std::result::Resu
             &target,
             RwPropertyKey::InferenceNumThreads,
             "threads",
-            settings.threads.to_string(),
+            (settings.threads * settings.num_streams.unwrap_or(1)).to_string(),
         )?;
     }
     Ok(())

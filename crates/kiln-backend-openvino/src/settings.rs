@@ -7,8 +7,9 @@
 //! device = "CPU"                  # CPU | GPU | GPU.0 | AUTO ...: a device the library reports
 //! inference_precision = "f32"     # f32 (default) | bf16
 //! performance_hint = "latency"    # latency | throughput
-//! num_streams = 1                 # parallel streams of the compiled model
-//! threads = 2                     # inference threads; default: instance_group.threads
+//! num_streams = 1                 # streams of the compiled model; default: instance_group.count
+//!                                 # (latency), OpenVINO's choice (throughput)
+//! threads = 2                     # threads per stream; default: instance_group.threads
 //! ```
 
 use kiln_core::{Error, ModelConfig, Result};
@@ -80,9 +81,12 @@ pub struct OvSettings {
     pub precision: Precision,
     /// `PERFORMANCE_HINT` (`latency` by default: the scheduler forms the batches).
     pub hint: PerformanceHint,
-    /// `NUM_STREAMS`; `None` lets the hint decide.
+    /// `NUM_STREAMS`: `num_streams`, else one per instance (`instance_group.count`) under the
+    /// latency hint, so that every instance's request runs at once; `None` lets the throughput
+    /// hint decide.
     pub num_streams: Option<u32>,
-    /// `INFERENCE_NUM_THREADS` (`threads`, else `instance_group.threads`).
+    /// Threads per stream (`threads`, else `instance_group.threads`); OpenVINO's
+    /// `INFERENCE_NUM_THREADS` is this times the streams.
     pub threads: u32,
 }
 
@@ -107,6 +111,7 @@ impl OvSettings {
         if raw.num_streams == Some(0) {
             return Err(zero("num_streams"));
         }
+        let hint = raw.performance_hint.unwrap_or(PerformanceHint::Latency);
         let device = match raw.device {
             None => "CPU".to_string(),
             Some(d) if d.trim().is_empty() || d.contains(char::is_whitespace) => {
@@ -119,8 +124,11 @@ impl OvSettings {
         Ok(OvSettings {
             device,
             precision: raw.inference_precision.unwrap_or(Precision::F32),
-            hint: raw.performance_hint.unwrap_or(PerformanceHint::Latency),
-            num_streams: raw.num_streams,
+            hint,
+            num_streams: raw.num_streams.or(match hint {
+                PerformanceHint::Latency => Some(config.instance_group.count.max(1)),
+                PerformanceHint::Throughput => None,
+            }),
             threads: raw.threads.unwrap_or(config.instance_group.threads.max(1)),
         })
     }
@@ -141,11 +149,13 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_instance_group() {
-        let s = parse("[instance_group]\nthreads = 3").unwrap();
+        let s = parse("[instance_group]\nthreads = 3\ncount = 2").unwrap();
         assert_eq!(s.device, "CPU");
         assert_eq!(s.threads, 3);
         assert_eq!(s.precision, Precision::F32);
         assert_eq!(s.hint, PerformanceHint::Latency);
+        assert_eq!(s.num_streams, Some(2));
+        let s = parse("[parameters]\nperformance_hint = \"throughput\"").unwrap();
         assert_eq!(s.num_streams, None);
     }
 

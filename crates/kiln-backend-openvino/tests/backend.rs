@@ -116,6 +116,20 @@ fn settings_reach_the_compiled_model_and_metadata() {
 }
 
 #[test]
+fn instances_get_a_stream_each_by_default() {
+    let Some(b) = openvino_backend() else { return };
+    let text = "max_batch_size = 64\n[instance_group]\ncount = 2\nthreads = 1\n";
+    let (_tmp, vdir, config) = scratch_model("mlp", text, None);
+    let model = b.load(&vdir, &config).unwrap();
+    let d = describe(model.as_ref());
+    assert_eq!(
+        (d["num_streams"].as_str(), d["threads"].as_str()),
+        ("2", "2"),
+        "{d:?}"
+    );
+}
+
+#[test]
 fn bf16_precision_is_close_to_the_golden_outputs() {
     let Some(b) = openvino_backend() else { return };
     let text = "max_batch_size = 64\n[parameters]\ninference_precision = \"bf16\"\n";
