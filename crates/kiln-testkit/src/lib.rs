@@ -1,13 +1,14 @@
 //! What Kiln's tests share to find their environment: the repository root, the project's Python
-//! (`scripts/setup-python.sh` creates `.venv`), the onnxruntime shared library, FUSE; and one way
-//! to skip a test whose environment is missing. [`kafka`] starts a Kafka-protocol broker.
+//! (`scripts/setup-python.sh` creates `.venv`), the onnxruntime and OpenVINO shared libraries,
+//! FUSE; and one way to skip a test whose environment is missing. [`kafka`] starts a
+//! Kafka-protocol broker.
 //!
 //! A skipped test says so on the stderr handle (the harness hides `eprintln!` of passing tests).
 //! When the `CI` environment variable is set (`.ci/run` sets it), a test that would skip fails
 //! instead: CI installs everything, so a skip there means a test that silently asserted nothing.
 //!
 //! Only tests use this crate (it is a dev-dependency); the binary does its own discovery of the
-//! onnxruntime library (`crates/kiln/src/onnx.rs`).
+//! onnxruntime and OpenVINO libraries (`crates/kiln/src/onnx.rs`, `crates/kiln/src/openvino.rs`).
 
 pub mod dataset;
 pub mod kafka;
