@@ -112,11 +112,13 @@ impl Routes {
     }
 
     /// Sets `version`'s weight in `model`'s weights to 0 (automatic rollback), unless it is
-    /// already 0 or the model has no weights; returns the weights before and after.
-    pub fn zero(&self, model: &str, version: u64) -> Option<(Weights, Weights)> {
+    /// already 0, the model has no weights, or its weights are no longer `judged` (the ones the
+    /// rollback decision was made on: an operator's change in between wins, and the next look
+    /// judges the new weights); returns the weights before and after.
+    pub fn zero(&self, model: &str, version: u64, judged: &Weights) -> Option<(Weights, Weights)> {
         let mut m = self.models.write();
         let cur = m.get_mut(model)?.current.as_mut()?;
-        if cur.weights.get(&version).is_none_or(|&w| w == 0) {
+        if cur != judged || cur.weights.get(&version).is_none_or(|&w| w == 0) {
             return None;
         }
         let old = cur.clone();
@@ -295,6 +297,26 @@ mod tests {
         assert_eq!(r.pick("other", &[1, 2], None), None);
     }
 
+    #[test]
+    fn a_rollback_gives_way_to_weights_set_after_it_was_judged() {
+        let r = Routes::default();
+        r.set("m", BTreeMap::from([(1, 90), (2, 10)]), ORIGIN_API);
+        let judged = r.get("m").expect("weights");
+        // the operator promotes the canary between the judgement and the write
+        r.set("m", BTreeMap::from([(1, 0), (2, 100)]), ORIGIN_API);
+        assert_eq!(r.zero("m", 2, &judged), None);
+        assert_eq!(
+            r.get("m").expect("weights").weights,
+            BTreeMap::from([(1, 0), (2, 100)])
+        );
+        // on the weights it judged, the rollback applies
+        let judged = r.get("m").expect("weights");
+        let (old, new) = r.zero("m", 2, &judged).expect("rolled back");
+        assert_eq!(old, judged);
+        assert_eq!(new.weights, BTreeMap::from([(1, 0), (2, 0)]));
+        assert_eq!(new.origin, ORIGIN_ROLLBACK);
+    }
+
     fn config(text: &str) -> ModelConfig {
         ModelConfig::parse(text, "m").unwrap()
     }
@@ -327,14 +349,15 @@ mod tests {
             &config("[traffic]\n\"1\" = 90\n\"2\" = 10\n[traffic_rollback]\nwindow_s = 5\n"),
         );
         assert_eq!(r.watched().len(), 1);
-        let (old, new) = r.zero("m", 2).unwrap();
+        let judged = r.get("m").expect("weights");
+        let (old, new) = r.zero("m", 2, &judged).unwrap();
         assert_eq!(old.to_string(), "1=90,2=10");
         assert_eq!(
             (new.to_string().as_str(), new.origin),
             ("1=90,2=0", ORIGIN_ROLLBACK)
         );
-        assert_eq!(r.zero("m", 2), None);
-        assert_eq!(r.zero("m", 7), None);
-        assert_eq!(r.zero("x", 1), None);
+        assert_eq!(r.zero("m", 2, &new), None);
+        assert_eq!(r.zero("m", 7, &new), None);
+        assert_eq!(r.zero("x", 1, &new), None);
     }
 }

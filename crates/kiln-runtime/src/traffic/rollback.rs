@@ -237,6 +237,8 @@ impl ModelRepository {
             };
             let window = Duration::from_secs(policy.window_s);
             let s = monitor.observe(&model, stable, &sv.stats, now, window);
+            // the weights as this look saw them, and as its own rollbacks leave them
+            let mut judged = weights;
             for canary in canaries {
                 let Some(cv) = find(canary) else { continue };
                 let c = monitor.observe(&model, canary, &cv.stats, now, window);
@@ -244,9 +246,10 @@ impl ModelRepository {
                 if verdict == Verdict::Keep {
                     continue;
                 }
-                let Some((old, new)) = self.routes().zero(&model, canary) else {
+                let Some((old, new)) = self.routes().zero(&model, canary, &judged) else {
                     continue;
                 };
+                judged = new.clone();
                 let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
                 let reason = match verdict {
                     Verdict::Failures { .. } => "failure rate",
