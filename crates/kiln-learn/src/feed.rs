@@ -137,7 +137,9 @@ impl Feed for KafkaFeed {
         }
         self.lag_at = std::time::Instant::now();
         source
-            .lag(Duration::from_millis(500))
+            // the broker answers after the consumer's fetch in flight, which waits up to
+            // fetch.wait.max.ms (500 ms by default) when the topics are idle
+            .lag(Duration::from_secs(2))
             .map(|m| {
                 m.into_iter()
                     .map(|((t, p), lag)| (format!("{t}/{p}"), lag))
