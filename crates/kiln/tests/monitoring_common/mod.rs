@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+mod panels;
+pub use panels::*;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -304,6 +307,19 @@ fn read_request(mut conn: TcpStream) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// Waits until Prometheus on `port` has `n` scrape targets, all up (at most a minute).
+pub fn wait_targets_up(port: u16, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = targets(port);
+        if up.len() == n && up.iter().all(|(_, h)| h == "up") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "scrape targets not up: {up:?}");
+        pause(200);
+    }
+}
+
 /// Percent-encodes a query parameter.
 fn encode(s: &str) -> String {
     s.bytes()
@@ -356,47 +372,6 @@ pub fn targets(prometheus: u16) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// One query of a dashboard panel: `(dashboard, panel title, expression)`.
-pub type PanelQuery = (String, String, String);
-
-/// Every panel query of the dashboard `file` (under deploy/grafana), with its template
-/// variables filled in as Grafana would with "All" selected and a 1 s scrape interval.
-pub fn dashboard_queries(root: &Path, file: &str) -> Vec<PanelQuery> {
-    let path = root.join("deploy/grafana").join(file);
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let board: Value = serde_json::from_str(&text).unwrap();
-    let vars: Vec<String> = board["templating"]["list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_string())
-        .collect();
-    let mut out = Vec::new();
-    for panel in board["panels"].as_array().unwrap() {
-        let Some(targets) = panel["targets"].as_array() else {
-            continue;
-        };
-        for t in targets {
-            let mut expr = t["expr"].as_str().unwrap().to_string();
-            expr = expr.replace("$__rate_interval", "10s");
-            for var in &vars {
-                expr = expr.replace(&format!("${var}"), ".*");
-            }
-            assert!(
-                !expr.contains('$'),
-                "{file}: panel {:?} uses a variable the dashboard does not define: {expr}",
-                panel["title"]
-            );
-            out.push((
-                file.to_string(),
-                panel["title"].as_str().unwrap().to_string(),
-                expr,
-            ));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
