@@ -4,7 +4,7 @@
 //! - `gemm`: the pure-Rust `gemm` crate, f32 (always available; the weights are packed by the
 //!   crate on every call);
 //! - `mkl fp32`: MKL's `cblas_sgemm_compute` on weights packed once at load
-//!   (`cblas_sgemm_pack`);
+//!   (`cblas_sgemm_pack`); calls of fewer than [`MKL_MIN_ROWS`] rows run on the `gemm` crate;
 //! - `mkl bf16`: MKL's `cblas_gemm_bf16bf16f32_compute`: weights converted to bf16 and packed
 //!   at load, each layer's input converted to bf16 (round to nearest even), f32 accumulation
 //!   and output. Runs on AVX512_BF16 or AMX tiles where the CPU has them.
@@ -152,8 +152,9 @@ pub fn detect_cpu_bf16() -> std::result::Result<String, String> {
 enum Weights {
     /// `[inputs, outputs]` row-major f32.
     Gemm(Vec<f32>),
-    /// Packed by `cblas_sgemm_pack`.
-    MklF32(Arc<Mkl>, PackedBuf),
+    /// Packed by `cblas_sgemm_pack`, and `[inputs, outputs]` row-major for calls of fewer
+    /// than [`MKL_MIN_ROWS`] rows.
+    MklF32(Arc<Mkl>, PackedBuf, Vec<f32>),
     /// Converted to bf16 and packed by `cblas_gemm_bf16bf16f32_pack`.
     MklBf16(Arc<Mkl>, PackedBuf),
 }
@@ -172,6 +173,11 @@ pub struct DenseLayer {
 /// its `n` and `k` only (its size is the same for every `m`), so weights packed once serve
 /// batches of any size: the tests check 1 to thousands of rows against the golden outputs.
 const PACK_ROWS: c_int = 512;
+
+/// Calls with fewer rows than this run on the `gemm` crate on the MKL fp32 path: MKL's packed
+/// GEMM costs more than the `gemm` crate's for a handful of rows (measured on the reference
+/// model at batch 1: 1,015-1,662 rows/s through MKL, 1,753-1,919 through the `gemm` crate).
+pub const MKL_MIN_ROWS: usize = 8;
 
 fn int(v: usize) -> c_int {
     c_int::try_from(v).expect("layer widths fit MKL's 32-bit integers")
@@ -207,7 +213,7 @@ impl DenseLayer {
                     );
                     buf
                 };
-                Weights::MklF32(mkl.clone(), buf)
+                Weights::MklF32(mkl.clone(), buf, layer.weight_t)
             }
             Kernel::MklBf16(mkl) => {
                 let mut w16 = vec![0u16; k * n];
@@ -248,7 +254,8 @@ impl DenseLayer {
     pub fn weight_bytes(&self) -> usize {
         match &self.weights {
             Weights::Gemm(w) => w.len() * 4,
-            Weights::MklF32(_, b) | Weights::MklBf16(_, b) => b.len(),
+            Weights::MklF32(_, b, w) => b.len() + w.len() * 4,
+            Weights::MklBf16(_, b) => b.len(),
         }
     }
 
@@ -262,10 +269,13 @@ impl DenseLayer {
         }
         match &self.weights {
             Weights::Gemm(w) => crate::mlp::gemm_f32(w, k, n, x, rows, out),
+            Weights::MklF32(_, _, w) if rows < MKL_MIN_ROWS => {
+                crate::mlp::gemm_f32(w, k, n, x, rows, out)
+            }
             // SAFETY (both MKL arms): `x` holds `[rows, k]` row-major (lda = k), `out`
             // `[rows, n]` (ldc = n), both checked above; the packed operand was packed for
             // this `n` and `k`; beta = 0, so `out` is only written.
-            Weights::MklF32(mkl, packed) => unsafe {
+            Weights::MklF32(mkl, packed, _) => unsafe {
                 (mkl.sgemm_compute)(
                     ROW_MAJOR,
                     NO_TRANS,
