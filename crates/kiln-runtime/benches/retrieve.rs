@@ -1,14 +1,17 @@
 //! Pipeline operations on the recommend example's sizes: `retrieve` (top 1000 of the 100,000
 //! items of `examples/models/recommend/1/items.safetensors`, one query) and `topk` (100 of
 //! 1000 and 1000 of 100,000 scores), each beside a baseline measured in the same run: the
-//! straightforward way (a dot-product loop, or a full sort of the scores).
+//! straightforward way (a dot-product loop, or a full sort of the scores). And a search after a
+//! delta rewriting 64 present rows (patched into the dense copy) beside one after a delta that
+//! adds or removes a row (the copy rebuilt from the table, as every delta once did).
 //!
 //!   cargo bench -p kiln-runtime --bench retrieve
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kiln_core::Tensor;
+use kiln_core::{SparseParameters, Tensor};
+use kiln_embed::Delta;
 use kiln_runtime::pipeline::ops::topk;
-use kiln_runtime::pipeline::retrieve::ItemIndex;
+use kiln_runtime::pipeline::retrieve::{ItemIndex, ItemTables};
 use std::hint::black_box;
 use std::path::Path;
 
@@ -71,6 +74,44 @@ fn bench(c: &mut Criterion) {
     c.bench_function("topk 100 of 1000", |b| {
         b.iter(|| black_box(topk(&small, 100).unwrap()))
     });
+
+    let tables = ItemTables(vec![index.clone()]);
+    let mut seq = 0u64;
+    let mut apply = |keys: Vec<u64>, tombstones: Vec<u64>| {
+        seq += 1;
+        let delta = Delta {
+            source: "bench".into(),
+            seq,
+            dim,
+            values: values(keys.len() * dim, seq),
+            keys,
+            tombstones,
+            ..Default::default()
+        };
+        tables.apply_delta("items", &delta.encode()).unwrap();
+    };
+    // keys of the file's rows are 0..100k; u64::MAX is never one of them
+    c.bench_function("delta of 64 rewritten rows, then retrieve (patched)", |b| {
+        b.iter(|| {
+            apply((0..64).map(|i| (i * 1543) % 100_000).collect(), vec![]);
+            black_box(index.search(&query, 1000, false).unwrap())
+        })
+    });
+    let mut added = false;
+    c.bench_function(
+        "baseline: delta adding or removing a row, then retrieve (rebuilt)",
+        |b| {
+            b.iter(|| {
+                if added {
+                    apply(vec![], vec![u64::MAX]);
+                } else {
+                    apply(vec![u64::MAX], vec![]);
+                }
+                added = !added;
+                black_box(index.search(&query, 1000, false).unwrap())
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

@@ -3,11 +3,14 @@
 //!
 //! The rows live in a [`kiln_embed::Table`] (the store deltas, the rows endpoint and the Kafka
 //! delta source write through [`ItemTables`]). Search reads a dense row-major copy of the table
-//! with the key of each row, scored with one GEMM per block of queries. The copy is rebuilt
-//! lazily: every change bumps a generation, and the first search that sees a newer generation
-//! rebuilds it (one rebuild at a time; searches running meanwhile keep their snapshot). Rows
-//! keep their positions across rebuilds (the file's order, then rows added by deltas in key
-//! order), so ties, broken by the lower position, stay stable.
+//! with the key of each row, scored with one GEMM per block of queries. The copy is brought up
+//! to date lazily: every change bumps a generation, and the first search that sees a newer
+//! generation updates it (one update at a time; searches running meanwhile keep their
+//! snapshot). Deltas that only rewrite rows already present are patched in (their rows copied
+//! into place, in the copy itself when no search holds it); one that adds, removes or evicts
+//! rows, or more changed keys than a quarter of the rows, makes it a rebuild. Rows keep their
+//! positions across rebuilds (the file's order, then rows added by deltas in key order), so
+//! ties, broken by the lower position, stay stable.
 
 use super::ops::top_positions;
 use kiln_core::{DataType, DeltaAck, Error, Result, SparseParameters, SparseTableInfo, Tensor};
@@ -34,13 +37,40 @@ pub struct ItemIndex {
     generation: AtomicU64,
     dense: RwLock<Arc<Dense>>,
     rebuild: Mutex<()>,
+    /// What changed since the dense copy was last brought up to date.
+    changes: Mutex<Changes>,
+    /// Dense copies made anew from the whole table (changes not patched in).
+    rebuilds: AtomicU64,
 }
 
-/// The dense copy as of `generation`: `keys[i]` is the key of row `i` of `values` (`[n, dim]`).
+/// The dense copy as of `generation`: `keys[i]` is the key of row `i` of `values` (`[n, dim]`),
+/// `position` the other way round.
+#[derive(Clone)]
 struct Dense {
     generation: u64,
-    keys: Vec<u64>,
+    keys: Arc<Vec<u64>>,
+    position: Arc<HashMap<u64, usize>>,
     values: Vec<f32>,
+}
+
+impl Dense {
+    fn new(generation: u64, keys: Vec<u64>, values: Vec<f32>) -> Dense {
+        let position = keys.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+        Dense {
+            generation,
+            keys: Arc::new(keys),
+            position: Arc::new(position),
+            values,
+        }
+    }
+}
+
+/// Keys whose rows deltas rewrote, or `full` when the set of rows changed (or too many keys
+/// did for a patch to pay).
+#[derive(Default)]
+struct Changes {
+    keys: Vec<u64>,
+    full: bool,
 }
 
 fn file_err(path: &Path, m: impl std::fmt::Display) -> Error {
@@ -137,12 +167,10 @@ impl ItemIndex {
             name: table.to_string(),
             table: t,
             generation: AtomicU64::new(0),
-            dense: RwLock::new(Arc::new(Dense {
-                generation: 0,
-                keys,
-                values,
-            })),
+            dense: RwLock::new(Arc::new(Dense::new(0, keys, values))),
             rebuild: Mutex::new(()),
+            changes: Mutex::new(Changes::default()),
+            rebuilds: AtomicU64::new(0),
         }))
     }
 
@@ -171,7 +199,7 @@ impl ItemIndex {
         self.len() == 0
     }
 
-    /// The dense copy, rebuilt first if the table changed since it was made.
+    /// The dense copy, brought up to date first if the table changed since it was made.
     fn snapshot(&self) -> Arc<Dense> {
         let current = self.dense.read().clone();
         if current.generation == self.generation.load(Ordering::Acquire) {
@@ -179,22 +207,58 @@ impl ItemIndex {
         }
         let _one = self.rebuild.lock();
         let current = self.dense.read().clone();
-        // read before the rows: a change landing during the rebuild leaves the copy stale
+        // read before the changes and the rows: a change landing meanwhile has bumped the
+        // generation after recording its keys, so the next search sees the copy stale
         let generation = self.generation.load(Ordering::Acquire);
         if current.generation == generation {
             return current;
         }
+        let changes = std::mem::take(&mut *self.changes.lock());
+        drop(current);
+        if !changes.full {
+            let mut w = self.dense.write();
+            if Arc::get_mut(&mut w).is_none() {
+                // a search holds the copy: patch a copy of it
+                *w = Arc::new(Dense::clone(&w));
+            }
+            if let Some(d) = Arc::get_mut(&mut w) {
+                if self.patch(d, &changes.keys) {
+                    d.generation = generation;
+                    return w.clone();
+                }
+            }
+        }
+        let current = self.dense.read().clone();
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
         let next = Arc::new(self.rebuilt(&current, generation));
         *self.dense.write() = next.clone();
         next
+    }
+
+    /// Copies the rows of `keys` from the table into `dense`; false (with `dense` partly
+    /// patched, to be rebuilt) when one of them has no row or no position.
+    fn patch(&self, dense: &mut Dense, keys: &[u64]) -> bool {
+        let dim = self.dim();
+        for &key in keys {
+            let Some(&i) = dense.position.get(&key) else {
+                return false;
+            };
+            match self
+                .table
+                .get_into(key, &mut dense.values[i * dim..(i + 1) * dim])
+            {
+                Ok(true) => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// A new dense copy of the table: rows of `prev` that are still present keep their order,
     /// new rows follow by key.
     fn rebuilt(&self, prev: &Dense, generation: u64) -> Dense {
         let dim = self.dim();
-        let position: HashMap<u64, usize> =
-            prev.keys.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+        let position = &prev.position;
         let mut values = vec![0.0f32; prev.keys.len() * dim];
         let mut present = vec![false; prev.keys.len()];
         let mut added: Vec<(u64, Vec<f32>)> = Vec::new();
@@ -221,11 +285,7 @@ impl ItemIndex {
             keys.push(key);
             values.extend_from_slice(&row);
         }
-        Dense {
-            generation,
-            keys,
-            values,
-        }
+        Dense::new(generation, keys, values)
     }
 
     /// Top-k for each row of `query` FP32 [B, D]: (ids INT64 [B,k], scores FP32 [B,k],
@@ -296,7 +356,23 @@ impl ItemIndex {
         ))
     }
 
-    fn changed(&self) {
+    /// Records a change to the rows of `keys` (`None`: to the set of rows), then bumps the
+    /// generation.
+    fn changed(&self, keys: Option<&[u64]>) {
+        {
+            let mut c = self.changes.lock();
+            match keys {
+                Some(keys) if !c.full && c.keys.len() + keys.len() <= self.len() / 4 => {
+                    c.keys.extend_from_slice(keys)
+                }
+                _ => {
+                    *c = Changes {
+                        keys: Vec::new(),
+                        full: true,
+                    }
+                }
+            }
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -386,8 +462,16 @@ impl SparseParameters for ItemTables {
         }
         delta.table.clear();
         let outcome = t.apply(&delta);
-        if !matches!(outcome, Ok(ApplyOutcome::Duplicate { .. })) {
-            index.changed();
+        match &outcome {
+            Ok(ApplyOutcome::Duplicate { .. }) => {}
+            Ok(ApplyOutcome::Applied {
+                inserted: 0,
+                removed: 0,
+                evicted: 0,
+                ..
+            }) => index.changed(Some(&delta.keys)),
+            // rows added or gone, or an error after part of the delta was written
+            _ => index.changed(None),
         }
         let outcome = outcome.map_err(|e| Error::invalid(format!("table {table}: {e}")))?;
         let last_sequence = t.last_sequence(&delta.source).unwrap_or(0);

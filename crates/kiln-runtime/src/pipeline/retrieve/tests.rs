@@ -191,6 +191,62 @@ fn a_delta_changes_the_next_search() {
 }
 
 #[test]
+fn rewritten_rows_are_patched_into_the_copy_and_new_rows_rebuild_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 16u64;
+    let keys: Vec<i64> = (0..n as i64).collect();
+    let values: Vec<f32> = (0..n).flat_map(|k| [k as f32, 0.0]).collect();
+    let index = items(dir.path(), "items", &keys, 2, &values);
+    let tables = ItemTables(vec![index.clone()]);
+    let q = query(1, 2, &[1.0, 0.0]);
+    let rebuilds = || index.rebuilds.load(Ordering::Relaxed);
+    assert_eq!(ids_of(&index, &q, 2), vec![15, 14]);
+
+    // a rewrite of present rows is patched in: in the copy itself, then (while a search
+    // holds the copy) in a copy of it, which the held snapshot never sees
+    tables
+        .apply_delta("items", &delta(1, vec![3], vec![100.0, 0.0], vec![], 2))
+        .unwrap();
+    assert_eq!(ids_of(&index, &q, 2), vec![3, 15]);
+    let held = index.snapshot();
+    tables
+        .apply_delta(
+            "items",
+            &delta(2, vec![4, 3], vec![200.0, 0.0, 1.0, 0.0], vec![], 2),
+        )
+        .unwrap();
+    assert_eq!(ids_of(&index, &q, 3), vec![4, 15, 14]);
+    assert_eq!(held.values[3 * 2], 100.0, "a held snapshot changed");
+    assert_eq!(rebuilds(), 0);
+    assert_eq!(
+        tables.rows("items", &[3]).unwrap(),
+        vec![Some(vec![1.0, 0.0])]
+    );
+
+    // a new row, a removed row, or more rewritten keys than a quarter of the rows: rebuilt
+    tables
+        .apply_delta("items", &delta(3, vec![99], vec![300.0, 0.0], vec![], 2))
+        .unwrap();
+    assert_eq!(ids_of(&index, &q, 2), vec![99, 4]);
+    assert_eq!(rebuilds(), 1);
+    tables
+        .apply_delta("items", &delta(4, vec![], vec![], vec![99], 2))
+        .unwrap();
+    assert_eq!(ids_of(&index, &q, 2), vec![4, 15]);
+    assert_eq!(rebuilds(), 2);
+    let many: Vec<u64> = (0..5).collect();
+    let rows: Vec<f32> = many.iter().flat_map(|&k| [500.0 + k as f32, 0.0]).collect();
+    tables
+        .apply_delta("items", &delta(5, many, rows, vec![], 2))
+        .unwrap();
+    assert_eq!(ids_of(&index, &q, 3), vec![4, 3, 2]);
+    assert_eq!(rebuilds(), 3);
+    // every answer equals a search over a copy made anew from the table
+    let fresh = index.rebuilt(&index.snapshot(), 0);
+    assert_eq!(fresh.values, index.snapshot().values);
+}
+
+#[test]
 fn f16_embeddings_load() {
     let dir = tempfile::tempdir().unwrap();
     let vals = [0.1f32, -2.5, 3.25, 0.333];
