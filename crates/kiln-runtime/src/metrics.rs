@@ -306,6 +306,25 @@ impl RuntimeMetrics {
         set.push(labels);
     }
 
+    /// Drops the `kiln_model_info` series of `model` `version` (`None`: of every version) and,
+    /// for the whole model, its `kiln_delta_last_applied_timestamp_seconds`: a version retired
+    /// or a model unloaded owns no series that alert rules would go on judging.
+    pub fn forget(&self, model: &str, version: Option<u64>) {
+        let version = version.map(|v| v.to_string());
+        self.info_set.lock().retain(|l| {
+            let gone = l.model == model && version.as_ref().is_none_or(|v| &l.version == v);
+            if gone {
+                self.info.remove(l);
+            }
+            !gone
+        });
+        if version.is_none() {
+            self.delta_applied_at.remove(&ModelLabels {
+                model: model.to_string(),
+            });
+        }
+    }
+
     /// Counts one automatic rollback of `model` `version`.
     pub fn record_rollback(&self, model: &str, version: u64) {
         self.rollbacks

@@ -87,3 +87,36 @@ fn model_info_names_owner_and_team_of_each_loaded_version() {
         ]
     );
 }
+
+#[test]
+fn a_retired_version_or_an_unloaded_model_leaves_no_series() {
+    let m = RuntimeMetrics::default();
+    let owned = ModelConfig::parse("owner = \"ana\"\nteam = \"ranking\"", "ranker").unwrap();
+    m.set_model_info("ranker", 1, &owned);
+    m.set_model_info("ranker", 2, &owned);
+    m.set_model_info("mlp", 1, &ModelConfig::parse("", "mlp").unwrap());
+    m.record_delta_applied("ranker");
+    m.record_delta_applied("mlp");
+    m.forget("ranker", Some(1));
+    assert_eq!(
+        info_lines(&m),
+        [
+            r#"kiln_model_info{model="mlp",version="1",owner="",team=""} 1"#,
+            r#"kiln_model_info{model="ranker",version="2",owner="ana",team="ranking"} 1"#,
+        ]
+    );
+    let delta = "kiln_delta_last_applied_timestamp_seconds{";
+    assert_eq!(
+        lines_of(&m, delta).len(),
+        2,
+        "a version retired keeps the model's"
+    );
+    m.forget("ranker", None);
+    assert_eq!(
+        info_lines(&m),
+        [r#"kiln_model_info{model="mlp",version="1",owner="",team=""} 1"#]
+    );
+    let left = lines_of(&m, delta);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains(r#"model="mlp""#), "{left:?}");
+}

@@ -311,6 +311,7 @@ impl ModelRepository {
             }
             m.error = Some("unloaded".into());
             m.unloaded = true;
+            self.metrics.forget(&n, None);
             tracing::info!(model = %n, "model unloaded");
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! `kiln_delta_last_applied_timestamp_seconds{model}` on the bundled wide model `ctr_wide`: no
 //! series before a delta; a delta applied through the HTTP admin API, and one through gRPC,
 //! stamp the time it was applied; a replay and refused deltas (wrong dim, unknown table) leave
-//! the time as it was.
+//! the time as it was; an unloaded model leaves no series for the lag alert to judge.
 
 mod common;
 
@@ -66,7 +66,7 @@ async fn post(s: &TestServer, table: &str, body: Vec<u8>) -> u16 {
 async fn applied_deltas_stamp_the_time_and_refused_ones_do_not() {
     let opts = Options {
         admin_token: Some(TOKEN.into()),
-        ..Options::default()
+        ..Options::explicit_all()
     };
     let s = TestServer::temp(copy_models(&["ctr_wide"]), opts).await;
     assert_eq!(last_applied(&s).await, None, "no delta applied yet");
@@ -101,5 +101,34 @@ async fn applied_deltas_stamp_the_time_and_refused_ones_do_not() {
     assert!(
         t1 <= t2 && before <= t2 && t2 <= after,
         "{t1} <= {t2}, {before} <= {t2} <= {after}"
+    );
+
+    // unloaded: the model's series go, so its lag and owner no longer page anyone
+    let r = s
+        .client
+        .post(s.url("/v2/repository/models/ctr_wide/unload"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("POST unload");
+    assert_eq!(read_json(r).await.0, 200);
+    assert_eq!(
+        last_applied(&s).await,
+        None,
+        "the unloaded model's time stayed"
+    );
+    let text = s
+        .client
+        .get(format!("{}/metrics", s.metrics))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        !text.contains(r#"kiln_model_info{model="ctr_wide""#),
+        "the unloaded model's info stayed"
     );
 }

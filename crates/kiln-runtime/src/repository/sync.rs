@@ -57,6 +57,7 @@ impl ModelRepository {
             let removed = self.models.write().remove(name).is_some();
             self.traffic.forget(name);
             if removed {
+                self.metrics.forget(name, None);
                 tracing::info!(model = %name, "model directory removed: unloaded");
             }
             return Err(Error::not_found(format!(
@@ -179,6 +180,7 @@ impl ModelRepository {
                 .collect();
             for v in stale {
                 self.drain(m.versions.remove(&v).and_then(|s| s.served));
+                self.metrics.forget(name, Some(v));
                 tracing::info!(model = %name, version = v, "version retired");
             }
             Ok(())
