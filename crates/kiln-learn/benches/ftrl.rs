@@ -9,8 +9,11 @@
 //! the tables hold all 1M rows and the measurement is of steady-state updates, not inserts.
 //!
 //! Criterion reports each variant; a last line prints both in samples/s and the ratio, the
-//! medians of five alternating timed passes over the pool, in this run. Run it on one core:
-//! `taskset -c 0 cargo bench -p kiln-learn --no-default-features --bench ftrl`.
+//! medians of five (`KILN_FTRL_BENCH_PASSES`) alternating timed passes over the pool, in this
+//! run, by the wall clock and per CPU second of the benchmark's thread (when other processes
+//! share the core, the wall-clock figure drops by their share; the CPU-time one much less).
+//! Run it on one core: `taskset -c 0 cargo bench -p kiln-learn --no-default-features --bench
+//! ftrl` (`-- --bench nothing` skips the criterion part; `KILN_FTRL_BENCH_IDS=250` for 10k keys).
 
 use std::collections::HashMap;
 use std::hint::black_box;

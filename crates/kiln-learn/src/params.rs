@@ -16,14 +16,17 @@
 //! So the rows live here, in an open-addressing table owned by the trainer thread
 //! (`params/slots.rs`: linear probing, load factor at most 1/2, no locks, each entry's key,
 //! time, flags and row inline in 32 bytes, so a key costs one cache line), backed by
-//! transparent huge pages. The trainer prefetches the next sample's entries while it learns
-//! the current one and updates rows in place. Measured with `benches/ftrl.rs` (40 single-id
-//! features, 1M keys drawn uniformly, batch 256, pinned to one core of the same machine while
-//! other builds shared it): 0.40M samples/s in steady state (criterion) and 0.27M in timed
-//! passes that alternate with the baseline and drain deltas before each pass, 3.3x a
-//! `HashMap<u64, [f64; 3]>` FTRL in the same run; with 10k keys (rows in cache) 0.51 to 0.75M
-//! samples/s, 1.6x. At 1M uniform keys each key is a DRAM access (64 MB of rows): the 500k
-//! samples/s goal is met when the rows in use fit the cache, not with 1M uniform keys here.
+//! transparent huge pages. The trainer hashes a batch's keys up front and prefetches entries
+//! (and the next line when a probe may continue there) a sample's worth of keys ahead, then
+//! updates rows in place, a sample's coordinates in vector lanes. Measured with
+//! `benches/ftrl.rs` (40 single-id features, 1M keys drawn uniformly, batch 256, pinned to one
+//! core of the same machine while other builds kept the load average near 4): about 0.52M
+//! samples per CPU second of the trainer's thread, 1.34 to 1.48 times the previous design
+//! (entries prefetched one sample ahead, scalar updates) in the same runs, 3.6 to 4.6 times a
+//! `HashMap<u64, [f64; 3]>` FTRL; with 10k keys (rows in cache) about 0.83M. At 1M uniform keys
+//! every key is a DRAM access (64 MB of entries): the 500k samples/s goal is met by CPU time
+//! on a core of its own, by the wall clock only when the core is not shared (see
+//! bench/RESULTS.md).
 //!
 //! Everything else is kiln-embed's:
 //! - settings: the served table's [`TableConfig`] (name, dim, TTL, memory cap, storage);
