@@ -22,14 +22,21 @@ fn backend(config: &ModelConfig, facts: &[(String, String)]) -> String {
     config.backend.clone().unwrap_or_else(|| engine(facts))
 }
 
-/// The platform string of a model (`<backend>_onnx` for ONNX files), from its configuration and
-/// its backend's facts ([`kiln_core::LoadedModel::describe`]).
+/// The platform string of a model (`<backend>_onnx` for ONNX files; the backend alone for
+/// others, e.g. `openvino` for an OpenVINO IR file), from its configuration and its backend's
+/// facts ([`kiln_core::LoadedModel::describe`], whose `model_format` says what a backend that
+/// reads several formats loaded).
 pub fn platform(config: &ModelConfig, facts: &[(String, String)]) -> String {
     if config.is_pipeline() {
         return "ensemble".into();
     }
     let backend = backend(config, facts);
-    if config.default_model_filename.ends_with(".onnx") {
+    let format = facts.iter().find(|(k, _)| k == "model_format");
+    let onnx = match format {
+        Some((_, f)) => f == "onnx",
+        None => config.default_model_filename.ends_with(".onnx"),
+    };
+    if onnx {
         format!("{backend}_onnx")
     } else {
         backend
@@ -274,6 +281,17 @@ mod tests {
         assert!(unbatched.dynamic_batching.is_none());
         assert_eq!(unbatched.backend, "tract");
         assert_eq!(unbatched.platform, "tract_onnx");
+
+        // a backend that reads several formats says which one it loaded
+        let ov = ModelConfig::parse("backend = \"openvino\"", "v").unwrap();
+        let fact = |f: &str| {
+            vec![
+                ("engine".to_string(), "openvino".to_string()),
+                ("model_format".to_string(), f.to_string()),
+            ]
+        };
+        assert_eq!(platform(&ov, &fact("ir")), "openvino");
+        assert_eq!(platform(&ov, &fact("onnx")), "openvino_onnx");
     }
 
     /// The JSON rendering is Triton's: field names as in the `.proto`, enums by name, the
