@@ -20,9 +20,9 @@
 //! (and the next line when a probe may continue there) a sample's worth of keys ahead, then
 //! updates rows in place, a sample's coordinates in vector lanes. Measured with
 //! `benches/ftrl.rs` (40 single-id features, 1M keys drawn uniformly, batch 256, pinned to one
-//! core of the same machine while other builds kept the load average near 4): about 0.52M
-//! samples per CPU second of the trainer's thread, 1.34 to 1.48 times the previous design
-//! (entries prefetched one sample ahead, scalar updates) in the same runs, 3.6 to 4.6 times a
+//! core of the same machine while other builds kept the load average at 2.5 to 5): about 0.53M
+//! samples per CPU second of the trainer's thread, 1.2 to 1.5 times the previous design
+//! (entries prefetched one sample ahead, scalar updates) in the same runs, 3.4 to 4.6 times a
 //! `HashMap<u64, [f64; 3]>` FTRL; with 10k keys (rows in cache) about 0.83M. At 1M uniform keys
 //! every key is a DRAM access (64 MB of entries): the 500k samples/s goal is met by CPU time
 //! on a core of its own, by the wall clock only when the core is not shared (see
