@@ -6,6 +6,7 @@ mod mkl;
 mod onnx;
 mod openvino;
 mod process_metrics;
+mod pylib;
 mod serve;
 mod signal;
 mod telemetry;

@@ -10,7 +10,6 @@
 
 use kiln_recsys::RecsysOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// The recsys backend's options for `--mkl-library` (`flag`).
 pub fn recsys_options(flag: Option<PathBuf>) -> RecsysOptions {
@@ -32,51 +31,18 @@ pub fn recsys_options(flag: Option<PathBuf>) -> RecsysOptions {
     }
 }
 
-/// The interpreters asked for an `mkl` package, in order.
-fn python_candidates() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        out.push(PathBuf::from(p));
-    }
-    let venv = Path::new(".venv/bin/python");
-    if venv.exists() {
-        out.push(venv.to_path_buf());
-    }
-    out.push("python3".into());
-    out
-}
-
 /// `libmkl_rt.so*` of the first interpreter whose `mkl` distribution has one.
 fn python_mkl() -> Result<PathBuf, String> {
-    let mut tried = Vec::new();
-    for python in python_candidates() {
-        match python_package_library(&python) {
-            Ok(p) => return Ok(p),
-            Err(why) => tried.push(format!("{}: {why}", python.display())),
-        }
-    }
-    Err(format!(
-        "no --mkl-library / KILN_MKL_LIBRARY and no Python mkl package ({})",
-        tried.join("; ")
-    ))
+    crate::pylib::first(python_package_library)
+        .map(|(path, _)| path)
+        .map_err(|tried| {
+            format!("no --mkl-library / KILN_MKL_LIBRARY and no Python mkl package ({tried})")
+        })
 }
 
 fn python_package_library(python: &Path) -> Result<PathBuf, String> {
     let script = "import importlib.metadata as m\ntry:\n    d = m.distribution('mkl')\nexcept m.PackageNotFoundError:\n    raise SystemExit(0)\nfiles = sorted(str(d.locate_file(f)) for f in d.files or [] if f.name.startswith('libmkl_rt.so'))\nprint(files[0] if files else '')";
-    let out = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("exited with {}", out.status));
-    }
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if path.is_empty() {
-        return Err("no mkl package".into());
-    }
-    let path = PathBuf::from(path);
+    let path = PathBuf::from(crate::pylib::ask(python, script, "no mkl package")?);
     match path.exists() {
         true => Ok(std::fs::canonicalize(&path).unwrap_or(path)),
         false => Err(format!("{} is listed but missing", path.display())),

@@ -68,58 +68,19 @@ fn ort_backend(ort_library: Option<PathBuf>) -> kiln_backend_ort::OrtBackend {
     {
         return OrtBackend::new(ort_library);
     }
-    let mut tried = Vec::new();
-    for python in python_candidates() {
-        match python_package_library(&python) {
-            Ok(path) => {
-                let how = format!("the onnxruntime package of {}", python.display());
-                return OrtBackend::found(path, how);
-            }
-            Err(why) => tried.push(format!("{}: {why}", python.display())),
+    let found = crate::pylib::first(|python| {
+        let capi = crate::pylib::package_dir(python, "onnxruntime")?.join("capi");
+        library::library_in(&capi)
+            .ok_or_else(|| format!("no onnxruntime library in {}", capi.display()))
+    });
+    match found {
+        Ok((path, python)) => {
+            let how = format!("the onnxruntime package of {}", python.display());
+            OrtBackend::found(path, how)
+        }
+        Err(tried) => {
+            tracing::debug!(%tried, "no python onnxruntime package");
+            OrtBackend::new(None)
         }
     }
-    tracing::debug!(tried = %tried.join("; "), "no python onnxruntime package");
-    OrtBackend::new(None)
-}
-
-/// The interpreters asked for an `onnxruntime` package, in order: `$KILN_PYTHON`,
-/// `./.venv/bin/python` (relative to the working directory), `python3`.
-#[cfg(feature = "ort")]
-fn python_candidates() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        out.push(PathBuf::from(p));
-    }
-    let venv = std::path::Path::new(".venv/bin/python");
-    if venv.exists() {
-        out.push(venv.to_path_buf());
-    }
-    out.push("python3".into());
-    out
-}
-
-/// The library inside the `onnxruntime` package that `python` imports, without importing it.
-#[cfg(feature = "ort")]
-fn python_package_library(python: &std::path::Path) -> Result<PathBuf, String> {
-    use std::process::{Command, Stdio};
-    let script = "import importlib.util as u\ns = u.find_spec('onnxruntime')\nprint(s.origin if s and s.origin else '')";
-    let out = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("exited with {}", out.status));
-    }
-    let origin = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if origin.is_empty() {
-        return Err("no onnxruntime package".into());
-    }
-    let capi = std::path::Path::new(&origin)
-        .parent()
-        .map(|d| d.join("capi"))
-        .ok_or_else(|| format!("odd package path {origin}"))?;
-    kiln_backend_ort::library::library_in(&capi)
-        .ok_or_else(|| format!("no onnxruntime library in {}", capi.display()))
 }

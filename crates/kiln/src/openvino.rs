@@ -45,58 +45,19 @@ fn openvino_backend(library: Option<PathBuf>) -> kiln_backend_openvino::OpenVino
     if library.is_some() {
         return OpenVinoBackend::new(library);
     }
-    let mut tried = Vec::new();
-    for python in python_candidates() {
-        match python_package_library(&python) {
-            Ok(path) => {
-                let how = format!("the openvino package of {}", python.display());
-                return OpenVinoBackend::found(path, how);
-            }
-            Err(why) => tried.push(format!("{}: {why}", python.display())),
+    let found = crate::pylib::first(|python| {
+        let libs = crate::pylib::package_dir(python, "openvino")?.join("libs");
+        kiln_backend_openvino::library::library_in(&libs)
+            .ok_or_else(|| format!("no openvino library in {}", libs.display()))
+    });
+    match found {
+        Ok((path, python)) => {
+            let how = format!("the openvino package of {}", python.display());
+            OpenVinoBackend::found(path, how)
+        }
+        Err(tried) => {
+            tracing::debug!(%tried, "no python openvino package");
+            OpenVinoBackend::new(None)
         }
     }
-    tracing::debug!(tried = %tried.join("; "), "no python openvino package");
-    OpenVinoBackend::new(None)
-}
-
-/// The interpreters asked for an `openvino` package, in order: `$KILN_PYTHON`,
-/// `./.venv/bin/python` (relative to the working directory), `python3`.
-#[cfg(feature = "openvino")]
-fn python_candidates() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        out.push(PathBuf::from(p));
-    }
-    let venv = std::path::Path::new(".venv/bin/python");
-    if venv.exists() {
-        out.push(venv.to_path_buf());
-    }
-    out.push("python3".into());
-    out
-}
-
-/// The C library inside the `openvino` package that `python` imports, without importing it.
-#[cfg(feature = "openvino")]
-fn python_package_library(python: &std::path::Path) -> Result<PathBuf, String> {
-    use std::process::{Command, Stdio};
-    let script = "import importlib.util as u\ns = u.find_spec('openvino')\nprint(s.origin if s and s.origin else '')";
-    let out = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("exited with {}", out.status));
-    }
-    let origin = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if origin.is_empty() {
-        return Err("no openvino package".into());
-    }
-    let libs = std::path::Path::new(&origin)
-        .parent()
-        .map(|d| d.join("libs"))
-        .ok_or_else(|| format!("odd package path {origin}"))?;
-    kiln_backend_openvino::library::library_in(&libs)
-        .ok_or_else(|| format!("no openvino library in {}", libs.display()))
 }
