@@ -93,17 +93,7 @@ pub struct OvSettings {
 impl OvSettings {
     /// Reads the settings from `config.parameters`; errors name the offending key.
     pub fn from_config(config: &ModelConfig) -> Result<Self> {
-        let value = toml::Value::Table(config.parameters.clone());
-        let raw: RawParameters = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let inner = inner.trim().replace('\n', " ");
-            if path == "." || path.is_empty() {
-                Error::invalid(format!("parameters: {inner}"))
-            } else {
-                Error::invalid(format!("parameters.{path}: {inner}"))
-            }
-        })?;
+        let raw: RawParameters = config.parameters_as()?;
         let zero = |name: &str| Error::invalid(format!("parameters.{name}: must be at least 1"));
         if raw.threads == Some(0) {
             return Err(zero("threads"));

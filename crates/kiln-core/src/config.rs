@@ -312,6 +312,22 @@ impl ModelConfig {
             .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message)))
     }
 
+    /// `[parameters]` read as a backend's own settings type `T`; an error names the offending
+    /// key as `parameters.<path>` (e.g. `parameters.threads: invalid type: ...`).
+    pub fn parameters_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let value = toml::Value::Table(self.parameters.clone());
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim().replace('\n', " ");
+            if path == "." || path.is_empty() {
+                Error::invalid(format!("parameters: {inner}"))
+            } else {
+                Error::invalid(format!("parameters.{path}: {inner}"))
+            }
+        })
+    }
+
     /// Parses and validates TOML text for the model `model_name`.
     pub fn parse(text: &str, model_name: &str) -> Result<Self> {
         let mut c: ModelConfig = toml::from_str(text)
