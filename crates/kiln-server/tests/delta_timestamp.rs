@@ -21,18 +21,22 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// The model's last-applied time as `/metrics` shows it, `None` without the series.
-async fn last_applied(s: &TestServer) -> Option<f64> {
-    let text = s
-        .client
+async fn metrics_text(s: &TestServer) -> String {
+    s.client
         .get(format!("{}/metrics", s.metrics))
         .send()
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
-    text.lines()
+        .expect("metrics text")
+}
+
+/// The model's last-applied time as `/metrics` shows it, `None` without the series.
+async fn last_applied(s: &TestServer) -> Option<f64> {
+    metrics_text(s)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(SERIES))
         .map(|v| v.trim().parse().expect("a number"))
 }
@@ -118,15 +122,7 @@ async fn applied_deltas_stamp_the_time_and_refused_ones_do_not() {
         None,
         "the unloaded model's time stayed"
     );
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.metrics))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(&s).await;
     assert!(
         !text.contains(r#"kiln_model_info{model="ctr_wide""#),
         "the unloaded model's info stayed"
