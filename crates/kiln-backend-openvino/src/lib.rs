@@ -50,7 +50,7 @@ impl OpenVinoBackend {
     }
 
     /// A backend that loads the library at `path`, which the caller found as `how` says (e.g.
-    /// "the openvino package of .venv/bin/python"; the phrase appears in messages).
+    /// "the openvino package of the Python that was asked"; the phrase appears in messages).
     pub fn found(path: PathBuf, how: impl Into<String>) -> Self {
         OpenVinoBackend {
             library: Some((path, Source::Found(how.into()))),

@@ -71,7 +71,7 @@ impl OrtBackend {
     }
 
     /// A backend that loads the library at `path`, which the caller found as `how` says (e.g.
-    /// "the onnxruntime package of the project's Python"; the phrase appears in messages).
+    /// "the onnxruntime package of the Python that was asked"; the phrase appears in messages).
     pub fn found(path: PathBuf, how: impl Into<String>) -> Self {
         OrtBackend {
             library: Some((path, Source::Found(how.into()))),
