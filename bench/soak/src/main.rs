@@ -176,38 +176,113 @@ async fn closed(addr: String, secs: f64, conns: usize) -> String {
     summary(&mut t, secs)
 }
 
+/// When each of `n` requests is due, from `start`: evenly spaced at `rate`/s, or with
+/// exponential gaps (Poisson arrivals) when `KILN_SOAK_ARRIVALS=poisson`.
+fn schedule(n: u64, rate: f64, start: Instant) -> Vec<Instant> {
+    let poisson = std::env::var("KILN_SOAK_ARRIVALS").is_ok_and(|v| v == "poisson");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut t = 0.0f64;
+    (0..n)
+        .map(|i| {
+            if poisson {
+                // xorshift64*: a uniform in (0, 1], then an exponential gap
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                let u = ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 1.0)
+                    / (1u64 << 53) as f64;
+                t += -u.ln() / rate;
+            } else {
+                t = i as f64 / rate;
+            }
+            start + Duration::from_secs_f64(t)
+        })
+        .collect()
+}
+
+/// Releases each request at its due time from a thread of its own: tokio's timer has a
+/// resolution of one millisecond, so sleeping until each due time on the runtime would send
+/// the requests in bursts at millisecond boundaries (4-5 at once at 4,500/s) instead of at
+/// the offered rate. The thread sleeps with a 1 us timer slack and hands request `i` to
+/// connection `i % conns`. `KILN_SOAK_TIMER=tokio` paces on tokio's timer instead, as this
+/// generator did before, to show the difference.
+fn pacer(due: Arc<Vec<Instant>>, conns: usize) -> Vec<tokio::sync::mpsc::UnboundedReceiver<u64>> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..conns)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    if std::env::var("KILN_SOAK_TIMER").is_ok_and(|v| v == "tokio") {
+        // the former pacing, for comparison: tokio's millisecond timer
+        tokio::spawn(async move {
+            for (i, &at) in due.iter().enumerate() {
+                tokio::time::sleep_until(at.into()).await;
+                let _ = txs[i % txs.len()].send(i as u64);
+            }
+        });
+        return rxs;
+    }
+    std::thread::spawn(move || {
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and changes only this thread.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64, 0u64, 0u64, 0u64) };
+        for (i, &at) in due.iter().enumerate() {
+            loop {
+                let now = Instant::now();
+                if now >= at {
+                    break;
+                }
+                std::thread::park_timeout(at - now);
+            }
+            let _ = txs[i % txs.len()].send(i as u64);
+        }
+    });
+    rxs
+}
+
+/// CPU time (user + system) this process has used so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF and a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 /// Open loop: `rate` requests/s spread over `conns` connections, each request's latency taken
-/// from the time it was due, so a late send counts against the server.
+/// from the time it was due when its connection was still busy then, else from the time it
+/// was released. Prints the generator's own CPU use and how often the server closed a
+/// connection (each costs a reconnect).
 async fn open(addr: String, secs: f64, rate: f64, conns: usize, path: &str) -> String {
     let req = Arc::new(post(path, &mlp_body()));
     let start = Instant::now() + Duration::from_millis(50);
     let began = Instant::now();
+    let cpu0 = cpu_seconds();
     let n_total = (rate * secs) as u64;
+    let due = Arc::new(schedule(n_total, rate, start));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let late = Arc::new(AtomicU64::new(0));
+    let reconnects = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for k in 0..conns as u64 {
+    for mut ticks in pacer(due.clone(), conns) {
         let (addr, req, tally, late) = (addr.clone(), req.clone(), tally.clone(), late.clone());
+        let (due, reconnects) = (due.clone(), reconnects.clone());
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::open(&addr).await.ok();
             let mut local = Tally::default();
-            let mut i = k;
-            while i < n_total {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                let now = Instant::now();
-                // Latency counts from when the request was due when the connection was still
-                // busy then (the server's delay), else from when the timer woke (tokio's
-                // millisecond timer is the generator's delay, not the server's).
-                let from = if due > now {
-                    tokio::time::sleep_until(due.into()).await;
-                    Instant::now()
-                } else {
-                    if now - due > Duration::from_millis(1) {
-                        late.fetch_add(1, Ordering::Relaxed);
-                    }
-                    due
+            loop {
+                // A request already released while the connection was busy is late by the
+                // server's doing: its latency counts from when it was due.
+                let (i, from) = match ticks.try_recv() {
+                    Ok(i) => (i, due[i as usize]),
+                    Err(_) => match ticks.recv().await {
+                        Some(i) => (i, Instant::now()),
+                        None => break,
+                    },
                 };
+                if Instant::now() - due[i as usize] > Duration::from_millis(1) {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
                 if c.is_none() {
+                    reconnects.fetch_add(1, Ordering::Relaxed);
                     c = Conn::open(&addr).await.ok();
                 }
                 let status = match c.as_mut() {
@@ -218,7 +293,6 @@ async fn open(addr: String, secs: f64, rate: f64, conns: usize, path: &str) -> S
                 if status.is_none_or(|s| s.1) {
                     c = None;
                 }
-                i += conns as u64;
             }
             let mut all = tally.lock().unwrap();
             all.ok.extend(local.ok);
@@ -232,9 +306,12 @@ async fn open(addr: String, secs: f64, rate: f64, conns: usize, path: &str) -> S
     }
     let mut t = tally.lock().unwrap();
     let wall = began.elapsed().as_secs_f64() - 0.05;
+    let cpu = cpu_seconds() - cpu0;
     format!(
-        "offered_per_s={rate:.0} wall_s={wall:.2} sent_late_over_1ms={} {}",
+        "offered_per_s={rate:.0} wall_s={wall:.2} sent_late_over_1ms={} reconnects={} gen_cpu_s={cpu:.2} gen_cpu_share={:.0}% {}",
         late.load(Ordering::Relaxed),
+        reconnects.load(Ordering::Relaxed),
+        100.0 * cpu / wall,
         summary(&mut t, wall)
     )
 }
