@@ -30,7 +30,8 @@
 //!
 //! [trainer]
 //! kind = "ftrl"                    # or "deep"
-//! [trainer.ftrl]                   # McMahan et al. 2013, Algorithm 1
+//! [trainer.ftrl]                   # McMahan et al. 2013, Algorithm 1; with kind = "deep", the
+//!                                  # wide part of a Wide & Deep model
 //! alpha = 0.1
 //! beta = 1.0
 //! l1 = 1.0

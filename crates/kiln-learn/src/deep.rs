@@ -15,13 +15,17 @@
 //! - Progressive validation: [`crate::Trainer::train`] returns each sample's probability before the
 //!   batch is learned.
 //!
-//! Wide features (`part = "wide"`) are not trained here (the wide trainer learns them).
+//! - Wide & Deep: a model with wide features (`part = "wide"`, dim-1 tables) and `wide.bias`
+//!   has one logit, the top MLP's output plus the wide sum, as the recsys backend computes it.
+//!   The wide rows learn by FTRL-Proximal per coordinate on the gradient of that joint logit
+//!   ([`wide`]), the deep part as above; both parts' rows are published as deltas.
 
 pub mod batch;
 mod io;
 pub mod net;
 mod step;
 mod store;
+mod wide;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,11 +36,13 @@ use kiln_recsys::weights::{Linear, WeightsFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::optim::ftrl::FtrlParams;
 use crate::optim::{adagrad::AdaGrad, adam::Adam};
 use crate::sample::Sample;
 use batch::{FeatureShape, Plan};
 use net::{Layer, Net, Tape};
 use store::EmbStore;
+use wide::WideHead;
 
 /// The MLPs' optimizer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -82,16 +88,31 @@ pub struct DeepConfig {
     pub admission: Admission,
     /// Least time between two TTL sweeps of the tables (run from `drain_deltas`), ms.
     pub maintain_every_ms: u64,
+    /// FTRL-Proximal of the wide part (Wide & Deep models only).
+    #[serde(with = "FtrlDef")]
+    pub wide: FtrlParams,
+}
+
+/// [`FtrlParams`] as serde sees it.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "FtrlParams", deny_unknown_fields)]
+struct FtrlDef {
+    alpha: f64,
+    beta: f64,
+    l1: f64,
+    l2: f64,
 }
 
 impl Default for DeepConfig {
-    /// Adam (lr 0.001) for the MLPs, AdaGrad (lr 0.01) for the rows, rows on first sight.
+    /// Adam (lr 0.001) for the MLPs, AdaGrad (lr 0.01) for the rows, rows on first sight,
+    /// FTRL's defaults for the wide part.
     fn default() -> Self {
         DeepConfig {
             dense: DenseOptimizer::Adam(Adam::default()),
             embedding: AdaGrad::default(),
             admission: Admission::default(),
             maintain_every_ms: 10_000,
+            wide: FtrlParams::default(),
         }
     }
 }
@@ -109,6 +130,7 @@ pub struct DeepTrainer {
     step: u64,
     features: Vec<FeatureShape>,
     tables: Vec<EmbStore>,
+    wide: WideHead,
     clock: Arc<dyn Clock>,
     last_maintain_ms: u64,
     scratch: Scratch,
@@ -122,6 +144,7 @@ struct Scratch {
     pooled: Vec<f32>,
     dpooled: Vec<f32>,
     dlogit: Vec<f32>,
+    logits: Vec<f32>,
     row_grads: Vec<Vec<f32>>,
 }
 
@@ -159,13 +182,6 @@ impl DeepTrainer {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let file = "model weights";
-        if let Some(f) = spec.sparse.iter().find(|f| f.part == Part::Wide) {
-            return Err(Error::config(
-                "config.toml",
-                format!("parameters.sparse.{}.part", f.name),
-                "the deep trainer trains deep features only",
-            ));
-        }
         let bottom: Vec<_> = weights
             .mlp("bottom")
             .map_err(|e| model_err(file, "bottom", e))?
@@ -187,7 +203,16 @@ impl DeepTrainer {
         }
         let mut tables = Vec::new();
         let mut dims = Vec::new();
+        // the deep features' tables, in spec order; `store_of[t]` is spec table t's store
+        let mut store_of = vec![None; spec.tables.len()];
         for (t, ts) in spec.tables.iter().enumerate() {
+            if !spec
+                .sparse
+                .iter()
+                .any(|f| f.part == Part::Deep && f.table == t)
+            {
+                continue;
+            }
             let tensor = format!("{}.weight", ts.name);
             let field = |e| model_err(file, &tensor, e);
             let shape = weights.shape(&tensor).map_err(field)?;
@@ -247,18 +272,24 @@ impl DeepTrainer {
             if let Some(e) = failed {
                 return Err(e);
             }
-            debug_assert_eq!(t, tables.len());
+            store_of[t] = Some(tables.len());
             tables.push(store);
             dims.push(dim);
         }
-        let features: Vec<FeatureShape> = spec
-            .sparse
+        let deep: Vec<usize> = (0..spec.sparse.len())
+            .filter(|&i| spec.sparse[i].part == Part::Deep)
+            .collect();
+        let features: Vec<FeatureShape> = deep
             .iter()
-            .map(|f| FeatureShape {
-                table: f.table,
-                dim: dims[f.table],
-                max_ids: f.max_ids,
-                pooling: f.pooling,
+            .map(|&i| {
+                let f = &spec.sparse[i];
+                let table = store_of[f.table].expect("a deep feature's table has a store");
+                FeatureShape {
+                    table,
+                    dim: dims[table],
+                    max_ids: f.max_ids,
+                    pooling: f.pooling,
+                }
             })
             .collect();
         let net = Net {
@@ -269,7 +300,8 @@ impl DeepTrainer {
         };
         let bw = net.bottom_width();
         if spec.interaction == Interaction::Dot {
-            if let Some((f, w)) = spec.sparse.iter().zip(&net.widths).find(|(_, &w)| w != bw) {
+            let deep_features = deep.iter().map(|&i| &spec.sparse[i]);
+            if let Some((f, w)) = deep_features.zip(&net.widths).find(|(_, &w)| w != bw) {
                 return Err(Error::config(
                     "config.toml",
                     format!("parameters.sparse.{}", f.name),
@@ -288,6 +320,13 @@ impl DeepTrainer {
                 ),
             ));
         }
+        let admission = match config.admission.min_count {
+            0 | 1 => None,
+            n => Some((config.admission.width, config.admission.depth, n)),
+        };
+        let wide = WideHead::new(&spec, weights, config.wide, admission, clock.clone())?;
+        let mut scratch = Scratch::default();
+        scratch.plan.set_inputs(deep);
         let mut trainer = DeepTrainer {
             grads: net.zeros_like(),
             opt1: net.zeros_like(),
@@ -298,9 +337,10 @@ impl DeepTrainer {
             step: 0,
             features,
             tables,
+            wide,
             last_maintain_ms: clock.now_ms(),
             clock,
-            scratch: Scratch::default(),
+            scratch,
         };
         trainer.reset_optimizer();
         Ok(trainer)
@@ -326,6 +366,11 @@ impl DeepTrainer {
     /// The dense network (weights stored `[in, out]`).
     pub fn net(&self) -> &Net<f32> {
         &self.net
+    }
+
+    /// The wide part's bias (`wide.bias`), when the model has one.
+    pub fn wide_bias(&self) -> Option<f32> {
+        self.wide.bias()
     }
 
     /// Batches learned so far.

@@ -26,16 +26,10 @@ impl AnyTrainer {
     /// The trainer `config` asks for, starting from `model`'s parameters (deep) or zeros (wide).
     pub fn build(config: &LearnConfig, model: &ModelInfo) -> Result<AnyTrainer> {
         Ok(match config.trainer.kind {
-            TrainerKind::Ftrl => {
-                let f = &config.trainer.ftrl;
-                let params = FtrlParams {
-                    alpha: f.alpha,
-                    beta: f.beta,
-                    l1: f.l1,
-                    l2: f.l2,
-                };
-                AnyTrainer::Wide(Box::new(WideTrainer::new(&model.spec, params)?))
-            }
+            TrainerKind::Ftrl => AnyTrainer::Wide(Box::new(WideTrainer::new(
+                &model.spec,
+                ftrl_params(config),
+            )?)),
             TrainerKind::Deep => AnyTrainer::Deep(
                 Box::new(DeepTrainer::open(&config.model_dir, deep_config(config)?)?),
                 config.trainer.deep.batch_size.max(1),
@@ -108,7 +102,19 @@ impl AnyTrainer {
     }
 }
 
-/// `[trainer.deep]` as the deep trainer's settings.
+/// `[trainer.ftrl]`: the wide trainer's optimizer, and the deep trainer's for the wide part of
+/// a Wide & Deep model.
+fn ftrl_params(config: &LearnConfig) -> FtrlParams {
+    let f = &config.trainer.ftrl;
+    FtrlParams {
+        alpha: f.alpha,
+        beta: f.beta,
+        l1: f.l1,
+        l2: f.l2,
+    }
+}
+
+/// `[trainer.deep]` (and `[trainer.ftrl]` for a wide part) as the deep trainer's settings.
 fn deep_config(config: &LearnConfig) -> Result<deep::DeepConfig> {
     let d = &config.trainer.deep;
     if d.embedding_optimizer == EmbeddingOptimizer::Ftrl {
@@ -138,6 +144,7 @@ fn deep_config(config: &LearnConfig) -> Result<deep::DeepConfig> {
             min_count: d.admission_min_count,
             ..deep::Admission::default()
         },
+        wide: ftrl_params(config),
         ..deep::DeepConfig::default()
     })
 }

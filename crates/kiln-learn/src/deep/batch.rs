@@ -69,10 +69,18 @@ pub struct Plan {
     offsets: Vec<Vec<u32>>,
     /// Per feature, indices into that feature's table's `keys`.
     ids: Vec<Vec<u32>>,
+    /// Per feature, the index of its keys in a sample's `keys` (none: the feature's own).
+    inputs: Vec<usize>,
     rows: usize,
 }
 
 impl Plan {
+    /// Reads feature `f`'s keys from a sample's `keys[inputs[f]]` (a model whose wide features,
+    /// which the plan does not pool, sit between its deep ones).
+    pub fn set_inputs(&mut self, inputs: Vec<usize>) {
+        self.inputs = inputs;
+    }
+
     /// Rebuilds the plan for `batch` (`tables` tables; `features` in spec order).
     pub fn build(&mut self, tables: usize, features: &[FeatureShape], batch: &[Sample]) {
         self.rows = batch.len();
@@ -98,8 +106,9 @@ impl Plan {
                 Pooling::Concat { k } => k.min(feat.max_ids),
                 _ => feat.max_ids,
             };
+            let input = self.inputs.get(f).copied().unwrap_or(f);
             for s in batch {
-                let sample_keys = s.keys.get(f).map_or(&[][..], |k| &k[..]);
+                let sample_keys = s.keys.get(input).map_or(&[][..], |k| &k[..]);
                 let mut n = 0;
                 for &key in sample_keys.iter().take(feat.max_ids) {
                     if key == PADDING || n == cap {

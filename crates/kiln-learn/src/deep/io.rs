@@ -5,7 +5,8 @@
 //! optimizer moments as `opt1.<layer>` / `opt2.<layer>` in the same layout, the step count
 //! `step` and each table's live keys `<table>.keys`) and `<table>.train.snap` per table (a
 //! kiln-embed snapshot of the `[w | accumulator]` rows with their update times, so TTLs carry
-//! over). The admission filter's counts are not kept: after a restore, keys without a row are
+//! over); a Wide & Deep model's wide tables likewise (`[w | z | n]` rows) and the bias's FTRL
+//! state as `wide.bias.ftrl`. The admission filter's counts are not kept: after a restore, keys without a row are
 //! counted from zero again.
 
 use std::collections::HashMap;
@@ -18,11 +19,11 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::net::{Layer, Net};
-use super::DeepTrainer;
+use super::{wide, DeepTrainer};
 use crate::error::{Error, Result};
 
 /// The checkpoint's dense file.
-const DENSE_FILE: &str = "deep.safetensors";
+pub(super) const DENSE_FILE: &str = "deep.safetensors";
 
 /// Tensors to write: name, dtype, shape, little-endian bytes.
 #[derive(Default)]
@@ -156,7 +157,7 @@ fn read_layers(w: &WeightsFile, path: &Path, prefix: &str, into: &mut [Layer<f32
 
 impl DeepTrainer {
     /// Writes the served model's weights file: the MLPs (`bottom.{j}` / `top.{j}`, `.weight`
-    /// `[out, in]` and `.bias`) and every table (`<table>.weight` `[rows, dim]` with its keys
+    /// `[out, in]` and `.bias`), `wide.bias` when the model has one, and every table (`<table>.weight` `[rows, dim]` with its keys
     /// `<table>.keys`; a direct-layout table as rows `0..R` without keys), what the recsys
     /// backend loads as a new model version.
     pub fn write_weights(&self, path: &Path) -> Result<()> {
@@ -169,6 +170,13 @@ impl DeepTrainer {
             if let Some(k) = keys {
                 t.i64(format!("{}.keys", s.name), &k);
             }
+        }
+        for (name, keys, values) in self.wide.served()? {
+            t.f32(format!("{name}.weight"), vec![keys.len(), 1], &values);
+            t.i64(format!("{name}.keys"), &keys);
+        }
+        if let Some(b) = self.wide.bias() {
+            t.f32(wide::BIAS.into(), vec![1], &[b]);
         }
         t.write(path, "dlrm-ref-v1")
     }
@@ -192,6 +200,10 @@ impl DeepTrainer {
         for s in &self.tables {
             t.i64(format!("{}.keys", s.name), &s.keys());
             s.save(&dir.join(format!("{}.train.snap", s.name)))?;
+        }
+        self.wide.save(dir)?;
+        if let Some(b) = self.wide.bias_state() {
+            t.f32(wide::BIAS_STATE.into(), vec![3], &b);
         }
         t.write(&dir.join(DENSE_FILE), "kiln-learn-deep-v1")
     }
@@ -231,9 +243,15 @@ impl DeepTrainer {
                 s.restore(&snap, k, self.clock.clone())
             })
             .collect::<Result<Vec<_>>>()?;
+        let bias = match w.has(wide::BIAS_STATE) {
+            true => Some(w.f32(wide::BIAS_STATE).map_err(|e| ckpt_err(&path, e))?.1),
+            false => None,
+        };
+        let wide = self.wide.read(dir, bias)?;
         for (s, r) in self.tables.iter_mut().zip(restored) {
             s.install(r);
         }
+        self.wide.install(wide);
         self.net = net;
         self.opt1 = opt1;
         self.opt2 = opt2;

@@ -23,6 +23,7 @@ impl DeepTrainer {
             tables,
             net,
             features,
+            wide,
             ..
         } = self;
         let rows = batch.len();
@@ -41,8 +42,11 @@ impl DeepTrainer {
         let gathered: Vec<&[f32]> = tables.iter().map(|t| &t.rows[..]).collect();
         let strides: Vec<usize> = tables.iter().map(|t| 2 * t.dim).collect();
         s.plan.pool(features, &gathered, &strides, &mut s.pooled);
-        let logits = net.forward(&s.dense, &s.pooled, rows, &mut s.tape);
-        logits.iter().map(|&l| sigmoid(l)).collect()
+        s.logits.clear();
+        s.logits
+            .extend_from_slice(net.forward(&s.dense, &s.pooled, rows, &mut s.tape));
+        wide.score(batch, &mut s.logits);
+        s.logits.iter().map(|&l| sigmoid(l)).collect()
     }
 
     /// Learns the batch whose forward pass just ran (`probs` its probabilities).
@@ -57,8 +61,10 @@ impl DeepTrainer {
             features,
             config,
             step,
+            wide,
             ..
         } = self;
+        wide.learn(batch, probs);
         let rows = batch.len();
         let inv = 1.0 / rows as f32;
         s.dlogit.clear();
@@ -112,7 +118,7 @@ impl DeepTrainer {
     /// Expires rows past the TTL in every table now; returns how many went.
     pub fn maintain(&mut self) -> usize {
         self.last_maintain_ms = self.clock.now_ms();
-        self.tables.iter_mut().map(|t| t.maintain()).sum()
+        self.tables.iter_mut().map(|t| t.maintain()).sum::<usize>() + self.wide.maintain()
     }
 }
 
@@ -131,7 +137,8 @@ impl Trainer for DeepTrainer {
         if now.saturating_sub(self.last_maintain_ms) >= self.config.maintain_every_ms {
             self.maintain();
         }
-        self.tables
+        let mut out: Vec<TableDelta> = self
+            .tables
             .iter_mut()
             .filter_map(|t| {
                 let (keys, values, tombstones) = t.drain();
@@ -143,12 +150,16 @@ impl Trainer for DeepTrainer {
                     tombstones,
                 })
             })
-            .collect()
+            .collect();
+        out.extend(self.wide.drain());
+        out
     }
 
     fn rows(&self, table: &str, keys: &[u64]) -> Option<Vec<Option<Vec<f32>>>> {
-        let t = self.tables.iter().find(|t| t.name == table)?;
-        Some(keys.iter().map(|&k| t.served_row(k)).collect())
+        match self.tables.iter().find(|t| t.name == table) {
+            Some(t) => Some(keys.iter().map(|&k| t.served_row(k)).collect()),
+            None => self.wide.rows(table, keys),
+        }
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -163,6 +174,6 @@ impl Trainer for DeepTrainer {
         for t in &self.tables {
             t.snapshot_served(&dir.join(format!("{}.snap", t.name)))?;
         }
-        Ok(())
+        self.wide.snapshot_served(dir)
     }
 }
