@@ -8,15 +8,18 @@
 //!   AVX-512 of [`mkl_max_rows`] rows or more, run on the `gemm` crate;
 //! - `mkl bf16`: MKL's `cblas_gemm_bf16bf16f32_compute`: weights converted to bf16 and packed
 //!   at load, each layer's input converted to bf16 (round to nearest even), f32 accumulation
-//!   and output. Runs on AVX512_BF16 or AMX tiles where the CPU has them.
+//!   and output. Runs on AVX512_BF16 or AMX tiles where the CPU has them;
+//! - `avx512_bf16`: the same arithmetic on this crate's own `vdpbf16ps` kernel
+//!   ([`avx512_bf16`]), for CPUs with AVX512_BF16 where MKL does not use it (AMD).
 //!
-//! Every kernel writes `x . W^T` and then adds the bias and applies the ReLU in one pass over
-//! the output ([`bias_relu`]). The choice ([`DenseEnv::choose`]) follows the model's
+//! The MKL and `gemm` kernels write `x . W^T` and then add the bias and apply the ReLU in one
+//! pass over the output ([`bias_relu`]); the `avx512_bf16` kernel does both before its store. The choice ([`DenseEnv::choose`]) follows the model's
 //! `precision` parameter ([`Precision`]):
 //! - `fp32` (the default): MKL fp32 when MKL is loaded, else `gemm`;
-//! - `bf16`: MKL bf16; a load error naming the field when MKL is not loaded or the CPU has no
-//!   bf16 units MKL uses (AMX, or AVX512_BF16 on Intel; see [`detect_cpu_bf16`]): there MKL
-//!   would run bf16 slower than fp32, which is not what asking for bf16 means;
+//! - `bf16`: MKL bf16 where MKL is loaded and the CPU has bf16 units MKL uses (AMX, or
+//!   AVX512_BF16 on Intel; see [`detect_cpu_bf16`]), else the `avx512_bf16` kernel where the
+//!   CPU has AVX512_BF16; else a load error naming the field (MKL would run bf16 slower than
+//!   fp32, which is not what asking for bf16 means);
 //! - `auto`: bf16 where it can run, else fp32 (the log says why).
 //!
 //! What the machine offers ([`DenseEnv`]) is given by the backend's options, so a test can
@@ -27,6 +30,35 @@ use crate::weights::Linear;
 use kiln_core::{Error, Result};
 use std::ffi::c_int;
 use std::sync::Arc;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_bf16;
+/// The `avx512_bf16` kernel's stand-in off x86-64: never available.
+#[cfg(not(target_arch = "x86_64"))]
+pub mod avx512_bf16 {
+    /// Never: the kernel is x86-64 code.
+    pub fn available() -> bool {
+        false
+    }
+    pub(crate) struct PackedBf16;
+    impl PackedBf16 {
+        pub(crate) fn new(_: &[f32], _: usize, _: usize, _: &[f32]) -> Self {
+            unreachable!("the avx512_bf16 kernel is chosen only where available() is true")
+        }
+        pub(crate) fn bytes(&self) -> usize {
+            0
+        }
+        pub(crate) fn forward(
+            &self,
+            _: &[f32],
+            _: usize,
+            _: &mut [f32],
+            _: bool,
+            _: &mut Vec<u16>,
+        ) {
+        }
+    }
+}
 
 /// A model's `precision` parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +81,8 @@ pub enum Kernel {
     MklF32(Arc<Mkl>),
     /// MKL bf16 x bf16 -> f32 on pre-packed weights.
     MklBf16(Arc<Mkl>),
+    /// bf16 x bf16 -> f32 on AVX512_BF16, this crate's kernel on pre-packed weights.
+    Avx512Bf16,
 }
 
 impl Kernel {
@@ -58,6 +92,7 @@ impl Kernel {
             Kernel::Gemm => "gemm fp32",
             Kernel::MklF32(_) => "mkl fp32 packed",
             Kernel::MklBf16(_) => "mkl bf16 packed",
+            Kernel::Avx512Bf16 => "avx512_bf16 packed",
         }
     }
 }
@@ -69,6 +104,8 @@ pub struct DenseEnv {
     pub mkl: std::result::Result<Arc<Mkl>, String>,
     /// The bf16 units MKL uses on this CPU, or why there are none ([`detect_cpu_bf16`]).
     pub cpu_bf16: std::result::Result<String, String>,
+    /// Whether the `avx512_bf16` kernel can run, or why not ([`avx512_bf16::available`]).
+    pub avx512_bf16: std::result::Result<(), String>,
 }
 
 impl DenseEnv {
@@ -94,24 +131,34 @@ impl DenseEnv {
             Err(why) => (Kernel::Gemm, format!("{prefix}MKL is not loaded ({why})")),
         }
         };
+        let name = if precision == Precision::Bf16 {
+            "bf16"
+        } else {
+            "auto"
+        };
         match (precision, bf16_blocker, &self.mkl) {
             (Precision::Fp32, _, _) => Ok(fp32("precision = \"fp32\"; ")),
+            (Precision::Bf16 | Precision::Auto, Some(mkl_blocker), _) if self.avx512_bf16.is_ok() => Ok((
+                Kernel::Avx512Bf16,
+                format!("precision = \"{name}\"; the CPU has AVX512_BF16 (no MKL bf16: {mkl_blocker})"),
+            )),
             (Precision::Bf16 | Precision::Auto, None, Ok(mkl)) => Ok((
                 Kernel::MklBf16(mkl.clone()),
                 format!(
-                    "precision = \"{}\"; MKL {} loaded and the CPU has {}",
-                    if precision == Precision::Bf16 { "bf16" } else { "auto" },
+                    "precision = \"{name}\"; MKL {} loaded and the CPU has {}",
                     mkl.version_number(),
                     self.cpu_bf16.as_deref().unwrap_or_default(),
                 ),
             )),
             (Precision::Bf16, blocker, _) => Err(Error::invalid(format!(
-                "recsys parameters: precision = \"bf16\" cannot run here: {}; use \"fp32\", or \"auto\" to fall back to fp32",
-                blocker.unwrap_or_default()
+                "recsys parameters: precision = \"bf16\" cannot run here: {}, and {}; use \"fp32\", or \"auto\" to fall back to fp32",
+                blocker.unwrap_or_default(),
+                self.avx512_bf16.as_ref().err().map_or("", |s| s.as_str()),
             ))),
             (Precision::Auto, blocker, _) => Ok(fp32(&format!(
-                "precision = \"auto\": no bf16 because {}; ",
-                blocker.unwrap_or_default()
+                "precision = \"auto\": no bf16 because {}, and {}; ",
+                blocker.unwrap_or_default(),
+                self.avx512_bf16.as_ref().err().map_or("", |s| s.as_str()),
             ))),
         }
     }
@@ -166,6 +213,8 @@ enum Weights {
     MklF32(Arc<Mkl>, PackedBuf, Vec<f32>),
     /// Converted to bf16 and packed by `cblas_gemm_bf16bf16f32_pack`.
     MklBf16(Arc<Mkl>, PackedBuf),
+    /// Converted to bf16 and packed for `vdpbf16ps`, with the bias.
+    Avx512Bf16(avx512_bf16::PackedBf16),
 }
 
 /// A fully connected layer ready for its kernel.
@@ -274,6 +323,12 @@ impl DenseLayer {
                 };
                 Weights::MklBf16(mkl.clone(), buf)
             }
+            Kernel::Avx512Bf16 => Weights::Avx512Bf16(avx512_bf16::PackedBf16::new(
+                &layer.weight_t,
+                k,
+                n,
+                &layer.bias,
+            )),
         };
         DenseLayer {
             inputs: k,
@@ -289,6 +344,7 @@ impl DenseLayer {
             Weights::Gemm(w) => w.len() * 4,
             Weights::MklF32(_, b, w) => b.len() + w.len() * 4,
             Weights::MklBf16(_, b) => b.len(),
+            Weights::Avx512Bf16(p) => p.bytes(),
         }
     }
 
@@ -301,6 +357,8 @@ impl DenseLayer {
             return;
         }
         match &self.weights {
+            // bias and ReLU applied by the kernel
+            Weights::Avx512Bf16(p) => return p.forward(x, rows, out, relu, x16),
             Weights::Gemm(w) => crate::mlp::gemm_f32(w, k, n, x, rows, out),
             Weights::MklF32(_, _, w) if rows < MKL_MIN_ROWS || rows >= mkl_max_rows() => {
                 crate::mlp::gemm_f32(w, k, n, x, rows, out)
@@ -410,6 +468,7 @@ mod tests {
         let none = DenseEnv {
             mkl: Err("no library given".into()),
             cpu_bf16: Ok("AMX-BF16".into()),
+            avx512_bf16: Err("no AVX512_BF16".into()),
         };
         let (k, why) = none.choose(Precision::Fp32).unwrap();
         assert!(

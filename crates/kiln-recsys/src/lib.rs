@@ -69,7 +69,8 @@ pub struct RecsysOptions {
     pub mkl_missing: Option<String>,
     /// Whether MKL computes bf16 natively on this CPU; `None`: detected
     /// ([`dense::detect_cpu_bf16`]: AMX, or AVX512_BF16 on Intel). `Some` overrides the
-    /// detection (`Some(false)` runs as on a CPU without).
+    /// detection (`Some(false)` runs as on a CPU without any bf16 units: neither MKL bf16 nor
+    /// the `avx512_bf16` kernel, which otherwise runs wherever the CPU has AVX512_BF16).
     pub cpu_bf16: Option<bool>,
 }
 
@@ -100,9 +101,18 @@ impl RecsysBackend {
             Some(true) => Ok("native bf16 (set by configuration)".to_string()),
             Some(false) => Err("no native bf16 (set by configuration)".to_string()),
         };
+        let avx512_bf16 = match (options.cpu_bf16, dense::avx512_bf16::available()) {
+            (Some(false), _) => Err("no native bf16 (set by configuration)".to_string()),
+            (_, true) => Ok(()),
+            (_, false) => Err("the CPU has no AVX512_BF16".to_string()),
+        };
         Self {
             tables: Arc::default(),
-            dense: DenseEnv { mkl, cpu_bf16 },
+            dense: DenseEnv {
+                mkl,
+                cpu_bf16,
+                avx512_bf16,
+            },
         }
     }
 

@@ -1,4 +1,4 @@
-//! The dense-layer kernels (`gemm`, MKL fp32 packed, MKL bf16) on the DLRM-style reference
+//! The dense-layer kernels (`gemm`, MKL fp32 packed, MKL bf16, `avx512_bf16`) on the DLRM-style reference
 //! model (`examples/gen_dlrm.py`, full widths, 1000 rows per table): the golden outputs
 //! (computed in float64 by an independent NumPy implementation) on each path, batched equal to
 //! one by one, and which path a model gets when MKL or native bf16 is missing, as the log
@@ -6,7 +6,8 @@
 //!
 //! MKL is `KILN_MKL_LIBRARY`, else the `libmkl_rt.so*` of the Python `mkl` package
 //! (`scripts/setup-python.sh` installs it). Tests needing it skip visibly without it; under
-//! `CI` they fail instead.
+//! `CI` they fail instead. The `avx512_bf16` kernel's tests skip visibly on a CPU without
+//! AVX512_BF16.
 
 use kiln_core::{Backend, LoadedModel, ModelConfig, Tensor};
 use kiln_recsys::{RecsysBackend, RecsysOptions};
@@ -22,8 +23,10 @@ const FP32_TOL: f32 = 1e-5;
 /// on this model (bf16 weights and layer inputs, 8 layers, f32 accumulation) with MKL 2026.2 on
 /// an AMD EPYC with AVX512_BF16: largest difference 2.5e-4 over these 64 golden rows, and
 /// 3.5e-4 / 6.7e-4 / 8.2e-4 over 2048 golden rows generated with seeds 42 / 7 / 123; one row
-/// alone against the same row in a batch of 64, 2e-5 (3e-4 over 2048). The bound is about
-/// 2.5x the largest.
+/// alone against the same row in a batch of 64, 2e-5 (3e-4 over 2048). The `avx512_bf16`
+/// kernel (same roundings, its own summation order), same CPU: 2.5e-4 over the 64 rows and
+/// 3.5e-4 over 2048 (seed 42); one row alone equal to the batch's (its sums do not depend on
+/// the row count). The bound is about 2.5x the largest.
 const BF16_TOL: f32 = 2e-3;
 
 fn mkl_library(test: &str) -> Option<PathBuf> {
@@ -260,10 +263,10 @@ fn the_path_follows_the_library_and_the_cpu() {
     let Some(r) = reference(test) else {
         return;
     };
-    // no library: gemm for fp32 and auto, an error naming the field for bf16
+    // no library and no bf16 units: gemm for fp32 and auto, an error naming the field for bf16
     let missing = RecsysOptions {
         mkl_missing: Some("no libmkl_rt found (simulated)".into()),
-        cpu_bf16: Some(true),
+        cpu_bf16: Some(false),
         ..RecsysOptions::default()
     };
     for precision in ["fp32", "auto"] {
@@ -277,14 +280,16 @@ fn the_path_follows_the_library_and_the_cpu() {
     let (model, _) = load(&r, "bf16", missing);
     let e = model.err().expect("bf16 without MKL is refused");
     assert!(
-        e.message.contains("precision = \"bf16\"") && e.message.contains("MKL is not loaded"),
+        e.message.contains("precision = \"bf16\"")
+            && e.message.contains("MKL is not loaded")
+            && e.message.contains("no native bf16 (set by configuration)"),
         "{e:?}"
     );
-    // a library path that does not load: warned, gemm
+    // a library path that does not load: warned, gemm (on a CPU without bf16 units)
     let (model, log) = load(
         &r,
         "auto",
-        with_mkl(Path::new("/nonexistent/libmkl_rt.so.3"), None),
+        with_mkl(Path::new("/nonexistent/libmkl_rt.so.3"), Some(false)),
     );
     assert_eq!(describe(&*model.expect("load"), "gemm"), "gemm fp32");
     assert!(
@@ -316,4 +321,77 @@ fn the_path_follows_the_library_and_the_cpu() {
         log.contains("path=\"mkl bf16 packed\"") && log.contains("model=dlrm"),
         "{log}"
     );
+}
+
+/// The `avx512_bf16` kernel's options: no MKL (so MKL bf16 cannot be picked), bf16 units
+/// detected.
+fn without_mkl() -> RecsysOptions {
+    RecsysOptions {
+        mkl_missing: Some("no libmkl_rt found (simulated)".into()),
+        ..RecsysOptions::default()
+    }
+}
+
+fn avx512_bf16(test: &str) -> bool {
+    let ok = kiln_recsys::dense::avx512_bf16::available();
+    if !ok {
+        kiln_testkit::skip(test, "the CPU has no AVX512_BF16".to_string());
+    }
+    ok
+}
+
+#[test]
+fn avx512_bf16_path_matches_the_golden_outputs_within_the_measured_tolerance() {
+    let test = "avx512_bf16_path_matches_the_golden_outputs_within_the_measured_tolerance";
+    if !avx512_bf16(test) {
+        return;
+    }
+    let Some(r) = reference(test) else {
+        return;
+    };
+    let (model, log) = load(&r, "bf16", without_mkl());
+    let model = model.expect("load");
+    assert_eq!(describe(&*model, "gemm"), "avx512_bf16 packed", "{log}");
+    check_path(&*model, &r, BF16_TOL, "avx512_bf16");
+}
+
+#[test]
+fn the_avx512_bf16_kernel_runs_where_the_cpu_has_it() {
+    let test = "the_avx512_bf16_kernel_runs_where_the_cpu_has_it";
+    if !avx512_bf16(test) {
+        return;
+    }
+    let Some(r) = reference(test) else {
+        return;
+    };
+    // auto and bf16 pick it without MKL, and the log says why
+    for precision in ["auto", "bf16"] {
+        let (model, log) = load(&r, precision, without_mkl());
+        assert_eq!(
+            describe(&*model.expect("load"), "gemm"),
+            "avx512_bf16 packed"
+        );
+        assert!(
+            log.contains("path=\"avx512_bf16 packed\"")
+                && log.contains("the CPU has AVX512_BF16")
+                && log.contains("no libmkl_rt found (simulated)"),
+            "{precision}: {log}"
+        );
+    }
+    // fp32 stays fp32
+    let (model, _) = load(&r, "fp32", without_mkl());
+    assert_eq!(describe(&*model.expect("load"), "gemm"), "gemm fp32");
+    // a CPU without bf16 units (simulated): auto falls back to fp32 and says why
+    let no_bf16 = RecsysOptions {
+        cpu_bf16: Some(false),
+        ..without_mkl()
+    };
+    let (model, log) = load(&r, "auto", no_bf16.clone());
+    assert_eq!(describe(&*model.expect("load"), "gemm"), "gemm fp32");
+    assert!(
+        log.contains("no bf16 because") && log.contains("no native bf16 (set by configuration)"),
+        "{log}"
+    );
+    let (model, _) = load(&r, "bf16", no_bf16);
+    assert!(model.is_err(), "bf16 without bf16 units is refused");
 }
