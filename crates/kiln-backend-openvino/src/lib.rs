@@ -22,9 +22,9 @@ use crate::convert::kiln_dtype;
 use crate::library::{LibraryError, Runtime, Source};
 use crate::model::{OvModel, Shared};
 use crate::settings::OvSettings;
-use kiln_backend_ort::onnx_file::{resolve, FileTensor, GraphFacts};
 use kiln_core::backend::{Backend, LoadedModel};
 use kiln_core::{DataType, Error, ModelConfig, Result};
+use kiln_onnx::{pin_derived_dims, resolve, FileTensor, GraphFacts};
 use openvino::{Core, DeviceType, Model, Node, PropertyKey, RwPropertyKey};
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
@@ -153,29 +153,6 @@ fn file_io(model: &Model) -> std::result::Result<(Vec<FileTensor>, Vec<FileTenso
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((inputs, outputs))
-}
-
-/// Replaces the symbolic input dims that the graph fixes with their values, except the batch
-/// dimension.
-fn pin_derived_dims(facts: Option<&GraphFacts>, inputs: &mut [FileTensor], batched: bool) {
-    let Some(facts) = facts else { return };
-    let ranks = inputs
-        .iter()
-        .map(|t| (t.name.clone(), t.dims.len()))
-        .collect();
-    let pins = facts.pinned_dims(&ranks);
-    for t in inputs.iter_mut() {
-        for &(axis, size) in pins.get(&t.name).into_iter().flatten() {
-            if batched && axis == 0 {
-                continue;
-            }
-            if let Some(d) = t.dims.get_mut(axis) {
-                if *d < 0 {
-                    *d = size;
-                }
-            }
-        }
-    }
 }
 
 /// Checks the device against those the library reports, then sets the model's properties on it.

@@ -10,47 +10,36 @@
 //! and outputs come from the session's metadata when the config omits them and are checked
 //! against it when given; the batch dimension is the model's symbolic first dimension.
 
-mod bounds;
 mod convert;
-mod derive;
-mod io;
 pub mod library;
 mod model;
-pub mod onnx_file;
-mod onnx_graph;
 mod providers;
 pub mod settings;
 
-use crate::io::{resolve, FileTensor};
+use crate::convert::kiln_dtype;
 use crate::library::{LibraryError, Source};
 use crate::model::{build_session, OrtModel, Recipe, Shared};
-use crate::onnx_graph::GraphProto;
 use crate::settings::{OrtSettings, ProviderSpec};
 use kiln_core::backend::{Backend, LoadedModel};
 use kiln_core::{Error, ModelConfig, Result};
+use kiln_onnx::{pin_derived_dims, resolve, FileTensor, GraphFacts};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Replaces the symbolic input dims that the graph fixes ([`derive`]) with their values, except
-/// the batch dimension.
-fn pin_derived_dims(graph: Option<&GraphProto>, inputs: &mut [FileTensor], batched: bool) {
-    let ranks = inputs
-        .iter()
-        .map(|t| (t.name.clone(), t.dims.len()))
-        .collect();
-    let pins = derive::pinned_dims(graph, &ranks);
-    for t in inputs.iter_mut() {
-        for &(axis, size) in pins.get(&t.name).into_iter().flatten() {
-            if batched && axis == 0 {
-                continue;
-            }
-            if let Some(d) = t.dims.get_mut(axis) {
-                if *d < 0 {
-                    tracing::debug!(input = %t.name, axis, size, "input dim fixed by the graph");
-                    *d = size;
-                }
-            }
-        }
+/// A session input or output as the file declares it.
+fn file_tensor(o: &ort::value::Outlet) -> FileTensor {
+    use ort::value::ValueType;
+    let (dtype, dims) = match o.dtype() {
+        ValueType::Tensor { ty, shape, .. } => (
+            kiln_dtype(*ty).ok_or_else(|| format!("tensor of {ty}")),
+            shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
+        ),
+        other => (Err(format!("{other}")), Vec::new()),
+    };
+    FileTensor {
+        name: o.name().to_string(),
+        dtype,
+        dims,
     }
 }
 
@@ -158,24 +147,16 @@ impl Backend for OrtBackend {
             Err(e) => return Err(at(format!("onnxruntime cannot load the model: {e}"))),
         };
 
-        let mut inputs: Vec<FileTensor> = session
-            .inputs()
-            .iter()
-            .map(FileTensor::from_outlet)
-            .collect();
+        let mut inputs: Vec<FileTensor> = session.inputs().iter().map(file_tensor).collect();
         // One read of the graph for both load-time analyses (dims it pins, indices it bounds).
-        let graph = onnx_graph::read_graph(&path)
+        let graph = GraphFacts::read(&path)
             .inspect_err(|why| {
                 tracing::debug!(path = %path.display(), %why,
                     "graph not analysed: input dims and gather indices are left to onnxruntime")
             })
             .ok();
         pin_derived_dims(graph.as_ref(), &mut inputs, config.max_batch_size > 0);
-        let outputs: Vec<FileTensor> = session
-            .outputs()
-            .iter()
-            .map(FileTensor::from_outlet)
-            .collect();
+        let outputs: Vec<FileTensor> = session.outputs().iter().map(file_tensor).collect();
         let (io, output_index) = resolve(&inputs, &outputs, config).map_err(at)?;
 
         let provider = providers::describe(&usable, &skipped);
@@ -204,7 +185,10 @@ impl Backend for OrtBackend {
             ),
         ];
         tracing::debug!(path = %path.display(), execution_provider = %provider, "onnxruntime model loaded");
-        let index_bounds = bounds::index_bounds(graph.as_ref());
+        let index_bounds = graph
+            .as_ref()
+            .map(GraphFacts::index_bounds)
+            .unwrap_or_default();
         let shared = Shared {
             io,
             output_index,

@@ -1,9 +1,9 @@
 //! Inputs that index a table through a `Gather` (see [`kiln_core::gather`]), found at load time
-//! in the model file's protobuf ([`crate::onnx_graph`]). ONNX Runtime itself refuses an index
+//! in the model file's protobuf ([`crate::graph`]). ONNX Runtime itself refuses an index
 //! outside the table; checking first gives the client the same 400 as the other backends,
 //! before compute and without failing the other requests of its batch.
 
-use crate::onnx_graph::GraphProto;
+use crate::graph::GraphProto;
 use kiln_core::gather::{GraphSketch, IndexBound, SketchNode};
 
 /// The index bounds of the model's graph; none when the file could not be read as an ONNX

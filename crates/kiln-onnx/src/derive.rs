@@ -5,11 +5,11 @@
 //! `[4, 16]` weight, so that only 4 features can ever be right. ONNX Runtime refuses another
 //! width at run time, but the server should refuse it before queueing (400 naming both shapes)
 //! and show the real dims in metadata. This reads the few facts it needs from the model file
-//! ([`crate::onnx_graph`]: nodes, initializer dims, graph inputs) and pins
+//! ([`crate::graph`]: nodes, initializer dims, graph inputs) and pins
 //! the contracted dim of every input that feeds a `MatMul` or `Gemm` whose other operand is a
 //! constant, directly or through shape-preserving unary nodes.
 
-use crate::onnx_graph::{GraphProto, NodeProto};
+use crate::graph::{GraphProto, NodeProto};
 use std::collections::HashMap;
 
 /// Unary operators that keep their input's shape, which may stand between an input and the
@@ -161,7 +161,7 @@ fn is_default_domain(n: &NodeProto) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx_graph::{AttributeProto, ModelProto, TensorProto, ValueInfoProto};
+    use crate::graph::{AttributeProto, ModelProto, TensorProto, ValueInfoProto};
     use prost::Message;
 
     fn node(op: &str, inputs: &[&str], output: &str, attrs: &[(&str, i64)]) -> NodeProto {
@@ -216,11 +216,11 @@ mod tests {
             .map(|(n, r)| (n.to_string(), *r))
             .collect();
         let bytes = ModelProto { graph: Some(graph) }.encode_to_vec();
-        let dir = std::env::temp_dir().join(format!("kiln-ort-derive-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("kiln-onnx-derive-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.onnx");
         std::fs::write(&path, bytes).unwrap();
-        let graph = crate::onnx_graph::read_graph(&path).expect("the graph written above");
+        let graph = crate::graph::read_graph(&path).expect("the graph written above");
         let pins = pinned_dims(Some(&graph), &ranks);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(pins["x"], vec![(1, 4)]);
@@ -230,9 +230,7 @@ mod tests {
             !pins.contains_key("q") && !pins.contains_key("W"),
             "{pins:?}"
         );
-        assert!(
-            crate::onnx_graph::read_graph(std::path::Path::new("/nonexistent/model.onnx")).is_err()
-        );
+        assert!(crate::graph::read_graph(std::path::Path::new("/nonexistent/model.onnx")).is_err());
         assert!(pinned_dims(None, &ranks).is_empty());
     }
 }

@@ -1,12 +1,11 @@
-//! Resolving a model's inputs and outputs: read from the ONNX Runtime session when
+//! Resolving a model's inputs and outputs: read from the engine's view of the file when
 //! `config.toml` omits them, checked against it when given. Messages follow the tract backend's.
 
-use crate::convert::kiln_dtype;
 use kiln_core::backend::ModelIo;
 use kiln_core::config::{ModelConfig, TensorSpec};
-use ort::value::{Outlet, ValueType};
 
-/// An input or output as the model file declares it.
+/// An input or output as the model file declares it (each engine reads it from its own view
+/// of the file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileTensor {
     /// Name in the graph.
@@ -15,24 +14,6 @@ pub struct FileTensor {
     pub dtype: Result<kiln_core::DataType, String>,
     /// Full dimensions, batch included; `-1` where symbolic or unknown.
     pub dims: Vec<i64>,
-}
-
-impl FileTensor {
-    /// Reads a session input or output.
-    pub fn from_outlet(o: &Outlet) -> Self {
-        let (dtype, dims) = match o.dtype() {
-            ValueType::Tensor { ty, shape, .. } => (
-                kiln_dtype(*ty).ok_or_else(|| format!("tensor of {ty}")),
-                shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
-            ),
-            other => (Err(format!("{other}")), Vec::new()),
-        };
-        FileTensor {
-            name: o.name().to_string(),
-            dtype,
-            dims,
-        }
-    }
 }
 
 /// The served inputs and outputs, and for each served output its index among the file's.
