@@ -3,7 +3,7 @@ for the deep trainer of the `kiln learn` quality benchmark.
 
     python gen_movielens_deep.py --out DIR [--name movielens_deep] [--dim 16] [--top 64,1]
         [--interaction dot|concat] [--table-dims user_id=64,item_id=8,...] [--hash-scale 0.01]
-        [--seed 5]
+        [--wide user_id,item_id,...] [--seed 5]
 
 Features (deep, one table each, named like the feature, sum pooling, hash = "xxh3", buckets
 2^20, layout hashed): user_id BYTES [N, 1], item_id BYTES [N, 1], genres BYTES [N, 4] (multi-hot),
@@ -16,6 +16,13 @@ Tables start empty (one row under key 2^20, which no hashed id reaches, as the w
 tables need a row); a key gets a row when the learner first sees it, initialised to the table's
 default row: default_row = "hash" (deterministic, scale --hash-scale), which the dot
 interaction needs (its gradients vanish at zero rows).
+
+Wide & Deep (--wide FIELDS): each named feature, or cross (user_genre, user_hour: fields that
+bench/learn/cross_features.py adds to the events), gets a wide input `<field>_w` (BYTES or
+INT64 as the field, xxh3, 2^20 buckets) over its own dim-1 table `<feature>_w` (layout hashed, default_row
+"zeros"), and the weights hold `wide.bias` (0): the served logit is the top MLP's output plus
+the wide weights and the bias. The learner feeds `<field>_w` from the event field `<field>`
+(`[features] <field> = "<field>_w"` in learn.toml) and learns it by FTRL.
 
 Top MLP: the interaction's width -> --top widths (last 1), ReLU between layers, sigmoid output.
 Linear weights N(0, sqrt(2 / (in + out))), top biases 0, from numpy.random.default_rng(seed). The
@@ -34,9 +41,11 @@ from gen_dlrm import Tensor, whole, write_safetensors  # noqa: E402
 
 BUCKETS = 1 << 20
 FEATURES = [("user_id", "BYTES", 1), ("item_id", "BYTES", 1), ("genres", "BYTES", 4), ("hour", "INT64", 1)]
+# crossed fields (cross_features.py writes them into the events): wide inputs only
+CROSSES = [("user_genre", "BYTES", 4), ("user_hour", "BYTES", 1)]
 
 
-def config_toml(name, interaction, hash_scale):
+def config_toml(name, interaction, hash_scale, wide=()):
     lines = [
         f"# DLRM-style MovieLens model for the kiln learn benchmark (bench/learn/gen_movielens_deep.py, {name})",
         'backend = "recsys"',
@@ -65,6 +74,21 @@ def config_toml(name, interaction, hash_scale):
             'hash = "xxh3"',
             f"buckets = {BUCKETS}",
         ]
+    for fname, dtype, max_ids in FEATURES + CROSSES:
+        if fname not in wide:
+            continue
+        lines += [
+            "",
+            "[[parameters.sparse]]",
+            f'name = "{fname}_w"',
+            f'table = "{fname}_w"',
+            f"max_ids = {max_ids}",
+            'pooling = "sum"',
+            f'data_type = "{dtype}"',
+            'hash = "xxh3"',
+            f"buckets = {BUCKETS}",
+            'part = "wide"',
+        ]
     lines += [
         "",
         "[parameters.table_defaults]",
@@ -73,6 +97,8 @@ def config_toml(name, interaction, hash_scale):
         f"hash_scale = {hash_scale}",
         'gap_policy = "apply"',
     ]
+    for fname in wide:
+        lines += ["", f'[parameters.tables."{fname}_w"]', 'default_row = "zeros"']
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +117,7 @@ def main():
     p.add_argument("--interaction", choices=["dot", "concat"], default="dot")
     p.add_argument("--table-dims", default="", help="per-feature table widths, e.g. user_id=64,item_id=8")
     p.add_argument("--hash-scale", type=float, default=0.01)
+    p.add_argument("--wide", default="", help="features that also get a wide (FTRL) input, e.g. user_id,item_id")
     p.add_argument("--seed", type=int, default=5)
     a = p.parse_args()
     top = [int(w) for w in a.top.split(",")]
@@ -105,6 +132,11 @@ def main():
         dims[fname] = int(width)
     if a.interaction == "dot" and set(dims.values()) != {a.dim}:
         raise SystemExit(f"--table-dims {a.table_dims!r}: the dot interaction needs every table at --dim {a.dim}")
+    wide = [f for f in a.wide.split(",") if f]
+    fields = names + [c for c, _, _ in CROSSES]
+    for f in wide:
+        if f not in fields:
+            raise SystemExit(f"--wide {a.wide!r}: {f!r} is not one of {', '.join(fields)}")
     rng = np.random.default_rng(a.seed)
 
     tensors = []
@@ -113,6 +145,13 @@ def main():
             Tensor(f"{fname}.weight", "F32", [1, dims[fname]], whole(np.zeros((1, dims[fname]), np.float32))),
             Tensor(f"{fname}.keys", "I64", [1], whole(np.array([BUCKETS], np.int64))),
         ]
+    for fname in [f for f in fields if f in wide]:
+        tensors += [
+            Tensor(f"{fname}_w.weight", "F32", [1, 1], whole(np.zeros((1, 1), np.float32))),
+            Tensor(f"{fname}_w.keys", "I64", [1], whole(np.array([BUCKETS], np.int64))),
+        ]
+    if wide:
+        tensors.append(Tensor("wide.bias", "F32", [1], whole(np.zeros(1, np.float32))))
     tensors += linear(rng, "bottom.0", 1, a.dim, 0.1, 0.5)
     n = len(FEATURES)
     width = a.dim + (n * (n + 1) // 2 if a.interaction == "dot" else sum(dims.values()))
@@ -124,8 +163,11 @@ def main():
     os.makedirs(os.path.join(model_dir, "1"), exist_ok=True)
     write_safetensors(os.path.join(model_dir, "1", "model.safetensors"), tensors, {"format": "kiln-movielens-deep-v1"})
     with open(os.path.join(model_dir, "config.toml"), "w") as f:
-        f.write(config_toml(a.name, a.interaction, a.hash_scale))
-    print(f"gen_movielens_deep: wrote {model_dir} (dims {dims}, {a.interaction}, top {a.top})", file=sys.stderr)
+        f.write(config_toml(a.name, a.interaction, a.hash_scale, wide))
+    print(
+        f"gen_movielens_deep: wrote {model_dir} (dims {dims}, {a.interaction}, top {a.top}, wide {wide or 'none'})",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

