@@ -9,7 +9,6 @@
 //! (tract's multithreaded matmul gave no gain on the small MLPs it is meant for); scale with
 //! `instance_group.count` instead.
 
-mod bounds;
 mod convert;
 mod derive;
 
@@ -105,8 +104,17 @@ impl Backend for TractBackend {
             .into_runnable()
             .map_err(|e| fail("cannot build the execution plan", e))?;
         tracing::debug!(path = %path.display(), "tract model loaded");
-        let index_bounds =
-            bounds::index_bounds(&path).map_err(|e| fail("cannot read the gather inputs", e))?;
+        // tract panics on an index outside its table, so every batch is checked against these
+        // bounds before it runs. The file was just loaded, so the read fails only for a file
+        // too large to analyse (or replaced meanwhile): such a model serves without the check,
+        // and an index outside a table fails its batch through the worker's panic guard.
+        let index_bounds = kiln_onnx::GraphFacts::read(&path)
+            .map(|g| g.index_bounds())
+            .unwrap_or_else(|why| {
+                tracing::warn!(path = %path.display(), %why,
+                    "gather inputs not analysed: indices are not checked before compute");
+                Vec::new()
+            });
         Ok(Arc::new(TractModel(Arc::new(Inner {
             index_bounds,
             plan,
