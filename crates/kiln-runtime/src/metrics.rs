@@ -90,6 +90,8 @@ pub struct RuntimeMetrics {
     batch_size: HistFamily,
     queue_depth: Family<VersionLabels, Gauge>,
     inflight: Family<VersionLabels, Gauge>,
+    idle_waits: Family<VersionLabels, Counter>,
+    idle_waits_reserved: Family<VersionLabels, Counter>,
     loads: Family<FailureLabels, Counter>,
     cache_hits: Family<VersionLabels, Counter>,
     cache_misses: Family<VersionLabels, Counter>,
@@ -121,6 +123,8 @@ impl Default for RuntimeMetrics {
             batch_size: Family::new_with_constructor(batch_histogram),
             queue_depth: Family::default(),
             inflight: Family::default(),
+            idle_waits: Family::default(),
+            idle_waits_reserved: Family::default(),
             loads: Family::default(),
             cache_hits: Family::default(),
             cache_misses: Family::default(),
@@ -196,6 +200,17 @@ impl RuntimeMetrics {
             "kiln_inference_inflight_requests",
             "Requests received and not yet answered",
             self.inflight.clone(),
+        );
+        r.register(
+            "kiln_inference_worker_idle_waits",
+            "Times a model worker found its queue empty and waited for a request",
+            self.idle_waits.clone(),
+        );
+        r.register(
+            "kiln_inference_worker_starved_waits",
+            "Times a model worker found its queue empty while a request admitted at its headers \
+             was still being read or decoded",
+            self.idle_waits_reserved.clone(),
         );
         r.register(
             "kiln_repository_model_loads",
@@ -366,6 +381,8 @@ impl RuntimeMetrics {
             batch_size: self.batch_size.get_or_create_owned(&l),
             queue_depth: self.queue_depth.get_or_create_owned(&l),
             inflight: self.inflight.get_or_create_owned(&l),
+            idle_waits: self.idle_waits.get_or_create_owned(&l),
+            idle_waits_reserved: self.idle_waits_reserved.get_or_create_owned(&l),
             cache_hits: self.cache_hits.get_or_create_owned(&l),
             cache_misses: self.cache_misses.get_or_create_owned(&l),
             cache_lookup_seconds: self.cache_lookup_seconds.get_or_create_owned(&l),
@@ -412,6 +429,10 @@ pub struct VersionMetrics {
     pub queue_depth: Gauge,
     /// Requests in flight.
     pub inflight: Gauge,
+    /// Times a worker waited on an empty queue.
+    pub idle_waits: Counter,
+    /// Times a worker waited on an empty queue while an admitted request was being read.
+    pub idle_waits_reserved: Counter,
     /// Response cache hits.
     pub cache_hits: Counter,
     /// Response cache misses.

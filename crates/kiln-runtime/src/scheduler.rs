@@ -11,11 +11,12 @@
 use crate::metrics::VersionMetrics;
 use crate::stats::VersionStats;
 use crate::worker::{new_instance, worker, Shared};
+pub use crate::worker::{QueueSlot, WorkerWaits};
 use kiln_core::backend::LoadedModel;
 use kiln_core::{Error, ErrorCode, Result, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -230,6 +231,9 @@ impl Scheduler {
             model,
             workers: AtomicUsize::new(count),
             broken: AtomicBool::new(false),
+            reserved: AtomicUsize::new(0),
+            idle_waits: AtomicU64::new(0),
+            idle_waits_reserved: AtomicU64::new(0),
         });
         let scheduler = Scheduler { shared };
         for (i, instance) in instances.into_iter().enumerate() {
@@ -275,6 +279,33 @@ impl Scheduler {
     /// Requests waiting now.
     pub fn queue_len(&self) -> usize {
         self.shared.state.lock().len()
+    }
+
+    /// Holds a place in the queue for a request admitted at its headers, until its body is
+    /// read and decoded: `None` when the queued requests and the places already held fill the
+    /// queue (places are taken under the queue's lock, so two requests never take the last
+    /// one). Releasing the place just before [`Scheduler::enqueue`] leaves the request room,
+    /// so a request is refused at its headers or not at all, never after its body was decoded.
+    /// A version shutting down or broken gives a place: `enqueue` then says why it refuses.
+    pub fn reserve(&self) -> Option<QueueSlot> {
+        let st = self.shared.state.lock();
+        let held = self.shared.reserved.load(Ordering::Relaxed);
+        if st.len() + held >= self.shared.policy.max_queue && !st.shutdown && st.broken.is_none() {
+            return None;
+        }
+        self.shared.reserved.fetch_add(1, Ordering::Relaxed);
+        Some(QueueSlot {
+            shared: Some(self.shared.clone()),
+        })
+    }
+
+    /// Counters of the workers' waits, to tell a starved worker from an idle one.
+    pub fn waits(&self) -> WorkerWaits {
+        WorkerWaits {
+            idle: self.shared.idle_waits.load(Ordering::Relaxed),
+            idle_while_reserved: self.shared.idle_waits_reserved.load(Ordering::Relaxed),
+            reserved_now: self.shared.reserved.load(Ordering::Relaxed),
+        }
     }
 
     /// Why the version cannot compute any more (every worker gone), or `None` while it can.

@@ -11,7 +11,7 @@ mod validate;
 use crate::metrics::VersionMetrics;
 use crate::pipeline::Pipeline;
 use crate::response_cache::{CacheKey, ResponseCache};
-use crate::scheduler::{Answer, BatchPolicy, Pending, Scheduler};
+use crate::scheduler::{Answer, BatchPolicy, Pending, QueueSlot, Scheduler, WorkerWaits};
 use crate::stats::VersionStats;
 use kiln_core::backend::{LoadedModel, ModelIo};
 use kiln_core::{DeltaAck, SparseParameters, SparseTableInfo};
@@ -431,6 +431,25 @@ impl ServedVersion {
         match &self.body {
             Body::Engine { scheduler, .. } => scheduler.queue_len(),
             Body::Pipeline(_) => 0,
+        }
+    }
+
+    /// Holds a place in this version's queue for a request admitted at its headers while its
+    /// body is read and decoded; `None` when the queue is full (see [`Scheduler::reserve`]).
+    /// A pipeline has no queue of its own: its place holds nothing.
+    pub fn reserve_slot(&self) -> Option<QueueSlot> {
+        match &self.body {
+            Body::Engine { scheduler, .. } => scheduler.reserve(),
+            Body::Pipeline(_) => Some(QueueSlot::none()),
+        }
+    }
+
+    /// What this version's workers waited for, and the places held in its queue now
+    /// (`None` for a pipeline).
+    pub fn worker_waits(&self) -> Option<WorkerWaits> {
+        match &self.body {
+            Body::Engine { scheduler, .. } => Some(scheduler.waits()),
+            Body::Pipeline(_) => None,
         }
     }
 

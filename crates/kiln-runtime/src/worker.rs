@@ -16,7 +16,7 @@ use kiln_core::{Error, ErrorCode, Result, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,13 @@ pub(crate) struct Shared {
     pub workers: AtomicUsize,
     /// Set once the version is broken, so readiness checks need not take the queue's lock.
     pub broken: AtomicBool,
+    /// Places in the queue held by requests admitted at their headers whose body is still
+    /// being read or decoded ([`crate::scheduler::QueueSlot`]); changed under `state`'s lock.
+    pub reserved: AtomicUsize,
+    /// Times a worker found the queue empty and waited.
+    pub idle_waits: AtomicU64,
+    /// Of those, the times a request holding a place was still being read or decoded.
+    pub idle_waits_reserved: AtomicU64,
 }
 
 impl Shared {
@@ -54,6 +61,17 @@ impl Shared {
             "{} is not ready: it cannot compute any more ({reason})",
             self.label
         ))
+    }
+
+    /// Counts a worker about to wait on an empty queue (called under `state`'s lock), and
+    /// whether an admitted request was on its way.
+    fn count_idle_wait(&self) {
+        self.idle_waits.fetch_add(1, Ordering::Relaxed);
+        self.metrics.idle_waits.inc();
+        if self.reserved.load(Ordering::Relaxed) > 0 {
+            self.idle_waits_reserved.fetch_add(1, Ordering::Relaxed);
+            self.metrics.idle_waits_reserved.inc();
+        }
     }
 
     /// Marks the version broken and fails everything queued at once.
@@ -72,6 +90,49 @@ impl Shared {
             let _ = p.reply.send(Err(e.clone()));
         }
     }
+}
+
+/// A place in a version's queue held for a request whose body is being read
+/// ([`crate::scheduler::Scheduler::reserve`]); released on drop.
+#[derive(Default)]
+pub struct QueueSlot {
+    /// `None` for a place that holds nothing (a version without a queue).
+    pub(crate) shared: Option<Arc<Shared>>,
+}
+
+impl QueueSlot {
+    /// A place that holds nothing, for versions without a queue of their own (pipelines).
+    pub fn none() -> Self {
+        QueueSlot { shared: None }
+    }
+}
+
+impl std::fmt::Debug for QueueSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSlot")
+            .field("held", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.reserved.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the workers of a version waited for ([`crate::scheduler::Scheduler::waits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerWaits {
+    /// Times a worker found the queue empty and waited.
+    pub idle: u64,
+    /// Of those, the times a request holding a place ([`QueueSlot`]) was still being read or
+    /// decoded: the worker starved for a request the server had already admitted.
+    pub idle_while_reserved: u64,
+    /// Places held now.
+    pub reserved_now: usize,
 }
 
 /// A new instance of `model`: its own state, or the shared model when it has none. A panic
@@ -163,6 +224,7 @@ pub(crate) fn worker(shared: Arc<Shared>, instance: Box<dyn ModelInstance>) {
                         if st.shutdown || st.broken.is_some() {
                             return;
                         }
+                        shared.count_idle_wait();
                         shared.cond.wait(&mut st);
                     }
                 }

@@ -2,14 +2,18 @@
 //! show it cannot be served now, before its body is read or decoded, so a refusal costs
 //! microseconds however loaded the server is.
 //!
-//! The order, for HTTP: path and headers checked (400), model and version looked up (404),
-//! the version's queue checked for room (429), the server-wide budget of in-flight requests
-//! and request bytes reserved from `Content-Length` (429), then the body is read (413 over the
-//! limit, 408 when it arrives too slowly), decoded (400) and queued (429 if the queue filled
-//! meanwhile). gRPC does the same once tonic has decoded the message, before its tensors are
-//! converted. The reservation is held until the response is produced.
+//! The order, for HTTP: path and headers checked (400), model and version looked up (404), a
+//! place in the version's queue taken (429 when the queued requests and the places other
+//! requests hold fill it), the server-wide budget of in-flight requests and request bytes
+//! reserved from `Content-Length` (429), then the body is read (413 over the limit, 408 when
+//! it arrives too slowly) and decoded (400), and the place is given up just before the request
+//! is queued. So a request admitted at its headers finds room in the queue: no body is read
+//! and decoded only to be refused (`reason="queue_full_late"` counts any that still are).
+//! gRPC checks the queue for room once tonic has decoded the message, before its tensors are
+//! converted. The budget reservation is held until the response is produced.
 
 use kiln_core::{Error, ErrorCode, Result};
+use kiln_runtime::scheduler::QueueSlot;
 use kiln_runtime::ServedVersion;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -47,11 +51,21 @@ impl Default for Admission {
     }
 }
 
-/// A reservation in the in-flight budget; released on drop.
+/// A reservation in the in-flight budget, and the place in the version's queue while the
+/// body is read; released on drop.
 #[derive(Default)]
 pub struct Ticket {
     _request: Option<OwnedSemaphorePermit>,
     bytes: Option<OwnedSemaphorePermit>,
+    slot: Option<QueueSlot>,
+}
+
+impl Ticket {
+    /// Gives up the place in the queue: call it just before the request is queued, so the
+    /// place becomes its room there.
+    pub fn release_slot(&mut self) {
+        self.slot = None;
+    }
 }
 
 impl Admission {
@@ -83,21 +97,52 @@ impl Admission {
         Error::new(ErrorCode::Overloaded, message)
     }
 
+    fn queue_full(&self, v: &ServedVersion) -> Error {
+        let max = v.config.dynamic_batching.max_queue_size;
+        self.refuse(
+            "queue_full",
+            format!(
+                "model '{}' version {}: queue full ({max} requests waiting): server \
+                 overloaded, retry later",
+                v.name, v.version
+            ),
+        )
+    }
+
     /// Refuses at once when `v`'s queue is full; the scheduler refuses again if it filled
     /// between this check and the request being queued.
     pub fn check_queue(&self, v: &ServedVersion) -> Result<()> {
-        let max = v.config.dynamic_batching.max_queue_size;
-        if v.queue_len() >= max {
-            return Err(self.refuse(
-                "queue_full",
-                format!(
-                    "model '{}' version {}: queue full ({max} requests waiting): server \
-                     overloaded, retry later",
-                    v.name, v.version
-                ),
-            ));
+        if v.queue_len() >= v.config.dynamic_batching.max_queue_size {
+            return Err(self.queue_full(v));
         }
         Ok(())
+    }
+
+    /// Counts `e` when it is the scheduler refusing, for a full queue, a request admitted
+    /// earlier: one whose body was read and decoded for nothing.
+    pub fn note_late_refusal(&self, e: &Error) {
+        if e.code == ErrorCode::Overloaded {
+            self.rejected
+                .get_or_create(&ReasonLabels {
+                    reason: "queue_full_late",
+                })
+                .inc();
+        }
+    }
+
+    /// As [`Admission::admit`], but takes a place in `v`'s queue instead of only checking for
+    /// room: the place is held (and counts as taken for every later request) until
+    /// [`Ticket::release_slot`] or the ticket's drop. For a request whose body is still to be
+    /// read and decoded.
+    pub fn admit_with_slot(&self, v: &ServedVersion, bytes: Option<usize>) -> Result<Ticket> {
+        let Some(slot) = v.reserve_slot() else {
+            let e = self.queue_full(v);
+            v.record_refused(&e);
+            return Err(e);
+        };
+        let mut t = self.admit_budget(v, bytes)?;
+        t.slot = Some(slot);
+        Ok(t)
     }
 
     /// Checks `v`'s queue, then reserves one request and `bytes` (when known) in the
@@ -111,6 +156,15 @@ impl Admission {
 
     fn try_admit(&self, v: &ServedVersion, bytes: Option<usize>) -> Result<Ticket> {
         self.check_queue(v)?;
+        self.try_budget(bytes)
+    }
+
+    /// Reserves one request and `bytes` in the server-wide budget; a refusal counts against `v`.
+    fn admit_budget(&self, v: &ServedVersion, bytes: Option<usize>) -> Result<Ticket> {
+        self.try_budget(bytes).inspect_err(|e| v.record_refused(e))
+    }
+
+    fn try_budget(&self, bytes: Option<usize>) -> Result<Ticket> {
         let request = match &self.requests {
             None => None,
             Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
@@ -127,6 +181,7 @@ impl Admission {
         let mut t = Ticket {
             _request: request,
             bytes: None,
+            slot: None,
         };
         if let Some(n) = bytes {
             self.add_bytes(&mut t, n)?;

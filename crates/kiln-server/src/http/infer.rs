@@ -146,7 +146,10 @@ async fn handle(
     let header_len = header_len(headers).map_err(IntoResponse::into_response)?;
     let served = st.version(model, version).map_err(err)?;
     let declared = content_length(headers);
-    let mut ticket = st.admission.admit(&served, declared).map_err(err)?;
+    let mut ticket = st
+        .admission
+        .admit_with_slot(&served, declared)
+        .map_err(err)?;
     // Triton's raw binary request: the body is the data of the model's one input
     let raw_input =
         (header_len == Some(0)).then(|| (served.io().inputs.clone(), served.config.max_batch_size));
@@ -168,9 +171,14 @@ async fn handle(
         span.record("id", id.as_str());
     }
     let id = req.request.id.clone();
+    // the place held in the queue becomes this request's room there
+    ticket.release_slot();
     let done = crate::infer::infer(st, model, version, req, received)
         .await
-        .map_err(err)?;
+        .map_err(|e| {
+            st.admission.note_late_refusal(&e);
+            err(e)
+        })?;
     let version = done.version.version.to_string();
     let encoded = kiln_protocol::encode_response_parts(
         &done.version.name,
