@@ -12,7 +12,7 @@
 #      "eager bf16 ort"), LAYOUT (the tables' layout, "direct" (default: ids are row numbers,
 #      as in the peers' dense arrays) or "hashed"; written into the model's config.toml),
 #      OUT (default bench/out/recsys-DATE), KILN_PATHS (the in-process kernels, default
-#      "gemm mkl_fp32 mkl_bf16"), MKL_LIBRARY (default .venv/lib/libmkl_rt.so.3, from
+#      "gemm mkl_fp32 mkl_bf16"; also "avx512_bf16"), MKL_LIBRARY (default .venv/lib/libmkl_rt.so.3, from
 #      scripts/setup-python.sh; kiln serve finds it itself, or takes KILN_MKL_LIBRARY).
 # Results: $OUT/results.md; Kiln's own histograms in $OUT/server_side.txt.
 set -euo pipefail
@@ -62,6 +62,8 @@ if [[ " $what " == *" inproc "* ]]; then
       mkl_fp32) extra=(--mkl-library "$MKL_LIBRARY" --precision fp32) ;;
       # --cpu-bf16: MKL's bf16 path also where auto would not pick it (AMD's AVX512_BF16)
       mkl_bf16) extra=(--mkl-library "$MKL_LIBRARY" --precision bf16 --cpu-bf16) ;;
+      # Kiln's own AVX512_BF16 kernel (no MKL, so MKL's bf16 cannot be picked)
+      avx512_bf16) extra=(--precision bf16) ;;
       *) echo "unknown KILN_PATHS entry $path" >&2; exit 1 ;;
     esac
     log "kiln in process, $path, load $(cut -d' ' -f1-3 /proc/loadavg)"
