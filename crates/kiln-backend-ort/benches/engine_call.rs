@@ -7,7 +7,10 @@
 //!   taskset -c 0 cargo bench -p kiln-backend-ort --bench engine_call [-- FILTER]
 //!
 //! Env: MODELS (examples, default `mlp ranker`), BATCHES (default `64 1`), ROUNDS (default 3),
-//! KILN_ORT_LIBRARY / ORT_DYLIB_PATH (else the `onnxruntime` package of the project's Python).
+//! KILN_ORT_LIBRARY / ORT_DYLIB_PATH (else the `onnxruntime` package of the project's Python),
+//! EVICT_KIB (default 0: off): before every call, write a buffer of that many KiB, as a server's
+//! network work between two batches evicts the engine's weights and buffers from the caches
+//! (each call is then timed on its own, which adds the clock reads to every figure).
 //!
 //! Each model and batch runs two kinds of input: `normal`, the raw script's (floats standard
 //! normal, ids 0), and `pa`, what perf_analyzer sends in `bench/ort/run.sh` (random bytes for
@@ -167,13 +170,40 @@ fn thread_cpu() -> Duration {
 /// Wall-clock time, CPU time and calls of each variant, per model/batch and input.
 type Totals = RefCell<BTreeMap<(String, String), BTreeMap<String, (Duration, Duration, u64)>>>;
 
-/// Times `iters` calls of `f`, adds them to `totals` and returns the wall-clock time.
-fn timed(totals: &Totals, key: (&str, &str, &str), iters: u64, mut f: impl FnMut()) -> Duration {
-    let (c0, t0) = (thread_cpu(), Instant::now());
-    for _ in 0..iters {
-        f();
+/// Writes every cache line of `buf`, evicting what the caches held (the network thread's work
+/// between two batches does the same to a server's engine call).
+fn evict(buf: &mut [u8]) {
+    for i in (0..buf.len()).step_by(64) {
+        buf[i] = buf[i].wrapping_add(1);
     }
-    let (wall, cpu) = (t0.elapsed(), thread_cpu() - c0);
+    std::hint::black_box(&*buf);
+}
+
+/// Times `iters` calls of `f`, adds them to `totals` and returns the wall-clock time. With a
+/// non-empty `scratch`, the caches are evicted before every call, outside the timing.
+fn timed(
+    totals: &Totals,
+    key: (&str, &str, &str),
+    iters: u64,
+    scratch: &mut [u8],
+    mut f: impl FnMut(),
+) -> Duration {
+    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    if scratch.is_empty() {
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        for _ in 0..iters {
+            f();
+        }
+        (wall, cpu) = (t0.elapsed(), thread_cpu() - c0);
+    } else {
+        for _ in 0..iters {
+            evict(scratch);
+            let (c0, t0) = (thread_cpu(), Instant::now());
+            f();
+            wall += t0.elapsed();
+            cpu += thread_cpu() - c0;
+        }
+    }
     let mut t = totals.borrow_mut();
     let e = t
         .entry((key.0.to_string(), key.1.to_string()))
@@ -209,6 +239,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let evict_kib: usize = std::env::var("EVICT_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut scratch = vec![0u8; evict_kib * 1024];
     let totals: Totals = RefCell::new(BTreeMap::new());
     let mut order = Vec::new();
     for model in env_list("MODELS", "mlp ranker") {
@@ -233,14 +268,20 @@ fn main() {
                     let mut g = c.benchmark_group(format!("{case}/{input}"));
                     g.bench_function(BenchmarkId::new("direct", round), |b| {
                         b.iter_custom(|iters| {
-                            timed(&totals, (&case, input, "direct"), iters, || {
-                                std::hint::black_box(direct_call(&mut direct, &dx));
-                            })
+                            timed(
+                                &totals,
+                                (&case, input, "direct"),
+                                iters,
+                                &mut scratch,
+                                || {
+                                    std::hint::black_box(direct_call(&mut direct, &dx));
+                                },
+                            )
                         })
                     });
                     g.bench_function(BenchmarkId::new("kiln", round), |b| {
                         b.iter_custom(|iters| {
-                            timed(&totals, (&case, input, "kiln"), iters, || {
+                            timed(&totals, (&case, input, "kiln"), iters, &mut scratch, || {
                                 std::hint::black_box(instance.execute(&x).expect("kiln run"));
                             })
                         })
