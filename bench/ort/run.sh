@@ -12,6 +12,9 @@
 #             intra-op threads (default 1, the one server core; tract ignores it)
 #   MAX_BATCH max_batch_size (default 64, as the examples); DELAY_US max_queue_delay_us (default 0)
 #   SPIN      onnxruntime models' parameters.allow_spinning (default true, the ORT default)
+#   PA_DATA   what perf_analyzer sends: normal (default; floats N(0, 1) and ids 0, as the raw
+#             engine's inputs, from bench/ort/pa_data.py run by PEERS_PY, default the peers' tools
+#             venv) or random (perf_analyzer's random bytes, zeros for the ranker: before 2026-12-06)
 #   CONC / MI / TRIALS / BATCHES / PROTOS as in ../shared/peers/README.md (CONC default 8)
 #   SHM=1     tensors through system shared memory (kiln serve --allow-client-shm,
 #             perf_analyzer --shared-memory system); rows are labelled kiln-BACKEND-shm
@@ -21,7 +24,8 @@
 #             Give THREADS no more threads than SERVER_CPUS has cores.
 # Results: $OUT/results.md (default bench/out/ort-DATE), Kiln's server-side latency quantiles from
 # its own histograms in $OUT/server_side.txt, CPU per request of the server and of perf_analyzer
-# (with the ceiling they leave; bench/ort/cpu.py) in $OUT/cpu.txt, the load average before and
+# (with the ceiling they leave; bench/ort/cpu.py) and of each server thread, with the times it was
+# preempted (bench/ort/threads.py), in $OUT/cpu.txt, the load average before and
 # after in $OUT/load.txt.
 set -euo pipefail
 
@@ -40,9 +44,13 @@ what=${*:-raw kiln}
 mkdir -p "$OUT"
 echo "start: $(uptime); server cpus '${SERVER_CPUS}', client cpus '${CLIENT_CPUS}', threads $THREADS" >>"$OUT/load.txt"
 
-pa_args() { # perf_analyzer fills inputs with random bytes; the ranker's ids are indices
+pa_args() { # the data perf_analyzer sends (PA_DATA)
   local a=""
-  case $1 in ranker) a="--input-data zero" ;; esac
+  if [ "${PA_DATA:-normal}" = normal ]; then
+    a="--input-data $OUT/data-$1.json"
+  else # its own random bytes; the ranker's ids are indices
+    case $1 in ranker) a="--input-data zero" ;; esac
+  fi
   [ -z "${SHM:-}" ] || a="$a --shared-memory system"
   echo "$a"
 }
@@ -57,6 +65,12 @@ fi
 
 if [[ " $what " == *" kiln "* ]]; then
   [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p kiln)
+  if [ "${PA_DATA:-normal}" = normal ]; then
+    for m in ${MODELS:-mlp ranker}; do
+      "${PEERS_PY:-${PEERS_HOME:-$HOME/.cache/kiln-peers}/venv/tools/bin/python}" "$ROOT/bench/ort/pa_data.py" \
+        "$ROOT/examples/models/$m/1/model.onnx" "${MAX_BATCH:-64}" >"$OUT/data-$m.json"
+    done
+  fi
   for backend in ${BACKENDS:-onnxruntime tract}; do
     repo=$OUT/models-$backend
     for m in ${MODELS:-mlp ranker}; do
@@ -89,16 +103,20 @@ TOML
       for proto in ${PROTOS:-http grpc}; do
         for b in ${BATCHES:-1 64}; do
           curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_before.txt"
+          python3 "$ROOT/bench/ort/threads.py" snap "$kiln_pid" >"$OUT/t_before.txt"
           t0=$(kiln_ticks "$kiln_pid")
           PA_ARGS=$(pa_args "$m") PROTOS=$proto /usr/bin/time -f "%U %S" -o "$OUT/client_cpu.txt" \
             "${pin_client[@]}" "$PEERS_SH" pa "127.0.0.1:$HP" "127.0.0.1:$GP" "$m" "$label" "$b" >/dev/null || true
           t1=$(kiln_ticks "$kiln_pid")
+          python3 "$ROOT/bench/ort/threads.py" snap "$kiln_pid" >"$OUT/t_after.txt"
           curl -s "127.0.0.1:$MP/metrics" >"$OUT/m_after.txt"
           { echo "server-side, $label $proto batch $b conc $CONC:"
             python3 "$ROOT/bench/serve/hist.py" "$OUT/m_before.txt" "$OUT/m_after.txt" "$m"; } | tee -a "$OUT/server_side.txt"
           { echo "cpu, $label $proto batch $b conc $CONC:"
             python3 "$ROOT/bench/ort/cpu.py" "$OUT/m_before.txt" "$OUT/m_after.txt" "$m" "$((t1 - t0))" \
-              "$(awk '{print $1 + $2}' "$OUT/client_cpu.txt")" "$(nproc)"; } | tee -a "$OUT/cpu.txt"
+              "$(awk '{print $1 + $2}' "$OUT/client_cpu.txt")" "$(nproc)"
+            python3 "$ROOT/bench/ort/threads.py" diff "$OUT/t_before.txt" "$OUT/t_after.txt" \
+              "$OUT/m_before.txt" "$OUT/m_after.txt" "$m"; } | tee -a "$OUT/cpu.txt"
         done
       done
     done
