@@ -7,8 +7,9 @@
 //! activation. The MLPs ([`mlp`]) run on the kernel chosen per model at load ([`dense`]): the
 //! `gemm` crate, or Intel MKL ([`mkl`], loaded at run time from the path in
 //! [`RecsysOptions`]) in fp32 on pre-packed weights or in bf16, or this crate's AVX512_BF16
-//! kernel in bf16 ([`dense::avx512_bf16`]), after the model's `precision` parameter; a batch is split into row ranges, one per instance thread, each running the whole
-//! forward pass (MKL runs sequentially inside each). Features marked
+//! kernel in bf16 ([`dense::avx512_bf16`]), after the model's `precision` parameter; a batch
+//! is split into row ranges, one per instance thread, each running the whole forward pass
+//! (MKL, and the AVX512_BF16 kernel, run on that thread). Features marked
 //! `part = "wide"` add their summed dim-1 rows straight to the logit ([`wide`]): a model of
 //! wide features only is a logistic regression, one with both parts is Wide & Deep.
 //!

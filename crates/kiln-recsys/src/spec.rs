@@ -11,7 +11,7 @@
 //! output_activation = "sigmoid"   # or "none"
 //! dense_input = "dense"           # FP32 [N, D]; D is the bottom MLP's input width
 //! precision = "fp32"              # MLP arithmetic: "fp32" (default), "bf16" or "auto" (bf16
-//!                                 # where MKL and AVX512_BF16 / AMX are present); see crate::dense
+//!                                 # where the CPU has AVX512_BF16 / AMX); see crate::dense
 //!
 //! [[parameters.sparse]]
 //! name = "sparse_0"               # INT64 [N, max_ids] input, -1 = padding
