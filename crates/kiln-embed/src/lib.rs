@@ -115,6 +115,7 @@ mod hash;
 mod index;
 mod lookup;
 mod metrics;
+mod serving;
 mod shard;
 mod snapshot;
 mod table;
@@ -131,5 +132,6 @@ pub use metrics::{
     EmbedCollector, EmbedMetrics, HistogramSnapshot, LatencyHistogram, MetricsSnapshot,
     LATENCY_BUCKETS,
 };
+pub use serving::decode_delta_for;
 pub use snapshot::SnapshotInfo;
 pub use table::{MaintainReport, Table, UpsertReport};

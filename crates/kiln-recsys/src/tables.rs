@@ -9,7 +9,7 @@
 use crate::spec::{Layout, TableSpec};
 use crate::weights::WeightsFile;
 use kiln_core::{DeltaAck, Error, Result, SparseParameters, SparseTableInfo};
-use kiln_embed::{ApplyOutcome, Delta, EmbedCollector, EmbedError, Table};
+use kiln_embed::{EmbedCollector, EmbedError, Table};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -220,39 +220,9 @@ impl SparseParameters for ModelTables {
             )));
         };
         let t = &self.tables[i];
-        let mut delta =
-            Delta::decode(encoded).map_err(|e| Error::invalid(format!("delta: {e}")))?;
-        if !delta.table.is_empty() && delta.table != table && delta.table != t.name() {
-            return Err(Error::invalid(format!(
-                "delta: it is for table '{}', sent to table '{table}'",
-                delta.table
-            )));
-        }
-        delta.table.clear();
+        let delta = kiln_embed::decode_delta_for(table, t.name(), encoded)?;
         let outcome = t.apply(&delta).map_err(|e| embed_err(table, e))?;
-        let last_sequence = t.last_sequence(&delta.source).unwrap_or(0);
-        Ok(match outcome {
-            ApplyOutcome::Applied {
-                rows,
-                inserted,
-                removed,
-                evicted,
-                gap,
-            } => DeltaAck {
-                applied: true,
-                rows: rows as u64,
-                inserted: inserted as u64,
-                removed: removed as u64,
-                evicted: evicted as u64,
-                last_sequence,
-                gap: gap.map(|g| (g.expected, g.got)),
-            },
-            ApplyOutcome::Duplicate { last_applied } => DeltaAck {
-                applied: false,
-                last_sequence: last_applied,
-                ..Default::default()
-            },
-        })
+        Ok(outcome.ack(t.last_sequence(&delta.source).unwrap_or(0)))
     }
 
     fn rows(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {

@@ -14,7 +14,7 @@
 
 use super::ops::top_positions;
 use kiln_core::{DataType, DeltaAck, Error, Result, SparseParameters, SparseTableInfo, Tensor};
-use kiln_embed::{ApplyOutcome, Delta, Table, TableConfig};
+use kiln_embed::{ApplyOutcome, Table, TableConfig};
 use parking_lot::{Mutex, RwLock};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{HashMap, HashSet};
@@ -452,15 +452,7 @@ impl SparseParameters for ItemTables {
     fn apply_delta(&self, table: &str, encoded: &[u8]) -> Result<DeltaAck> {
         let index = self.named(table)?;
         let t = &index.table;
-        let mut delta =
-            Delta::decode(encoded).map_err(|e| Error::invalid(format!("delta: {e}")))?;
-        if !delta.table.is_empty() && delta.table != table && delta.table != t.name() {
-            return Err(Error::invalid(format!(
-                "delta: it is for table '{}', sent to table '{table}'",
-                delta.table
-            )));
-        }
-        delta.table.clear();
+        let delta = kiln_embed::decode_delta_for(table, t.name(), encoded)?;
         let outcome = t.apply(&delta);
         match &outcome {
             Ok(ApplyOutcome::Duplicate { .. }) => {}
@@ -474,29 +466,7 @@ impl SparseParameters for ItemTables {
             _ => index.changed(None),
         }
         let outcome = outcome.map_err(|e| Error::invalid(format!("table {table}: {e}")))?;
-        let last_sequence = t.last_sequence(&delta.source).unwrap_or(0);
-        Ok(match outcome {
-            ApplyOutcome::Applied {
-                rows,
-                inserted,
-                removed,
-                evicted,
-                gap,
-            } => DeltaAck {
-                applied: true,
-                rows: rows as u64,
-                inserted: inserted as u64,
-                removed: removed as u64,
-                evicted: evicted as u64,
-                last_sequence,
-                gap: gap.map(|g| (g.expected, g.got)),
-            },
-            ApplyOutcome::Duplicate { last_applied } => DeltaAck {
-                applied: false,
-                last_sequence: last_applied,
-                ..Default::default()
-            },
-        })
+        Ok(outcome.ack(t.last_sequence(&delta.source).unwrap_or(0)))
     }
 
     fn rows(&self, table: &str, keys: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {

@@ -1,4 +1,5 @@
 use super::*;
+use kiln_embed::Delta;
 use safetensors::tensor::TensorView;
 
 /// A deterministic stream of floats in [-1, 1).
