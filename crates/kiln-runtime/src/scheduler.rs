@@ -234,6 +234,7 @@ impl Scheduler {
             reserved: AtomicUsize::new(0),
             idle_waits: AtomicU64::new(0),
             idle_waits_reserved: AtomicU64::new(0),
+            places_taken: AtomicU64::new(0),
         });
         let scheduler = Scheduler { shared };
         for (i, instance) in instances.into_iter().enumerate() {
@@ -294,6 +295,7 @@ impl Scheduler {
             return None;
         }
         self.shared.reserved.fetch_add(1, Ordering::Relaxed);
+        self.shared.places_taken.fetch_add(1, Ordering::Relaxed);
         Some(QueueSlot {
             shared: Some(self.shared.clone()),
         })
@@ -305,6 +307,7 @@ impl Scheduler {
             idle: self.shared.idle_waits.load(Ordering::Relaxed),
             idle_while_reserved: self.shared.idle_waits_reserved.load(Ordering::Relaxed),
             reserved_now: self.shared.reserved.load(Ordering::Relaxed),
+            places_taken: self.shared.places_taken.load(Ordering::Relaxed),
         }
     }
 

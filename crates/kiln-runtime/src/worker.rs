@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub idle_waits: AtomicU64,
     /// Of those, the times a request holding a place was still being read or decoded.
     pub idle_waits_reserved: AtomicU64,
+    /// Places ever taken.
+    pub places_taken: AtomicU64,
 }
 
 impl Shared {
@@ -133,6 +135,8 @@ pub struct WorkerWaits {
     pub idle_while_reserved: u64,
     /// Places held now.
     pub reserved_now: usize,
+    /// Places taken since the version started.
+    pub places_taken: u64,
 }
 
 /// A new instance of `model`: its own state, or the shared model when it has none. A panic

@@ -9,6 +9,9 @@
 //! it arrives too slowly) and decoded (400), and the place is given up just before the request
 //! is queued. So a request admitted at its headers finds room in the queue: no body is read
 //! and decoded only to be refused (`reason="queue_full_late"` counts any that still are).
+//! A body still incomplete after [`SLOT_GRACE`] gives its place back (the request is then
+//! checked for room again when it is queued), so a client trickling its body cannot hold the
+//! queue.
 //! gRPC checks the queue for room once tonic has decoded the message, before its tensors are
 //! converted. The budget reservation is held until the response is produced.
 
@@ -21,6 +24,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a request admitted at its headers keeps its place in the queue while its body is
+/// still arriving. Bodies that come with their headers, or within a few round trips on a
+/// local network, are read well within it.
+pub const SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Bytes are reserved from the budget in units of this many bytes (a semaphore counts at
 /// most `u32::MAX` permits per acquisition).

@@ -154,7 +154,17 @@ async fn handle(
     let raw_input =
         (header_len == Some(0)).then(|| (served.io().inputs.clone(), served.config.max_batch_size));
     drop(served);
-    let body = read_body(body, max.0).await?;
+    // A body that is not all there within the grace gives its place back, so a slow client
+    // cannot hold the queue: it is checked for room again when it is queued.
+    let read = read_body(body, max.0);
+    tokio::pin!(read);
+    let body = match tokio::time::timeout(crate::admission::SLOT_GRACE, &mut read).await {
+        Ok(body) => body?,
+        Err(_) => {
+            ticket.release_slot();
+            read.await?
+        }
+    };
     if declared.is_none() {
         st.admission
             .add_bytes(&mut ticket, body.len())
