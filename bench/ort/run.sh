@@ -114,7 +114,7 @@ TOML
             python3 "$ROOT/bench/serve/hist.py" "$OUT/m_before.txt" "$OUT/m_after.txt" "$m"; } | tee -a "$OUT/server_side.txt"
           { echo "cpu, $label $proto batch $b conc $CONC:"
             python3 "$ROOT/bench/ort/cpu.py" "$OUT/m_before.txt" "$OUT/m_after.txt" "$m" "$((t1 - t0))" \
-              "$(awk '{print $1 + $2}' "$OUT/client_cpu.txt")" "$(nproc)"
+              "$(tail -1 "$OUT/client_cpu.txt" | awk '{print $1 + $2}')" "$(nproc)"
             python3 "$ROOT/bench/ort/threads.py" diff "$OUT/t_before.txt" "$OUT/t_after.txt" \
               "$OUT/m_before.txt" "$OUT/m_after.txt" "$m"; } | tee -a "$OUT/cpu.txt"
         done
