@@ -233,6 +233,10 @@ impl Backend for RecsysBackend {
         let mut input_index = Vec::new();
         for f in &spec.sparse {
             input_index.push(inputs.len());
+            if f.is_cross() {
+                // computed from its components' inputs: no input of its own
+                continue;
+            }
             if f.ragged {
                 let mut values = spec_of(&format!("{}_values", f.name), DataType::Int64, vec![]);
                 values.allow_ragged_batch = true;

@@ -243,17 +243,26 @@ impl RecsysModel {
         }
     }
 
-    /// Decodes every feature's ids, checking ragged values against their lengths.
-    fn decode_ids<'a>(&self, inputs: &'a [Tensor]) -> Result<Vec<FeatureIds<'a>>> {
-        self.spec
-            .sparse
+    /// Decodes every feature's ids, checking ragged values against their lengths, then computes
+    /// the crossed features' keys from their components' ids.
+    fn decode_ids<'a>(&self, inputs: &'a [Tensor], rows: usize) -> Result<Vec<FeatureIds<'a>>> {
+        let sparse = &self.spec.sparse;
+        let mut ids = sparse
             .iter()
             .zip(&self.input_index)
             .map(|(feat, &i)| {
+                if feat.is_cross() {
+                    return Ok(FeatureIds::Crossed(Vec::new()));
+                }
                 let lengths = feat.ragged.then(|| &inputs[i + 1]);
                 FeatureIds::decode(feat, &inputs[i], lengths)
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        for (f, feat) in sparse.iter().enumerate().filter(|(_, f)| f.is_cross()) {
+            let components: Vec<_> = feat.cross.iter().map(|&c| (&sparse[c], &ids[c])).collect();
+            ids[f] = FeatureIds::crossed(feat, &components, rows);
+        }
+        Ok(ids)
     }
 }
 
@@ -296,7 +305,7 @@ impl LoadedModel for RecsysModel {
             Some(_) => f32s(&inputs[0]),
             None => Cow::Borrowed(&[][..]),
         };
-        let ids = self.decode_ids(inputs)?;
+        let ids = self.decode_ids(inputs, rows)?;
         let out_dim = self.out_dim();
         let mut out = vec![0.0f32; rows * out_dim];
         let parts = (rows / MIN_ROWS_PER_THREAD).clamp(1, self.threads);

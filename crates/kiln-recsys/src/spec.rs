@@ -23,6 +23,13 @@
 //! # data_type = "BYTES"           # string ids (empty string = padding), needs hash = "xxh3"
 //! # input = "ragged"              # sparse_0_values INT64 [L] + sparse_0_lengths INT32 [N]
 //!
+//! [[parameters.sparse]]
+//! name = "user_x_genres"          # a crossed feature: no input tensor of its own
+//! cross = ["user", "genres"]      # 2 to 8 other (not crossed) sparse features of the model
+//! table = "emb.cross"
+//! buckets = 1000000               # optional: the cross's key % buckets
+//! # part, pooling as for any feature; max_ids is the product of the components' max_ids
+//!
 //! [parameters.table_defaults]     # for every table; [parameters.tables."emb.0"] overrides
 //! storage = "f32"                 # or "f16"
 //! default_row = "zeros"           # or "hash" (deterministic hash-seeded init, hash_scale)
@@ -40,6 +47,13 @@
 //! features are all wide is wide-only, `p = activation(wide.bias + wide sum)` `[N, 1]`: it has
 //! no deep part, hence no dense input (its inputs are the sparse features alone), and refuses
 //! `interaction`, `dense_input` and `bottom.*` / `top.*` tensors, naming the one it got.
+//!
+//! A feature with `cross` is the cross of the listed features (TF's `crossed_column`): its
+//! keys are every combination of one key of each component in a row, hashed together
+//! (`crate::features::cross_keys`, the one definition serving and learners share). It takes
+//! no input (the model's inputs are the other features'), has no `hash`, `data_type`,
+//! `input` or `max_ids` of its own, and may not cross itself, another cross, or a feature
+//! that is not in the model.
 
 use crate::dense::Precision;
 use kiln_core::{DataType, Error, Result};
@@ -94,21 +108,24 @@ enum PoolingName {
 struct RawSparse {
     name: String,
     table: String,
-    max_ids: usize,
+    #[serde(default)]
+    max_ids: Option<usize>,
     #[serde(default)]
     pooling: PoolingName,
     #[serde(default)]
     concat_k: Option<usize>,
     #[serde(default)]
-    hash: Hashing,
+    hash: Option<Hashing>,
     #[serde(default)]
     buckets: Option<u64>,
     #[serde(default)]
     data_type: Option<String>,
     #[serde(default)]
-    input: InputForm,
+    input: Option<InputForm>,
     #[serde(default)]
     part: Part,
+    #[serde(default)]
+    cross: Option<Vec<String>>,
 }
 
 /// Which part of the model a sparse feature feeds.
@@ -193,7 +210,23 @@ pub struct SparseFeature {
     pub ragged: bool,
     /// The deep part (interaction, top MLP) or the wide part (added to the logit).
     pub part: Part,
+    /// For a crossed feature, its components (indices into [`RecsysSpec::sparse`], in the
+    /// order of `cross`); empty for a feature read from its own input. A cross has
+    /// `hash = None`, INT64 keys, no ragged input, and `max_ids` the product of its
+    /// components' `max_ids`.
+    pub cross: Vec<usize>,
 }
+
+impl SparseFeature {
+    /// Whether the feature is a cross of other features (it has no input tensor).
+    pub fn is_cross(&self) -> bool {
+        !self.cross.is_empty()
+    }
+}
+
+/// The most keys one row of a crossed feature may have (the product of its components'
+/// `max_ids`).
+pub const MAX_CROSS_IDS: usize = 4096;
 
 /// How a table's rows are addressed (see `kiln_embed::TableConfig::key_space`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,14 +328,34 @@ impl RecsysSpec {
         }
         let mut tables: Vec<TableSpec> = Vec::new();
         let mut sparse = Vec::new();
+        let mut crosses: Vec<(usize, Vec<String>)> = Vec::new();
         for s in raw.sparse {
             let ctx = |m: String| bad(format!("sparse feature '{}': {m}", s.name));
             if !names.insert(s.name.clone()) {
                 return Err(ctx("the name is used twice".into()));
             }
-            if s.max_ids == 0 {
-                return Err(ctx("max_ids must be at least 1".into()));
+            if let Some(cross) = &s.cross {
+                let own = [
+                    ("max_ids", s.max_ids.is_some()),
+                    ("hash", s.hash.is_some()),
+                    ("data_type", s.data_type.is_some()),
+                    ("input", s.input.is_some()),
+                ];
+                if let Some((field, _)) = own.iter().find(|(_, given)| *given) {
+                    return Err(ctx(format!(
+                        "{field}: a cross has no {field} of its own (its keys come from the features it crosses; max_ids is the product of theirs)"
+                    )));
+                }
+                crosses.push((sparse.len(), cross.clone()));
             }
+            let max_ids = match (s.max_ids, &s.cross) {
+                (Some(0), _) => return Err(ctx("max_ids must be at least 1".into())),
+                (Some(m), _) => m,
+                // filled in from the components below
+                (None, Some(_)) => 1,
+                (None, None) => return Err(ctx("max_ids: missing".into())),
+            };
+            let hash = s.hash.unwrap_or_default();
             let pooling = match (s.pooling, s.concat_k) {
                 (PoolingName::Sum, None) => Pooling::Sum,
                 (PoolingName::Mean, None) => Pooling::Mean,
@@ -324,10 +377,11 @@ impl RecsysSpec {
                 Some("BYTES") | Some("TYPE_STRING") => DataType::Bytes,
                 Some(o) => return Err(ctx(format!("data_type must be INT64 or BYTES, got {o}"))),
             };
-            if data_type == DataType::Bytes && s.hash != Hashing::Xxh3 {
+            if data_type == DataType::Bytes && hash != Hashing::Xxh3 {
                 return Err(ctx("BYTES ids need hash = \"xxh3\"".into()));
             }
-            if s.input == InputForm::Ragged && data_type == DataType::Bytes {
+            let ragged = s.input == Some(InputForm::Ragged);
+            if ragged && data_type == DataType::Bytes {
                 return Err(ctx("input = \"ragged\" takes INT64 ids only".into()));
             }
             if s.buckets == Some(0) {
@@ -349,14 +403,24 @@ impl RecsysSpec {
             sparse.push(SparseFeature {
                 name: s.name,
                 table,
-                max_ids: s.max_ids,
+                max_ids,
                 pooling,
-                hash: s.hash,
+                hash,
                 buckets: s.buckets,
                 data_type,
-                ragged: s.input == InputForm::Ragged,
+                ragged,
                 part: s.part,
+                cross: Vec::new(),
             });
+        }
+        let mut is_cross = vec![false; sparse.len()];
+        for (i, _) in &crosses {
+            is_cross[*i] = true;
+        }
+        for (i, names) in crosses {
+            let (cross, max_ids) = resolve_cross(&sparse, &is_cross, i, &names)?;
+            sparse[i].cross = cross;
+            sparse[i].max_ids = max_ids;
         }
         Ok(RecsysSpec {
             interaction,
@@ -373,6 +437,49 @@ impl RecsysSpec {
     pub fn is_wide_only(&self) -> bool {
         self.sparse.iter().all(|f| f.part == Part::Wide)
     }
+}
+
+/// The components of cross `i` (named `names`) as feature indices, and the cross's `max_ids`.
+fn resolve_cross(
+    sparse: &[SparseFeature],
+    is_cross: &[bool],
+    i: usize,
+    names: &[String],
+) -> Result<(Vec<usize>, usize)> {
+    let ctx = |m: String| bad(format!("sparse feature '{}': cross: {m}", sparse[i].name));
+    if names.len() < 2 || names.len() > crate::features::MAX_CROSSED {
+        return Err(ctx(format!(
+            "crosses 2 to {} features, got {}",
+            crate::features::MAX_CROSSED,
+            names.len()
+        )));
+    }
+    let mut cross = Vec::with_capacity(names.len());
+    let mut max_ids = 1usize;
+    for n in names {
+        if n == &sparse[i].name {
+            return Err(ctx("a feature cannot cross itself".into()));
+        }
+        let Some(c) = sparse.iter().position(|f| &f.name == n) else {
+            return Err(ctx(format!("'{n}' is not a sparse feature of the model")));
+        };
+        if cross.contains(&c) {
+            return Err(ctx(format!("'{n}' is listed twice")));
+        }
+        if is_cross[c] {
+            return Err(ctx(format!(
+                "'{n}' is itself a cross; list the features it crosses instead"
+            )));
+        }
+        cross.push(c);
+        max_ids = max_ids.saturating_mul(sparse[c].max_ids);
+    }
+    if max_ids > MAX_CROSS_IDS {
+        return Err(ctx(format!(
+            "the product of the crossed features' max_ids is {max_ids}, more than {MAX_CROSS_IDS} keys per row"
+        )));
+    }
+    Ok((cross, max_ids))
 }
 
 fn table_config(name: &str, defaults: &RawTable, over: &RawTable) -> Result<(TableConfig, Layout)> {

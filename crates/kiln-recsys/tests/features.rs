@@ -154,6 +154,7 @@ fn feature(
         data_type,
         ragged,
         part: Part::Deep,
+        cross: Vec::new(),
     }
 }
 
