@@ -8,14 +8,16 @@
 //! with more than `max_ids` ids; the learner keeps the first `max_ids`, as a client truncating
 //! its request would send them, and counts the impression in
 //! [`FeaturizeStats::truncated`]. Padding ids (`-1`, `""`) give no key, as in serving. A
-//! missing field means no ids. `dense` must have the model's dense width (when the model has a
+//! missing field means no ids. A crossed input reads no field: its keys are
+//! [`kiln_recsys::features::cross_keys`] of its components' keys (after their truncation and
+//! padding), as serving computes them from the components' inputs. `dense` must have the model's dense width (when the model has a
 //! dense input and `[features] dense` is on; off, the dense input is zeros).
 
 use crate::config::{FeaturesConfig, ModelInfo};
 use crate::event::{EventError, EventErrorKind, Id, Impression};
 use crate::sample::Sample;
 use kiln_core::DataType;
-use kiln_recsys::features::{key_of, Hashing, RawId, PADDING};
+use kiln_recsys::features::{cross_keys, key_of, Hashing, RawId, PADDING};
 use std::collections::HashMap;
 
 /// One sparse input's hashing settings.
@@ -27,6 +29,8 @@ struct Input {
     buckets: Option<u64>,
     bytes: bool,
     max_ids: usize,
+    /// A cross's components (input indices); empty for an input read from its field.
+    cross: Vec<usize>,
 }
 
 /// Counters of what featurizing changed or refused.
@@ -62,10 +66,15 @@ impl Featurizer {
                 buckets: f.buckets,
                 bytes: f.data_type == DataType::Bytes,
                 max_ids: f.max_ids,
+                cross: f.cross.clone(),
             })
             .collect();
         let mut by_field: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, input) in inputs.iter().enumerate() {
+        for (i, input) in inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.cross.is_empty())
+        {
             by_field.entry(input.field.clone()).or_default().push(i);
         }
         Featurizer {
@@ -119,6 +128,16 @@ impl Featurizer {
                     }
                 }
             }
+        }
+        for (i, input) in self.inputs.iter().enumerate() {
+            if input.cross.is_empty() {
+                continue;
+            }
+            let mut out = std::mem::take(&mut keys[i]);
+            out.clear();
+            let components: Vec<&[u64]> = input.cross.iter().map(|&c| keys[c].as_slice()).collect();
+            cross_keys(&components, input.buckets, &mut out);
+            keys[i] = out;
         }
         let dense = self.dense(imp)?;
         for i in truncated {

@@ -26,7 +26,8 @@ pub struct ModelInfo {
     pub table_dims: Vec<usize>,
     /// The dense input's width (`bottom.0.weight` `[out, in]`), when the model has a bottom MLP.
     pub dense_width: Option<usize>,
-    /// The event field read for each sparse feature, in spec order.
+    /// The event field read for each sparse feature, in spec order (a crossed feature reads
+    /// none: its entry is its own name, unused).
     pub fields: Vec<String>,
 }
 
@@ -161,6 +162,20 @@ fn resolve_fields(cfg: &LearnConfig, spec: &RecsysSpec, shown: &str) -> Result<V
                 ),
             ));
         };
+        if spec.sparse[i].is_cross() {
+            let parts: Vec<&str> = spec.sparse[i]
+                .cross
+                .iter()
+                .map(|&c| spec.sparse[c].name.as_str())
+                .collect();
+            return Err(cfg.err(
+                &format!("features.{field}"),
+                format!(
+                    "sparse input '{input}' of {shown} is the cross of {}: it is computed from their fields and reads none",
+                    parts.join(", ")
+                ),
+            ));
+        }
         if let Some(other) = &fields[i] {
             return Err(cfg.err(
                 &format!("features.{field}"),
