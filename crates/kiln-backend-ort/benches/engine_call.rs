@@ -2,7 +2,9 @@
 //! options of the raw-engine script (`../shared/peers/bench_ort.py`: intra-op and inter-op
 //! threads 1, everything else ONNX Runtime's default) against Kiln's backend
 //! (`OrtBackend::load`, `create_instance`, then `ModelInstance::execute`, what a scheduler
-//! worker runs, conversions included), same model file, same inputs, same library.
+//! worker runs, conversions included), same model file, same inputs, same library; and Kiln's
+//! path again with every input one byte off its allocation's alignment (`kiln-unaligned`), as a
+//! binary tensor lies in a request body, which ONNX Runtime is given a copy of.
 //!
 //!   taskset -c 0 cargo bench -p kiln-backend-ort --bench engine_call [-- FILTER]
 //!
@@ -167,6 +169,21 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// `x` with every tensor's bytes one byte past an allocation's start, as a binary tensor lies
+/// in an HTTP or gRPC request: ONNX Runtime is then given a copy (`convert::to_ort`).
+fn unaligned(x: &[Tensor]) -> Vec<Tensor> {
+    x.iter()
+        .map(|t| {
+            let mut raw = vec![0u8];
+            raw.extend_from_slice(&t.data);
+            let mut u = t.clone();
+            u.data = raw.into();
+            u.data = u.data.slice(1..);
+            u
+        })
+        .collect()
+}
+
 /// Wall-clock time, CPU time and calls of each variant, per model/batch and input.
 type Totals = RefCell<BTreeMap<(String, String), BTreeMap<String, (Duration, Duration, u64)>>>;
 
@@ -263,6 +280,7 @@ fn main() {
             for input in ["normal", "pa"] {
                 let x = inputs(loaded.as_ref(), rows, input, model == "ranker");
                 let dx = direct_inputs(&x);
+                let ux = unaligned(&x);
                 order.push((case.clone(), input.to_string()));
                 for round in 0..rounds {
                     let mut g = c.benchmark_group(format!("{case}/{input}"));
@@ -283,6 +301,14 @@ fn main() {
                         b.iter_custom(|iters| {
                             timed(&totals, (&case, input, "kiln"), iters, &mut scratch, || {
                                 std::hint::black_box(instance.execute(&x).expect("kiln run"));
+                            })
+                        })
+                    });
+                    g.bench_function(BenchmarkId::new("kiln-unaligned", round), |b| {
+                        b.iter_custom(|iters| {
+                            let key = (case.as_str(), input, "kiln-unaligned");
+                            timed(&totals, key, iters, &mut scratch, || {
+                                std::hint::black_box(instance.execute(&ux).expect("kiln run"));
                             })
                         })
                     });
