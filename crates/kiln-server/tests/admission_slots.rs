@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn head(len: usize) -> String {
@@ -21,17 +21,6 @@ fn head(len: usize) -> String {
 
 async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
-}
-
-async fn metrics_text(s: &TestServer) -> String {
-    s.client
-        .get(format!("{}/metrics", s.metrics))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
 }
 
 /// The value of the series whose line starts with `series`, `None` without it.
@@ -121,35 +110,4 @@ async fn a_body_that_fails_to_decode_gives_its_place_back() {
     assert_eq!(places(&s), (1, 0), "one place taken, and given back");
     let (status, v) = raw_http(s.http_addr, "POST", "/v2/models/mlp/infer", "{not json").await;
     assert_eq!(status, 400, "the queue still has room: {v}");
-}
-
-/// Reads until one answer's head and `Content-Length` bytes of body are in, or the server
-/// closes; panics after [`PATIENCE`].
-async fn read_answer(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("an answer within patience")
-            .unwrap_or(0);
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out).to_string();
-        if n == 0 {
-            return text;
-        }
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                return text;
-            }
-        }
-    }
 }

@@ -276,17 +276,6 @@ async fn timeout_parameter_expires_queued_requests() {
     );
 }
 
-async fn metrics_text(s: &TestServer) -> String {
-    let r = s
-        .client
-        .get(format!("{}/metrics", s.metrics))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
 /// The mlp failure counter for `reason` (0 when the series does not exist).
 fn failures(text: &str, reason: &str) -> f64 {
     text.lines()

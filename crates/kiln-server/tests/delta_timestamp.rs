@@ -21,17 +21,6 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-async fn metrics_text(s: &TestServer) -> String {
-    s.client
-        .get(format!("{}/metrics", s.metrics))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 /// The model's last-applied time as `/metrics` shows it, `None` without the series.
 async fn last_applied(s: &TestServer) -> Option<f64> {
     metrics_text(s)

@@ -288,7 +288,7 @@ async fn a_request_over_the_inflight_budget_gets_429_without_its_body() {
     .await;
     // headers only: refused without the body being sent
     let mut c = send_head(s.http_addr, &infer_head("mlp", 5000, ""), b"").await;
-    let answer = read_until_closed_or_answered(&mut c).await;
+    let answer = read_answer(&mut c).await;
     assert_eq!(status_of(&answer), 429, "{answer}");
     assert!(answer.contains("--max-inflight-requests"), "{answer}");
     // gRPC shares the budget
@@ -300,37 +300,6 @@ async fn a_request_over_the_inflight_budget_gets_429_without_its_body() {
         .expect_err("over the budget");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     first.abort();
-}
-
-/// Reads one complete answer (headers and `Content-Length` bytes) or until the connection
-/// closes.
-async fn read_until_closed_or_answered(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("an answer within patience")
-            .unwrap_or(0);
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out).to_string();
-        if n == 0 {
-            return text;
-        }
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                return text;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +322,7 @@ async fn a_full_queue_refuses_before_the_body_is_parsed() {
     assert!(v.contains("queue full"), "{v}");
     // and headers alone get the same answer
     let mut c = send_head(s.http_addr, &infer_head("mlp", 1 << 20, ""), b"").await;
-    let answer = read_until_closed_or_answered(&mut c).await;
+    let answer = read_answer(&mut c).await;
     assert_eq!(status_of(&answer), 429, "{answer}");
     // gRPC checks the queue before converting tensors: a bad datatype still gets
     // RESOURCE_EXHAUSTED

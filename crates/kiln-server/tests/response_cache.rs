@@ -72,14 +72,6 @@ async fn infer_binary(s: &TestServer, model: &str, body: &Value) -> (Value, Vec<
     split_binary(&headers, &bytes)
 }
 
-async fn metrics_text(s: &TestServer) -> String {
-    let r = (s.client.get(format!("{}/metrics", s.metrics)).send())
-        .await
-        .expect("GET /metrics");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("metrics text")
-}
-
 /// The value of the sample `series` (name and labels, exactly), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()

@@ -424,3 +424,46 @@ pub async fn http_index(s: &TestServer) -> Value {
     assert_eq!(status, 200, "repository index: {v}");
     v
 }
+
+/// The text of the server's `/metrics` (asserting a 200).
+pub async fn metrics_text(s: &TestServer) -> String {
+    let r = s
+        .client
+        .get(format!("{}/metrics", s.metrics))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("metrics text")
+}
+
+/// Reads one complete answer on a raw connection (the head and `Content-Length` bytes of
+/// body) or until the server closes it; panics after [`PATIENCE`].
+pub async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("an answer within patience")
+            .unwrap_or(0);
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).to_string();
+        if n == 0 {
+            return text;
+        }
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}

@@ -190,18 +190,6 @@ pub fn i64_from(b: &[u8]) -> Vec<i64> {
         .collect()
 }
 
-/// The text of the metrics endpoint.
-pub async fn metrics_text(s: &TestServer) -> String {
-    let r = s
-        .client
-        .get(format!("{}/metrics", s.metrics))
-        .send()
-        .await
-        .expect("GET /metrics");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("metrics body")
-}
-
 /// The sum of the samples of `metric` whose labels contain every one of `labels`.
 pub fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
     text.lines()
