@@ -19,6 +19,7 @@
 #   SHM=1     tensors through system shared memory (kiln serve --allow-client-shm,
 #             perf_analyzer --shared-memory system); rows are labelled kiln-BACKEND-shm
 #   SKIP_BUILD use the kiln binary already built; KILN a binary to use instead of target/release/kiln
+#   SERVER_FLAGS extra `kiln serve` flags (e.g. --sched-batch)
 #   SERVER_CPUS / CLIENT_CPUS  cores (taskset lists) for the server and the raw engine / for
 #             perf_analyzer (default 0 / 1, so neither measures the other's load; empty = unpinned).
 #             Give THREADS no more threads than SERVER_CPUS has cores.
@@ -92,7 +93,7 @@ TOML
     done
     rm -f "$OUT/ready.json"
     "${pin_server[@]}" "$KILN" serve --model-repository "$repo" --host 127.0.0.1 --http-port "$HP" --grpc-port "$GP" \
-      --metrics-port "$MP" --ready-file "$OUT/ready.json" --log warn ${SHM:+--allow-client-shm} \
+      --metrics-port "$MP" --ready-file "$OUT/ready.json" --log warn ${SHM:+--allow-client-shm} ${SERVER_FLAGS:-} \
       >"$OUT/kiln-$backend.log" 2>&1 &
     kiln_pid=$!
     trap 'kill $kiln_pid 2>/dev/null || true' EXIT

@@ -30,6 +30,8 @@ pub use error::to_status;
 pub use extensions::{LogControl, LogSettings};
 pub use limits::Limits;
 pub use state::AppState;
+/// The gRPC compression encodings ([`ServerConfig::grpc_response_compression`]).
+pub use tonic::codec::CompressionEncoding;
 
 use kiln_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use kiln_runtime::ModelRepository;
@@ -39,7 +41,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tonic::codec::CompressionEncoding;
 
 /// Listener addresses and limits.
 #[derive(Debug, Clone)]
@@ -60,6 +61,10 @@ pub struct ServerConfig {
     pub allow_client_shm: bool,
     /// Timeouts, connection caps and the in-flight budget.
     pub limits: Limits,
+    /// gRPC responses are compressed with this encoding for clients that accept it; `None`
+    /// sends them uncompressed, as Triton does by default. Compressed requests are accepted
+    /// either way.
+    pub grpc_response_compression: Option<CompressionEncoding>,
 }
 
 /// Errors that stop the server.
@@ -226,9 +231,13 @@ impl Server {
         // gzip and deflate messages in (the size limit counts inflated bytes, so a bomb is
         // refused with RESOURCE_EXHAUSTED), and out when the client accepts them
         .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Deflate)
-        .send_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Deflate);
+        .accept_compressed(CompressionEncoding::Deflate);
+        // clients list every encoding they can read in `grpc-accept-encoding` (grpc-core
+        // always does), so compressing whatever they accept would deflate every response
+        let svc = match self.config.grpc_response_compression {
+            Some(encoding) => svc.send_compressed(encoding),
+            None => svc,
+        };
         let admin =
             kiln_protocol::admin::sparse_admin_server::SparseAdminServer::new(grpc::AdminService {
                 state: self.state.clone(),
@@ -249,6 +258,8 @@ impl Server {
         let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(limits.grpc_keepalive_interval)
             .http2_keepalive_timeout(Some(limits.grpc_keepalive_timeout))
+            .initial_stream_window_size(limits.grpc_stream_window)
+            .initial_connection_window_size(limits.grpc_connection_window)
             .layer(listen_grpc::TrackLayer)
             .layer(tower::util::MapResponseLayer::new(
                 grpc::oversize_is_resource_exhausted,

@@ -41,6 +41,13 @@ pub struct Limits {
     pub grpc_keepalive_timeout: Duration,
     /// TCP keep-alive probes on accepted sockets after this much silence; `None` = off.
     pub tcp_keepalive: Option<Duration>,
+    /// HTTP/2 flow-control window of each gRPC stream, bytes: how much of a request a client
+    /// may send before the server acknowledges it. A request larger than the window waits
+    /// for a `WINDOW_UPDATE` round trip per window's worth.
+    pub grpc_stream_window: u32,
+    /// HTTP/2 flow-control window of each gRPC connection, bytes: what one connection may
+    /// have in flight across its streams, so the most request bytes buffered per connection.
+    pub grpc_connection_window: u32,
 }
 
 impl Default for Limits {
@@ -56,6 +63,8 @@ impl Default for Limits {
             grpc_keepalive_interval: None,
             grpc_keepalive_timeout: Duration::from_secs(20),
             tcp_keepalive: Some(Duration::from_secs(60)),
+            grpc_stream_window: 1 << 20,
+            grpc_connection_window: 2 << 20,
         }
     }
 }

@@ -347,6 +347,7 @@ async fn flaky_server(
             admin_token: None,
             allow_client_shm: false,
             limits: kiln_server::Limits::default(),
+            grpc_response_compression: None,
         },
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

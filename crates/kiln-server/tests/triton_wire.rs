@@ -180,25 +180,33 @@ async fn truncated_and_corrupt_streams_are_refused() {
     s.infer_ok("mlp", &mlp_request(&[row(3)])).await;
 }
 
+/// The encoding of a gRPC response (`None`: uncompressed).
+fn response_encoding<T>(r: &tonic::Response<T>) -> Option<String> {
+    r.metadata()
+        .get("grpc-encoding")
+        .map(|v| v.to_str().expect("ascii").to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_gzip_and_deflate_both_ways_and_the_inflated_limit() {
     const LIMIT: usize = 1 << 20;
-    let opts = Options {
-        max_request_bytes: LIMIT,
-        ..Options::default()
-    };
-    let s = TestServer::start_at(examples(), None, opts).await;
     let rows = vec![row(4), row(5)];
-    let mut plain = s.grpc().await;
-    let want = grpc_floats(
-        &plain
-            .model_infer(grpc_mlp(&rows, "plain"))
-            .await
-            .expect("plain")
-            .into_inner(),
-        0,
-    );
     for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Deflate] {
+        let opts = Options {
+            max_request_bytes: LIMIT,
+            grpc_response_compression: Some(encoding),
+            ..Options::default()
+        };
+        let s = TestServer::start_at(examples(), None, opts).await;
+        let mut plain = s.grpc().await;
+        let want = grpc_floats(
+            &plain
+                .model_infer(grpc_mlp(&rows, "plain"))
+                .await
+                .expect("plain")
+                .into_inner(),
+            0,
+        );
         let mut c = s
             .grpc()
             .await
@@ -208,11 +216,10 @@ async fn grpc_gzip_and_deflate_both_ways_and_the_inflated_limit() {
             .model_infer(grpc_mlp(&rows, "compressed"))
             .await
             .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
-        let sent = r
-            .metadata()
-            .get("grpc-encoding")
-            .map(|v| v.to_str().expect("ascii").to_string());
-        assert_eq!(sent.as_deref(), Some(encoding.to_string().as_str()));
+        assert_eq!(
+            response_encoding(&r).as_deref(),
+            Some(encoding.to_string().as_str())
+        );
         assert_close(
             &grpc_floats(&r.into_inner(), 0),
             &want,
@@ -226,6 +233,28 @@ async fn grpc_gzip_and_deflate_both_ways_and_the_inflated_limit() {
         big.inputs[0].shape = vec![(8 << 20) / 1024, 256];
         let e = c.model_infer(big).await.expect_err("over the limit");
         assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    }
+}
+
+/// By default, as in Triton, responses go out uncompressed even to a client that accepts
+/// (and sends) compressed messages: clients list every encoding they can read, so following
+/// that list would compress every response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_responses_are_uncompressed_by_default() {
+    let s = TestServer::examples().await;
+    let rows = vec![row(4), row(5)];
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Deflate] {
+        let mut c = s
+            .grpc()
+            .await
+            .send_compressed(encoding)
+            .accept_compressed(encoding);
+        let r = c
+            .model_infer(grpc_mlp(&rows, "compressed request"))
+            .await
+            .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+        assert_eq!(response_encoding(&r), None, "{encoding:?}");
+        assert_eq!(grpc_floats(&r.into_inner(), 0).len(), 2);
     }
 }
 

@@ -152,6 +152,7 @@ async fn the_servers_metrics_include_process_metrics_once() {
         admin_token: None,
         allow_client_shm: false,
         limits: kiln_server::Limits::default(),
+        grpc_response_compression: None,
     };
     // as `kiln serve` builds its registry
     let mut registry = Registry::default();

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kiln_runtime::delta_source::{DeltaSourceConfig, DeltaSourceMetrics, DeltaSubscriber};
 use kiln_runtime::{Backends, ControlMode};
-use kiln_server::{Limits, ServerConfig, Settings};
+use kiln_server::{CompressionEncoding, Limits, ServerConfig, Settings};
 use prometheus_client::registry::Registry;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -70,6 +70,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_COMPUTE_NICE", default_value_t = 0,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     compute_nice: i32,
+    /// Run every thread of the server (network, compute, the engines' own) under Linux's
+    /// `SCHED_BATCH` policy: a thread woken up then waits for the running one to block or use
+    /// up its time slice instead of preempting it. Where network and compute share cores this
+    /// lets the network threads take their backlog between batches, at one wake-up for many
+    /// requests rather than one each, and a request arriving mid-batch waits for that batch
+    /// (or the scheduler's time slice) to end. See `bench/soak` and `bench/ort`.
+    #[arg(long, env = "KILN_SCHED_BATCH")]
+    sched_batch: bool,
     /// Memory for the response cache shared by every model that enables it
     /// (`[response_cache] enable = true`), in MiB; 0 turns the cache off.
     #[arg(long, env = "KILN_RESPONSE_CACHE_MB", default_value_t = 64)]
@@ -119,6 +127,21 @@ pub struct ServeArgs {
     /// Seconds between HTTP/2 keep-alive pings on gRPC connections; 0 sends none.
     #[arg(long, env = "KILN_GRPC_KEEPALIVE_INTERVAL", default_value_t = 0.0)]
     grpc_keepalive_interval: f64,
+    /// Compress gRPC responses with this encoding for clients that accept it. Off by default,
+    /// as in Triton: clients list every encoding they can read, so compressing whatever they
+    /// accept would cost every response the compression. Compressed requests are always
+    /// accepted.
+    #[arg(long, env = "KILN_GRPC_RESPONSE_COMPRESSION", value_enum, default_value_t = Compression::None)]
+    grpc_response_compression: Compression,
+    /// HTTP/2 flow-control window of each gRPC stream, in bytes (HTTP/2's default is 65,535):
+    /// a request larger than the window waits for the server's acknowledgement of each
+    /// window's worth.
+    #[arg(long, env = "KILN_GRPC_STREAM_WINDOW", default_value_t = 1 << 20)]
+    grpc_stream_window: u32,
+    /// HTTP/2 flow-control window of each gRPC connection, in bytes: the most request bytes
+    /// one connection may have buffered in the server across its streams.
+    #[arg(long, env = "KILN_GRPC_CONNECTION_WINDOW", default_value_t = 2 << 20)]
+    grpc_connection_window: u32,
     /// Seconds a gRPC keep-alive ping may go unanswered before the connection closes.
     #[arg(long, env = "KILN_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20.0)]
     grpc_keepalive_timeout: f64,
@@ -147,6 +170,13 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Compression {
+    None,
+    Gzip,
+    Deflate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     None,
     Poll,
@@ -155,6 +185,10 @@ enum Mode {
 
 pub fn run(args: ServeArgs, log: Arc<dyn kiln_server::LogControl>) -> anyhow::Result<()> {
     raise_nofile(args.max_connections);
+    if args.sched_batch {
+        // before any thread starts: threads inherit their creator's policy
+        sched_batch().context("--sched-batch")?;
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("kiln-io");
     if let Some(n) = args.io_threads {
@@ -201,6 +235,11 @@ async fn serve(args: ServeArgs, log: Arc<dyn kiln_server::LogControl>) -> anyhow
             admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
             allow_client_shm: args.allow_client_shm,
             limits: limits(&args)?,
+            grpc_response_compression: match args.grpc_response_compression {
+                Compression::None => None,
+                Compression::Gzip => Some(CompressionEncoding::Gzip),
+                Compression::Deflate => Some(CompressionEncoding::Deflate),
+            },
         },
     };
     // One shutdown for the server and the delta subscriber: a signal, or the server stopping.
@@ -328,7 +367,38 @@ fn limits(a: &ServeArgs) -> anyhow::Result<Limits> {
         grpc_keepalive_interval: secs("grpc-keepalive-interval", a.grpc_keepalive_interval, true)?,
         grpc_keepalive_timeout: on("grpc-keepalive-timeout", a.grpc_keepalive_timeout)?,
         tcp_keepalive: secs("tcp-keepalive", a.tcp_keepalive, true)?,
+        grpc_stream_window: window("grpc-stream-window", a.grpc_stream_window)?,
+        grpc_connection_window: window("grpc-connection-window", a.grpc_connection_window)?,
     })
+}
+
+/// An HTTP/2 flow-control window: at least the protocol's initial 65,535 bytes, at most its
+/// largest, 2^31 - 1 (RFC 9113, 6.9.1).
+fn window(flag: &str, bytes: u32) -> anyhow::Result<u32> {
+    if !(65_535..=i32::MAX as u32).contains(&bytes) {
+        anyhow::bail!("--{flag} must be between 65535 and 2147483647 bytes, not {bytes}");
+    }
+    Ok(bytes)
+}
+
+/// Puts the calling thread under `SCHED_BATCH`; the threads it starts afterwards inherit it.
+/// Any thread may lower its own policy to `SCHED_BATCH`, so no privilege is needed.
+fn sched_batch() -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler reads the struct passed; pid 0 is the calling thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("cannot set the SCHED_BATCH scheduling policy");
+        }
+        tracing::info!(
+            "threads run under SCHED_BATCH: a woken thread does not preempt a running one"
+        );
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    anyhow::bail!("SCHED_BATCH is a Linux scheduling policy")
 }
 
 /// Raises the soft open-file limit to the hard one (the soft one is often 1,024 while the

@@ -125,6 +125,8 @@ pub struct Options {
     pub limits: kiln_server::Limits,
     /// Byte limit of the response cache (`--response-cache-mb`, in bytes).
     pub response_cache_bytes: u64,
+    /// Encoding of gRPC responses for clients that accept it (`None`: uncompressed).
+    pub grpc_response_compression: Option<tonic::codec::CompressionEncoding>,
     /// Backends registered besides tract and recsys (onnxruntime, when a test has its library).
     pub extra_backends: Vec<Arc<dyn kiln_core::backend::Backend>>,
 }
@@ -139,6 +141,7 @@ impl Default for Options {
             allow_client_shm: false,
             limits: kiln_server::Limits::default(),
             response_cache_bytes: 64 << 20,
+            grpc_response_compression: None,
             extra_backends: Vec::new(),
         }
     }
@@ -221,6 +224,7 @@ impl TestServer {
                 admin_token: opts.admin_token.clone(),
                 allow_client_shm: opts.allow_client_shm,
                 limits: opts.limits.clone(),
+                grpc_response_compression: opts.grpc_response_compression,
             },
         );
         settings.control_mode = opts.mode;
