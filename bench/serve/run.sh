@@ -8,7 +8,8 @@
 # each binary in turn, e.g. a build before and after a change, instead of building), SERVER_CPUS /
 # CLIENT_CPUS (taskset core lists for the server and the raw engine / for perf_analyzer; default
 # 0 / 1, empty = unpinned), INSTANCES (kiln worker threads, default 1, one per server core), DELAY_US (max_queue_delay_us, default 0),
-# BACKEND (kiln backend for the model, default tract), CONC / MI / TRIALS / BATCHES as in
+# BACKEND (kiln backend for the model, default tract), SERVER_FLAGS (extra `kiln serve` flags,
+# e.g. --sched-batch), CONC / MI / TRIALS / BATCHES as in
 # ../shared/peers/README.md. Results: bench/out/serve-DATE/results.md plus Kiln's server-side
 # latency quantiles (from its own histograms) per protocol and batch size.
 set -euo pipefail
@@ -51,7 +52,7 @@ TOML
   rm -f "$OUT/ready.json"
   "${pin_server[@]}" "$bin" serve --model-repository "$repo" --host 127.0.0.1 \
     --http-port "$HP" --grpc-port "$GP" --metrics-port "$MP" --ready-file "$OUT/ready.json" \
-    --log warn >"$OUT/$label.log" 2>&1 &
+    --log warn ${SERVER_FLAGS:-} >"$OUT/$label.log" 2>&1 &
   kiln_pid=$!
   trap 'kill $kiln_pid 2>/dev/null || true' EXIT
   for _ in $(seq 600); do [ -s "$OUT/ready.json" ] && break; sleep 0.1; done

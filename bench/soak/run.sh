@@ -7,9 +7,10 @@
 #
 # Env: SKIP_BUILD (use the binaries already built), SECS (seconds per load phase, default 10),
 # HIDDEN (width of the compute-bound model, default 2048), QUEUE (the model's max_queue_size,
-# default 2), OVERLOAD (offered load as a multiple of capacity, default 3), SERVER_FLAGS (extra
-# `kiln serve` flags; default `--http-header-timeout 2 --idle-timeout 5 --compute-nice 10`, so the slow sockets are
-# recycled within the phase), IDLE / TRICKLE (slow sockets, default 400 / 400), CYCLES (default 50),
+# default 1), OVERLOAD (offered load as a multiple of capacity, default 3), SERVER_FLAGS (extra
+# `kiln serve` flags; default `--http-header-timeout 2 --idle-timeout 5 --sched-batch`: the slow
+# sockets are recycled within the phase, and network and compute share core 0 without
+# preempting each other; `--compute-nice 10` instead is the other choice, see bench/RESULTS.md), IDLE / TRICKLE (slow sockets, default 400 / 400), CYCLES (default 50),
 # NICE (run server and generator at this nice level, e.g. -10 on a machine shared with builds),
 # KILN_SOAK_ARRIVALS=poisson (exponential gaps between the overload phase's requests instead
 # of even spacing).
@@ -20,7 +21,7 @@ OUT=${OUT:-$ROOT/bench/out/soak-$(date +%Y%m%d-%H%M%S)}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PY=${PY:-$ROOT/.venv/bin/python}
 HP=${HTTP_PORT:-19100} GP=${GRPC_PORT:-19101} MP=${METRICS_PORT:-19102}
-SECS=${SECS:-10} QUEUE=${QUEUE:-2} OVERLOAD=${OVERLOAD:-3}
+SECS=${SECS:-10} QUEUE=${QUEUE:-1} OVERLOAD=${OVERLOAD:-3}
 mkdir -p "$OUT/models/mlp/1"
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -47,7 +48,7 @@ pre=(nice -n "${NICE:-0}")
 cmd=("${pre[@]}" taskset -c 0 "$TARGET/release/kiln" serve --model-repository "$OUT/models" --host 127.0.0.1
   --http-port "$HP" --grpc-port "$GP" --metrics-port "$MP" --io-threads 1
   --model-control-mode explicit --load-model mlp --ready-file "$OUT/ready.json" --log warn
-  ${SERVER_FLAGS:---http-header-timeout 2 --idle-timeout 5 --compute-nice 10})
+  ${SERVER_FLAGS:---http-header-timeout 2 --idle-timeout 5 --sched-batch})
 "${cmd[@]}" >"$OUT/kiln.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
