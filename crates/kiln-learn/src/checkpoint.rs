@@ -24,7 +24,9 @@
 //! `resume` only after the checkpoint is durable. A restart restores the trainer, rewinds the
 //! source to `resume`, and of the events before `end` feeds only the `held` ones to the
 //! joiner again: the others were learned (or dropped) before the checkpoint and are not
-//! learned twice. Events from `end` on are new to the restored trainer and are learned once.
+//! learned twice. The held impressions are readmitted even when the watermark has passed
+//! their windows ([`crate::join::JoinState::readmit_impression`]): on replay another
+//! partition's later events may be read first, and they were accepted once already. Events from `end` on are new to the restored trainer and are learned once.
 //! Before a checkpoint the learner learns every sample it has joined and publishes every
 //! changed row, so nothing sits between the joiner and the servers.
 

@@ -56,7 +56,6 @@ pub trait Feed: Send {
 pub struct KafkaFeed {
     source: Option<crate::source::kafka::KafkaSource>,
     runtime: tokio::runtime::Handle,
-    lag_at: std::time::Instant,
     /// The impressions and the actions topic: streams 0 and 1.
     topics: [String; 2],
 }
@@ -75,7 +74,6 @@ impl KafkaFeed {
         Ok(KafkaFeed {
             source: Some(source),
             runtime,
-            lag_at: std::time::Instant::now(),
             topics: [cfg.impressions_topic.clone(), cfg.actions_topic.clone()],
         })
     }
@@ -132,20 +130,11 @@ impl Feed for KafkaFeed {
         let Some(source) = self.source.as_ref() else {
             return BTreeMap::new();
         };
-        if self.lag_at.elapsed() < Duration::from_secs(5) {
-            return BTreeMap::new();
-        }
-        self.lag_at = std::time::Instant::now();
         source
-            // the broker answers after the consumer's fetch in flight, which waits up to
-            // fetch.wait.max.ms (500 ms by default) when the topics are idle
-            .lag(Duration::from_secs(2))
-            .map(|m| {
-                m.into_iter()
-                    .map(|((t, p), lag)| (format!("{t}/{p}"), lag))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .lag()
+            .into_iter()
+            .map(|((t, p), lag)| (format!("{t}/{p}"), lag))
+            .collect()
     }
 
     fn close(mut self: Box<Self>, timeout: Duration) {

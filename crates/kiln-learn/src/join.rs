@@ -169,6 +169,26 @@ impl JoinState {
     /// completes: itself, positive, when its action came first, and negatives closed by the
     /// memory cap.
     pub fn insert_impression(&mut self, imp: Sample, pos: Position, now_ms: u64) -> Vec<Sample> {
+        self.admit_impression(imp, pos, now_ms, false)
+    }
+
+    /// Adds an impression this joiner held before a restart, read again from the position a
+    /// checkpoint recorded ([`JoinState::held_positions`]). It is admitted even when the
+    /// watermark has passed its window: on replay, events of another partition (actions
+    /// timed after it) may be read before it and move the watermark on, and dropping it as
+    /// late would lose a sample the previous run had accepted. Its window then closes at the
+    /// next [`JoinState::expire`], as a positive when its action is held.
+    pub fn readmit_impression(&mut self, imp: Sample, pos: Position, now_ms: u64) -> Vec<Sample> {
+        self.admit_impression(imp, pos, now_ms, true)
+    }
+
+    fn admit_impression(
+        &mut self,
+        imp: Sample,
+        pos: Position,
+        now_ms: u64,
+        readmitted: bool,
+    ) -> Vec<Sample> {
         self.observe(imp.ts_ms, now_ms);
         let mut out = Vec::new();
         if self.pending.contains(&imp.id) || self.closed.contains(&imp.id) {
@@ -177,7 +197,7 @@ impl JoinState {
         }
         let deadline = imp.ts_ms.saturating_add(self.window_ms);
         let early = self.held.remove(&imp.id);
-        if deadline <= self.watermark {
+        if deadline <= self.watermark && !readmitted {
             self.stats.late_impressions += 1;
             if early.is_some() {
                 self.stats.late_actions += 1;

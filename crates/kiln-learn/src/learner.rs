@@ -204,14 +204,13 @@ impl Learner {
         out: &mut Vec<Sample>,
     ) {
         held.read(&ev.partition, ev.position);
-        if self
-            .restored
-            .get(&ev.partition)
-            .is_some_and(|p| p.consumed(ev.pos()))
-        {
+        let restored = self.restored.get(&ev.partition);
+        if restored.is_some_and(|p| p.consumed(ev.pos())) {
             self.metrics.replay_skipped.inc();
             return;
         }
+        // before the restored checkpoint's end, only the events its joiner held get here
+        let readmitted = restored.is_some_and(|p| ev.pos() < p.end);
         let event = match parse_line(&ev.bytes) {
             Ok(e) => e,
             Err(e) => {
@@ -221,6 +220,9 @@ impl Learner {
         };
         match event {
             Event::Impression(imp) => match featurizer.featurize(&imp, now) {
+                Ok(sample) if readmitted => {
+                    out.extend(joiner.readmit_impression(sample, ev.position, now))
+                }
                 Ok(sample) => out.extend(joiner.insert_impression(sample, ev.position, now)),
                 Err(e) => self.malformed(e.kind.reason(), &e.message, ev),
             },

@@ -273,3 +273,69 @@ async fn a_source_refuses_auto_commit() {
         "{err}"
     );
 }
+
+/// The consumer lag comes from the client's statistics, without asking the broker: while a
+/// member reads a backlog one event at a time, every reported total lies between what is left
+/// now and the whole backlog, some report falls strictly between (the lag moves as events are
+/// read), and once everything is read the lag of both partitions settles at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_follows_what_the_member_has_read() {
+    let Some(broker) = Broker::start("consumer_lag_follows_what_the_member_has_read") else {
+        return;
+    };
+    broker.create_topic(IMPRESSIONS, 1);
+    broker.create_topic(ACTIONS, 1);
+    let n = 40;
+    let mut events: Vec<(&str, String)> = (0..n).map(|i| (IMPRESSIONS, impression(i))).collect();
+    events.extend((0..n).map(|i| (ACTIONS, action(i))));
+    produce(&producer(&broker), &events).await;
+
+    let mut cfg = source_config(&broker, "lagging");
+    cfg.properties
+        .insert("statistics.interval.ms".into(), "100".into());
+    let mut source = KafkaSource::new(&cfg).expect("source");
+    let total = |lag: &BTreeMap<(String, i32), i64>| lag.values().sum::<i64>();
+    let (mut read, mut between) = (0i64, 0);
+    let deadline = tokio::time::Instant::now() + READ_DEADLINE;
+    while read < 2 * n as i64 && tokio::time::Instant::now() < deadline {
+        let batch = source
+            .next_batch(1, Duration::from_millis(500))
+            .await
+            .expect("next_batch");
+        read += batch.len() as i64;
+        let lag = source.lag();
+        if !lag.is_empty() {
+            let t = total(&lag);
+            assert!(
+                (2 * n as i64 - read..=2 * n as i64).contains(&t),
+                "lag {lag:?} after reading {read} of {}",
+                2 * n
+            );
+            if t > 0 && t < 2 * n as i64 {
+                between += 1;
+            }
+        }
+        // slower than the statistics interval lets several reports fall inside the read
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(read, 2 * n as i64, "every event read");
+    assert!(
+        between > 0,
+        "no lag report while the backlog was being read"
+    );
+
+    let settled = BTreeMap::from([
+        ((ACTIONS.to_string(), 0), 0),
+        ((IMPRESSIONS.to_string(), 0), 0),
+    ]);
+    let deadline = tokio::time::Instant::now() + READ_DEADLINE;
+    while source.lag() != settled && tokio::time::Instant::now() < deadline {
+        let extra = source
+            .next_batch(1, Duration::from_millis(200))
+            .await
+            .expect("next_batch");
+        assert!(extra.is_empty(), "read twice: {extra:?}");
+    }
+    assert_eq!(source.lag(), settled, "the lag once everything is read");
+    close(source).await;
+}

@@ -7,20 +7,26 @@
 //! a crash or a rebalance replays events and never skips one. A group without a committed
 //! offset starts at the beginning of the topics (`auto.offset.reset=earliest`).
 //!
+//! Consumer lag comes from librdkafka's statistics (`statistics.interval.ms`, 5 s unless the
+//! properties set it): the end offsets it learns from every fetch response, against the next
+//! offset handed to the learner. Reading it never asks the broker, so the learner loop never
+//! waits on it.
+//!
 //! Dropping an rdkafka consumer that holds a prefetched backlog has been seen to hang (leaving
 //! the group waits on the broker); [`KafkaSource::close`] and the drop therefore run it on a
 //! thread of their own and wait for it a bounded time.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{EventBatch, Position, Source};
 use crate::config::KafkaSourceConfig;
@@ -36,7 +42,49 @@ const DEFAULTS: &[(&str, &str)] = &[
     // the learner commits after checkpoints, and only then
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
+    // how often the consumer lag is refreshed (see [`KafkaSource::lag`])
+    ("statistics.interval.ms", "5000"),
 ];
+
+/// Lag per (topic, partition), as of the client's last statistics.
+type LagMap = BTreeMap<(String, i32), i64>;
+
+/// The consumer's context: keeps the lag of each partition this member holds from the
+/// statistics librdkafka emits while the consumer is polled.
+#[derive(Clone, Default)]
+struct LagContext {
+    lag: Arc<parking_lot::Mutex<LagMap>>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        *self.lag.lock() = lag_of(&stats);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// The lag of every partition the application holds in `stats`: the end offset (high
+/// watermark) minus the next offset to be handed to the application, or, before anything
+/// was handed out, the group's committed offset, else the partition's first offset.
+/// Partitions whose end offset is not known yet are left out.
+fn lag_of(stats: &Statistics) -> LagMap {
+    let mut out = LagMap::new();
+    for (topic, t) in &stats.topics {
+        for p in t.partitions.values() {
+            if p.partition < 0 || !p.desired || p.unknown || p.hi_offset < 0 {
+                continue;
+            }
+            let next = [p.app_offset, p.committed_offset, p.lo_offset]
+                .into_iter()
+                .find(|&o| o >= 0);
+            if let Some(next) = next {
+                out.insert((topic.clone(), p.partition), (p.hi_offset - next).max(0));
+            }
+        }
+    }
+    out
+}
 
 /// Where an event was read: topic, partition and offset.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,7 +111,8 @@ pub struct KafkaEvent {
 
 /// A consumer-group member over the impressions and actions topics.
 pub struct KafkaSource {
-    consumer: Option<StreamConsumer>,
+    consumer: Option<StreamConsumer<LagContext>>,
+    lag: Arc<parking_lot::Mutex<LagMap>>,
     /// The impressions topic, then the actions topic ([`Position::stream`] indexes them).
     streams: Vec<String>,
     brokers: String,
@@ -101,8 +150,10 @@ impl KafkaSource {
                 "must stay false: offsets are committed after checkpoints",
             ));
         }
-        let consumer: StreamConsumer = config
-            .create()
+        let context = LagContext::default();
+        let lag = context.lag.clone();
+        let consumer: StreamConsumer<LagContext> = config
+            .create_with_context(context)
             .map_err(|e| Error::Kafka(format!("consumer for {}: {e}", cfg.brokers)))?;
         let topics = [cfg.impressions_topic.as_str(), cfg.actions_topic.as_str()];
         consumer
@@ -110,13 +161,14 @@ impl KafkaSource {
             .map_err(|e| Error::Kafka(format!("subscribe to {}: {e}", topics.join(", "))))?;
         Ok(KafkaSource {
             consumer: Some(consumer),
+            lag,
             streams: topics.iter().map(|t| t.to_string()).collect(),
             brokers: cfg.brokers.clone(),
             group: cfg.group_id.clone(),
         })
     }
 
-    fn consumer(&self) -> &StreamConsumer {
+    fn consumer(&self) -> &StreamConsumer<LagContext> {
         self.consumer
             .as_ref()
             .expect("the consumer lives until drop")
@@ -249,20 +301,11 @@ impl KafkaSource {
     }
 
     /// Consumer lag per (topic, partition) held now: the partition's end offset minus the
-    /// next offset this member reads. Asks the broker (each partition with `timeout`).
-    pub fn lag(&self, timeout: Duration) -> Result<BTreeMap<(String, i32), i64>> {
-        let consumer = self.consumer();
-        let position = consumer
-            .position()
-            .map_err(|e| Error::Kafka(format!("positions of group {}: {e}", self.group)))?;
-        let mut lag = BTreeMap::new();
-        for ((topic, partition), next) in offsets(&position) {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, partition, timeout)
-                .map_err(|e| Error::Kafka(format!("end offset of {topic}/{partition}: {e}")))?;
-            lag.insert((topic, partition), (high - next.max(0)).max(0));
-        }
-        Ok(lag)
+    /// next offset this member hands out, as of the client's last statistics (refreshed every
+    /// `statistics.interval.ms` while the consumer is read). Never waits on the broker; empty
+    /// until the first statistics arrive.
+    pub fn lag(&self) -> LagMap {
+        self.lag.lock().clone()
     }
 
     /// Leaves the group and closes the consumer, waiting at most `timeout`; false when that
