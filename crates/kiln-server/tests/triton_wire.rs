@@ -10,11 +10,13 @@ use common::*;
 use flate2::write::{GzEncoder, ZlibEncoder};
 use flate2::Compression;
 use kiln_protocol::inference as pb;
+use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use tonic::codec::CompressionEncoding;
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -187,6 +189,28 @@ fn response_encoding<T>(r: &tonic::Response<T>) -> Option<String> {
         .map(|v| v.to_str().expect("ascii").to_string())
 }
 
+/// An mlp request of `rows` sent compressed with `encoding` by a client that accepts it
+/// back; the client and the answer.
+async fn compressed_infer(
+    s: &TestServer,
+    encoding: CompressionEncoding,
+    rows: &[Vec<f32>],
+) -> (
+    GrpcInferenceServiceClient<Channel>,
+    tonic::Response<pb::ModelInferResponse>,
+) {
+    let mut c = s
+        .grpc()
+        .await
+        .send_compressed(encoding)
+        .accept_compressed(encoding);
+    let r = c
+        .model_infer(grpc_mlp(rows, "compressed"))
+        .await
+        .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+    (c, r)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_gzip_and_deflate_both_ways_and_the_inflated_limit() {
     const LIMIT: usize = 1 << 20;
@@ -207,15 +231,7 @@ async fn grpc_gzip_and_deflate_both_ways_and_the_inflated_limit() {
                 .into_inner(),
             0,
         );
-        let mut c = s
-            .grpc()
-            .await
-            .send_compressed(encoding)
-            .accept_compressed(encoding);
-        let r = c
-            .model_infer(grpc_mlp(&rows, "compressed"))
-            .await
-            .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+        let (mut c, r) = compressed_infer(&s, encoding, &rows).await;
         assert_eq!(
             response_encoding(&r).as_deref(),
             Some(encoding.to_string().as_str())
@@ -244,15 +260,7 @@ async fn grpc_responses_are_uncompressed_by_default() {
     let s = TestServer::examples().await;
     let rows = vec![row(4), row(5)];
     for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Deflate] {
-        let mut c = s
-            .grpc()
-            .await
-            .send_compressed(encoding)
-            .accept_compressed(encoding);
-        let r = c
-            .model_infer(grpc_mlp(&rows, "compressed request"))
-            .await
-            .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+        let (_, r) = compressed_infer(&s, encoding, &rows).await;
         assert_eq!(response_encoding(&r), None, "{encoding:?}");
         assert_eq!(grpc_floats(&r.into_inner(), 0).len(), 2);
     }
