@@ -229,7 +229,7 @@ impl Server {
         .max_decoding_message_size(max_body)
         .max_encoding_message_size(usize::MAX)
         // gzip and deflate messages in (the size limit counts inflated bytes, so a bomb is
-        // refused with RESOURCE_EXHAUSTED), and out when the client accepts them
+        // refused with RESOURCE_EXHAUSTED); out only as configured, below
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate);
         // clients list every encoding they can read in `grpc-accept-encoding` (grpc-core
