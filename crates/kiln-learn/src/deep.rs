@@ -18,7 +18,7 @@
 //! - Wide & Deep: a model with wide features (`part = "wide"`, dim-1 tables) and `wide.bias`
 //!   has one logit, the top MLP's output plus the wide sum, as the recsys backend computes it.
 //!   The wide rows learn by FTRL-Proximal per coordinate on the gradient of that joint logit
-//!   ([`wide`]), the deep part as above; both parts' rows are published as deltas.
+//!   (`wide`), the deep part as above; both parts' rows are published as deltas.
 
 pub mod batch;
 mod io;

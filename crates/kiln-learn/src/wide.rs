@@ -20,7 +20,7 @@
 //! its hash (the samples' key lists, separate allocations, are prefetched a few samples ahead),
 //! and every table makes room for all of them, so no slot moves during the batch. Then sample by
 //! sample: while the keys of one sample are found or inserted (scoring), the table entries of
-//! the key [`PREFETCH_KEYS`] further on in the batch are prefetched, so about a sample's worth
+//! the key `PREFETCH_KEYS` further on in the batch are prefetched, so about a sample's worth
 //! of cache misses is in flight at once; then the sample's distinct coordinates are gathered into
 //! lanes and updated [`LANES`] at a time ([`ftrl::update_lanes`], vector square roots and
 //! divisions, bit for bit the scalar result), and written back in place. No allocation per

@@ -5,7 +5,7 @@
 //! and answer the same errors for the same file.
 //!
 //! The graph is decoded with a minimal prost schema of the few fields the analyses read
-//! ([`graph`]); tensor data is skipped, not copied.
+//! (`graph`); tensor data is skipped, not copied.
 
 mod bounds;
 mod derive;

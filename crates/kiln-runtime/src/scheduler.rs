@@ -6,7 +6,7 @@
 //! request's `max_queue_delay` passed), runs it on its own backend instance, and answers every
 //! request with its rows. Compute never runs on the async runtime; a request whose client went
 //! away or whose timeout passed is dropped before compute. How workers survive backend errors
-//! and panics, and when a version gives up, is described in [`crate::worker`].
+//! and panics, and when a version gives up, is described in `crate::worker`.
 
 use crate::metrics::VersionMetrics;
 use crate::stats::VersionStats;

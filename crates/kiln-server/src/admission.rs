@@ -140,7 +140,7 @@ impl Admission {
 
     /// As [`Admission::admit`], but takes a place in `v`'s queue instead of only checking for
     /// room: the place is held (and counts as taken for every later request) until
-    /// [`Ticket::release_slot`] or the ticket's drop. For a request whose body is still to be
+    /// `Ticket::release_slot` or the ticket's drop. For a request whose body is still to be
     /// read and decoded.
     pub fn admit_with_slot(&self, v: &ServedVersion, bytes: Option<usize>) -> Result<Ticket> {
         let Some(slot) = v.reserve_slot() else {

@@ -33,7 +33,7 @@ pub struct LogSettings {
 pub trait LogControl: Send + Sync {
     /// The settings in force.
     fn get(&self) -> LogSettings;
-    /// Puts `settings` in force (already checked by [`check_log_settings`]); the error says why
+    /// Puts `settings` in force (already checked by `check_log_settings`); the error says why
     /// they cannot be.
     fn set(&self, settings: &LogSettings) -> std::result::Result<(), String>;
 }

@@ -72,7 +72,7 @@ impl AppState {
     }
 
     /// The name `GET /v2` and gRPC `ServerMetadata` report: the one set at start-up, else
-    /// [`SERVER_NAME`].
+    /// `SERVER_NAME`.
     pub fn server_name(&self) -> &str {
         self.server_name.get().map_or(SERVER_NAME, String::as_str)
     }

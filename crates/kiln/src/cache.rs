@@ -136,7 +136,7 @@ pub struct WarmupArgs {
     /// Concurrent fetches.
     #[arg(long, env = "KILN_CACHE_WARMUP_THREADS", default_value_t = 16)]
     pub threads: usize,
-    /// Admin URL of a running mount to warm through (default: found in <cache-dir>/daemon.json).
+    /// Admin URL of a running mount to warm through (default: found in `<cache-dir>/daemon.json`).
     #[arg(long, env = "KILN_CACHE_ADMIN_URL")]
     pub admin: Option<String>,
     /// No progress bar.

@@ -2,15 +2,15 @@
 //! precision on CPUs where MKL does not use the instruction (AMD Zen 4 and later).
 //!
 //! Weights are converted to bf16 (round to nearest even) once at load and packed into panels
-//! of [`NR`] output columns: for every pair of inputs `(2p, 2p + 1)` a panel holds, per
+//! of `NR` output columns: for every pair of inputs `(2p, 2p + 1)` a panel holds, per
 //! column, the two weights in one 32-bit lane, which is the operand layout of `vdpbf16ps`
 //! (each lane accumulates `a[2p] * w[2p] + a[2p + 1] * w[2p + 1]` in f32). A layer's input
 //! is converted to bf16 per call (`vcvtneps2bf16`, round to nearest even), rows padded to an
-//! even width. A micro-kernel keeps [`MR`] rows by [`NR`] columns of f32 accumulators in
+//! even width. A micro-kernel keeps `MR` rows by `NR` columns of f32 accumulators in
 //! registers (24 of the 32 zmm), broadcasts one input pair per row and loads four weight
 //! vectors per input pair; its output pass adds the bias and applies the ReLU before the
 //! (masked) store, so the layer writes its output once. Rows are taken in blocks of
-//! [`ROW_BLOCK`] so a block's bf16 input and one weight panel stay in L2 while every panel
+//! `ROW_BLOCK` so a block's bf16 input and one weight panel stay in L2 while every panel
 //! passes over them.
 //!
 //! Everything runs on the calling thread (the model's instance thread), like the other

@@ -5,9 +5,9 @@
 //! A pipeline is not a [`kiln_core::Backend`]: a backend's `execute` runs synchronously on a
 //! scheduler thread, and a step that waited there on another model's scheduler would hold a
 //! worker and could deadlock when steps share models. A pipeline is a kind of
-//! [`crate::ServedVersion`] instead, and runs on the async runtime ([`exec`]).
+//! [`crate::ServedVersion`] instead, and runs on the async runtime (`exec`).
 //!
-//! Loading checks the whole graph before the pipeline serves ([`graph`]): unknown models and
+//! Loading checks the whole graph before the pipeline serves (`graph`): unknown models and
 //! tensors, cycles, and dtypes and shapes between steps, each error naming the step.
 
 mod exec;

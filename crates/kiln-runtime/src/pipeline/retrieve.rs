@@ -139,7 +139,7 @@ fn read_items(path: &Path, bytes: &[u8]) -> Result<(Vec<i64>, usize, Vec<f32>)> 
 }
 
 impl ItemIndex {
-    /// Loads `<dir>/<table>.safetensors`: `keys` I64 [N] (distinct item ids) and
+    /// Loads `<dir>/<table>.safetensors`: `keys` I64 \[N\] (distinct item ids) and
     /// `embeddings` F32 or F16 [N, D]. `model` names the pipeline in metrics/errors.
     pub fn load(dir: &Path, table: &str, model: &str) -> Result<Arc<ItemIndex>> {
         if table.is_empty() || table.starts_with('.') || table.contains(['/', '\\']) {
@@ -288,8 +288,8 @@ impl ItemIndex {
         Dense::new(generation, keys, values)
     }
 
-    /// Top-k for each row of `query` FP32 [B, D]: (ids INT64 [B,k], scores FP32 [B,k],
-    /// embeddings FP32 [B,k,D] if `want_embeddings`). Descending by dot product, ties by the
+    /// Top-k for each row of `query` FP32 [B, D]: (ids INT64 \[B,k\], scores FP32 \[B,k\],
+    /// embeddings FP32 \[B,k,D\] if `want_embeddings`). Descending by dot product, ties by the
     /// lower row position; `k` larger than the number of items gives every item.
     pub fn search(
         &self,
