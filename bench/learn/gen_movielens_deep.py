@@ -48,6 +48,22 @@ FEATURES = [("user_id", "BYTES", 1), ("item_id", "BYTES", 1), ("genres", "BYTES"
 CROSSES = [("user_genre", ["user_id", "genres"]), ("user_hour", ["user_id", "hour"])]
 
 
+def id_fields(dtype, max_ids):
+    """The fields of a table fed by an id feature (hashed ids, sum-pooled)."""
+    return [
+        f"max_ids = {max_ids}",
+        'pooling = "sum"',
+        f'data_type = "{dtype}"',
+        'hash = "xxh3"',
+        f"buckets = {BUCKETS}",
+    ]
+
+
+def sparse_table(name, fields, *extra):
+    """One `[[parameters.sparse]]` entry named `name`, over its own table."""
+    return ["", "[[parameters.sparse]]", f'name = "{name}"', f'table = "{name}"', *fields, *extra]
+
+
 def config_toml(name, interaction, hash_scale, wide=()):
     lines = [
         f"# DLRM-style MovieLens model for the kiln learn benchmark (bench/learn/gen_movielens_deep.py, {name})",
@@ -66,45 +82,15 @@ def config_toml(name, interaction, hash_scale, wide=()):
         'dense_input = "dense"',
     ]
     for fname, dtype, max_ids in FEATURES:
-        lines += [
-            "",
-            "[[parameters.sparse]]",
-            f'name = "{fname}"',
-            f'table = "{fname}"',
-            f"max_ids = {max_ids}",
-            'pooling = "sum"',
-            f'data_type = "{dtype}"',
-            'hash = "xxh3"',
-            f"buckets = {BUCKETS}",
-        ]
+        lines += sparse_table(fname, id_fields(dtype, max_ids))
     for fname, dtype, max_ids in FEATURES:
-        if fname not in wide:
-            continue
-        lines += [
-            "",
-            "[[parameters.sparse]]",
-            f'name = "{fname}_w"',
-            f'table = "{fname}_w"',
-            f"max_ids = {max_ids}",
-            'pooling = "sum"',
-            f'data_type = "{dtype}"',
-            'hash = "xxh3"',
-            f"buckets = {BUCKETS}",
-            'part = "wide"',
-        ]
+        if fname in wide:
+            lines += sparse_table(f"{fname}_w", id_fields(dtype, max_ids), 'part = "wide"')
     for fname, parts in CROSSES:
-        if fname not in wide:
-            continue
-        lines += [
-            "",
-            "[[parameters.sparse]]",
-            f'name = "{fname}_w"',
-            f'table = "{fname}_w"',
-            "cross = [" + ", ".join(f'"{c}"' for c in parts) + "]",
-            'pooling = "sum"',
-            f"buckets = {BUCKETS}",
-            'part = "wide"',
-        ]
+        if fname in wide:
+            cross = "cross = [" + ", ".join(f'"{c}"' for c in parts) + "]"
+            fields = [cross, 'pooling = "sum"', f"buckets = {BUCKETS}"]
+            lines += sparse_table(f"{fname}_w", fields, 'part = "wide"')
     lines += [
         "",
         "[parameters.table_defaults]",

@@ -63,30 +63,9 @@ async fn send_head(addr: SocketAddr, head: &str, body: &[u8]) -> TcpStream {
 async fn get_on(s: &mut TcpStream, path: &str) -> u16 {
     let req = format!("GET {path} HTTP/1.1\r\nHost: kiln\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("answer within patience")
-            .expect("read");
-        assert!(n > 0, "connection closed before the answer");
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().expect("length"))
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                return status_of(&text);
-            }
-        }
-    }
+    let text = read_answer(s).await;
+    assert!(!text.is_empty(), "connection closed before the answer");
+    status_of(&text)
 }
 
 fn infer_head(model: &str, content_length: usize, extra: &str) -> String {
