@@ -9,7 +9,8 @@
 //!                                          while a client measures latency at RATE
 //! kiln-soak cycles   ADDR N RATE            N unload/load cycles of mlp under RATE req/s
 //! ```
-//! Every command prints one line of `key=value` figures.
+//! Every command prints one line of `key=value` figures. `closed` and `open` send to the model
+//! named by `KILN_SOAK_MODEL` (default `mlp`).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The infer path of the model `closed` and `open` load: `KILN_SOAK_MODEL`, default `mlp`.
+fn infer_path() -> String {
+    let model = std::env::var("KILN_SOAK_MODEL").unwrap_or_else(|_| "mlp".into());
+    format!("/v2/models/{model}/infer")
+}
 
 /// An mlp request with `KILN_SOAK_ROWS` rows (default 1), as JSON.
 fn mlp_body() -> String {
@@ -142,7 +149,7 @@ fn summary(t: &mut Tally, secs: f64) -> String {
 
 /// Closed loop on `conns` connections for `secs`.
 async fn closed(addr: String, secs: f64, conns: usize) -> String {
-    let req = Arc::new(post("/v2/models/mlp/infer", &mlp_body()));
+    let req = Arc::new(post(&infer_path(), &mlp_body()));
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut tasks = Vec::new();
@@ -418,7 +425,7 @@ fn main() {
     let out = rt.block_on(async {
         match a.get(1).map(String::as_str) {
             Some("closed") => closed(addr, f(3), f(4) as usize).await,
-            Some("open") => open(addr, f(3), f(4), f(5) as usize, "/v2/models/mlp/infer").await,
+            Some("open") => open(addr, f(3), f(4), f(5) as usize, &infer_path()).await,
             Some("slow") => slow(addr, f(3), f(4), f(5) as usize, f(6) as usize).await,
             Some("cycles") => cycles(addr, f(3) as usize, f(4)).await,
             _ => panic!("usage: see the module doc of bench/soak/src/main.rs"),
