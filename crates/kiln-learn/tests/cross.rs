@@ -20,7 +20,6 @@ use kiln_learn::{Sample, Trainer};
 use kiln_recsys::features::{FeatureIds, PADDING};
 use kiln_recsys::spec::RecsysSpec;
 use kiln_recsys::RecsysBackend;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 mod deep_common;
@@ -36,23 +35,15 @@ fn write_cross_model(dir: &Path) -> PathBuf {
     write_model(dir, "concat", "", 61, (1.5, 8), 30);
     let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap() + CROSS;
     std::fs::write(dir.join("config.toml"), cfg).unwrap();
-    let path = dir.join("1/model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    tensors.push(("tx.weight".into(), Dtype::F32, vec![1, 1], vec![0; 4]));
-    tensors.push(("tx.keys".into(), Dtype::I64, vec![1], vec![0; 8]));
     let bias = (-0.2f32).to_le_bytes().to_vec();
-    tensors.push(("wide.bias".into(), Dtype::F32, vec![1], bias));
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    append_tensors(
+        &dir.join("1/model.safetensors"),
+        vec![
+            ("tx.weight".into(), Dtype::F32, vec![1, 1], vec![0; 4]),
+            ("tx.keys".into(), Dtype::I64, vec![1], vec![0; 8]),
+            ("wide.bias".into(), Dtype::F32, vec![1], bias),
+        ],
+    );
     dir.to_path_buf()
 }
 
@@ -257,9 +248,5 @@ fn served_output_equals_the_learner_score_with_a_crossed_wide_feature() {
     let served: Vec<f32> = served_model.execute(&request(&probe_raw)).unwrap()[0]
         .to_vec()
         .unwrap();
-    let scored = trainer.predict(&probe);
-    for (i, (s, t)) in served.iter().zip(&scored).enumerate() {
-        assert!((s - t).abs() <= 1e-5, "row {i}: served {s}, learner {t}");
-    }
-    assert!(scored.iter().any(|&p| (p - scored[0]).abs() > 1e-3));
+    assert_serves_as_trained(&served, &trainer.predict(&probe));
 }

@@ -105,6 +105,36 @@ pub fn write_model(
     safetensors::serialize_to_file(views, None, &dir.join("1/model.safetensors")).unwrap();
 }
 
+/// A tensor to add to a model file: name, data type, shape and little-endian bytes.
+pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Rewrites the safetensors file at `path` with `extra` tensors after the ones it holds.
+pub fn append_tensors(path: &Path, extra: Vec<RawTensor>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<RawTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    tensors.extend(extra);
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Serving scores what the trainer scores, row by row within 1e-5, and the scores are not all
+/// the same (a model that ignores its inputs would pass the first check).
+pub fn assert_serves_as_trained(served: &[f32], trained: &[f32]) {
+    assert_eq!(served.len(), trained.len());
+    for (i, (s, t)) in served.iter().zip(trained).enumerate() {
+        assert!((s - t).abs() <= 1e-5, "row {i}: served {s}, trainer {t}");
+    }
+    assert!(trained.iter().any(|&p| (p - trained[0]).abs() > 1e-3));
+}
+
 /// `n` samples with dense N(0, 1) inputs and 0..=3 ids per feature (skewed towards small
 /// ids); labels drawn later.
 pub fn samples(rng: &mut Rng, n: usize, vocab: u64) -> Vec<Sample> {
