@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use kiln_core::{Backend, ModelConfig, Tensor};
 use kiln_embed::MultiHot;
 use kiln_learn::config::{FeaturesConfig, LearnConfig, ModelInfo};
-use kiln_learn::deep::{DeepConfig, DeepTrainer, DenseOptimizer};
+use kiln_learn::deep::DeepTrainer;
 use kiln_learn::event::{parse_line, Event};
 use kiln_learn::featurize::Featurizer;
-use kiln_learn::optim::adagrad::AdaGrad;
 use kiln_learn::optim::ftrl::FtrlParams;
 use kiln_learn::{Sample, Trainer};
 use kiln_recsys::features::{FeatureIds, PADDING};
@@ -117,25 +116,9 @@ fn featurize(fz: &mut Featurizer, raws: &[Raw]) -> Vec<Sample> {
 
 /// The request tensors of `raws`: the dense input and the components' padded ids (no cross).
 fn request(raws: &[Raw]) -> Vec<Tensor> {
-    let n = raws.len();
     let dense: Vec<f32> = raws.iter().flat_map(|r| r.dense.clone()).collect();
-    let mut inputs = vec![Tensor::from_vec(
-        "dense",
-        vec![n as i64, DENSE as i64],
-        &dense,
-    )];
-    for f in 0..FEATURES {
-        let mut ids = vec![-1i64; n * MAX_IDS];
-        for (r, raw) in raws.iter().enumerate() {
-            ids[r * MAX_IDS..r * MAX_IDS + raw.ids[f].len()].copy_from_slice(&raw.ids[f]);
-        }
-        inputs.push(Tensor::from_vec(
-            format!("f{f}"),
-            vec![n as i64, MAX_IDS as i64],
-            &ids,
-        ));
-    }
-    inputs
+    let ids: Vec<Vec<Vec<i64>>> = raws.iter().map(|r| r.ids.clone()).collect();
+    request_tensors(&dense, &ids)
 }
 
 #[test]
@@ -200,23 +183,12 @@ fn served_output_equals_the_learner_score_with_a_crossed_wide_feature() {
     let dir = write_cross_model(&root.path().join("m"));
     let m = info(&dir);
     let mut fz = Featurizer::new(&m, &FeaturesConfig::default());
-    let config = DeepConfig {
-        dense: DenseOptimizer::Adagrad(AdaGrad {
-            lr: 0.05,
-            ..AdaGrad::default()
-        }),
-        embedding: AdaGrad {
-            lr: 0.1,
-            ..AdaGrad::default()
-        },
-        wide: FtrlParams {
-            alpha: 0.5,
-            beta: 1.0,
-            l1: 0.1,
-            l2: 0.5,
-        },
-        ..DeepConfig::default()
-    };
+    let config = adagrad_config(FtrlParams {
+        alpha: 0.5,
+        beta: 1.0,
+        l1: 0.1,
+        l2: 0.5,
+    });
     let mut trainer = DeepTrainer::open(&dir, config).unwrap();
     let mut rng = Rng(63);
     let train = featurize(&mut fz, &raw_stream(&mut rng, 2000));

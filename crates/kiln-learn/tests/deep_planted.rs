@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_core::{Backend, ModelConfig, Tensor};
+use kiln_core::{Backend, ModelConfig};
 use kiln_learn::deep::{DeepConfig, DeepTrainer, DenseOptimizer};
 use kiln_learn::optim::{adagrad::AdaGrad, adam::Adam};
 use kiln_learn::{Sample, Trainer};
@@ -124,26 +124,17 @@ fn serve(dir: &Path, version: &str, batch: &[Sample]) -> Vec<f32> {
     let model = RecsysBackend::new()
         .load(&dir.join(version), &config)
         .unwrap();
-    let n = batch.len();
     let dense: Vec<f32> = batch.iter().flat_map(|s| s.dense.clone()).collect();
-    let mut inputs = vec![Tensor::from_vec(
-        "dense",
-        vec![n as i64, DENSE as i64],
-        &dense,
-    )];
-    for f in 0..FEATURES {
-        let mut ids = vec![-1i64; n * MAX_IDS];
-        for (r, s) in batch.iter().enumerate() {
-            for (i, &k) in s.keys[f].iter().enumerate() {
-                ids[r * MAX_IDS + i] = k as i64;
-            }
-        }
-        inputs.push(Tensor::from_vec(
-            format!("f{f}"),
-            vec![n as i64, MAX_IDS as i64],
-            &ids,
-        ));
-    }
+    let ids: Vec<Vec<Vec<i64>>> = batch
+        .iter()
+        .map(|s| {
+            s.keys
+                .iter()
+                .map(|k| k.iter().map(|&k| k as i64).collect())
+                .collect()
+        })
+        .collect();
+    let inputs = request_tensors(&dense, &ids);
     let out = model.execute(&inputs).unwrap();
     out[0].to_vec::<f32>().unwrap()
 }

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_core::{Backend, ModelConfig, Tensor};
 use kiln_embed::Delta;
-use kiln_learn::deep::{DeepConfig, DeepTrainer, DenseOptimizer};
-use kiln_learn::optim::adagrad::AdaGrad;
+use kiln_learn::deep::{DeepConfig, DeepTrainer};
 use kiln_learn::optim::ftrl::{self, FtrlParams};
 use kiln_learn::{Sample, Trainer};
 use kiln_recsys::weights::WeightsFile;
@@ -77,18 +76,7 @@ fn write_wide_model(dir: &Path, rows: u64, wide_default: &str) -> PathBuf {
 }
 
 fn config() -> DeepConfig {
-    DeepConfig {
-        dense: DenseOptimizer::Adagrad(AdaGrad {
-            lr: 0.05,
-            ..AdaGrad::default()
-        }),
-        embedding: AdaGrad {
-            lr: 0.1,
-            ..AdaGrad::default()
-        },
-        wide: FTRL,
-        ..DeepConfig::default()
-    }
+    adagrad_config(FTRL)
 }
 
 /// `n` samples whose keys follow [`INPUTS`]; wide ids up to `vocab` (repeats allowed in `w1`).

@@ -4,6 +4,10 @@
 
 use std::path::Path;
 
+use kiln_core::Tensor;
+use kiln_learn::deep::{DeepConfig, DenseOptimizer};
+use kiln_learn::optim::adagrad::AdaGrad;
+use kiln_learn::optim::ftrl::FtrlParams;
 use kiln_learn::Sample;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -133,6 +137,46 @@ pub fn assert_serves_as_trained(served: &[f32], trained: &[f32]) {
         assert!((s - t).abs() <= 1e-5, "row {i}: served {s}, trainer {t}");
     }
     assert!(trained.iter().any(|&p| (p - trained[0]).abs() > 1e-3));
+}
+
+/// The deep trainer with AdaGrad on the dense layers (lr 0.05) and the tables (lr 0.1), and
+/// `wide` for the wide part.
+pub fn adagrad_config(wide: FtrlParams) -> DeepConfig {
+    DeepConfig {
+        dense: DenseOptimizer::Adagrad(AdaGrad {
+            lr: 0.05,
+            ..AdaGrad::default()
+        }),
+        embedding: AdaGrad {
+            lr: 0.1,
+            ..AdaGrad::default()
+        },
+        wide,
+        ..DeepConfig::default()
+    }
+}
+
+/// A request to the test model: `dense` (`DENSE` values a row, rows in order) and each row's
+/// ids of `f0..f{FEATURES}`, padded with -1 to `MAX_IDS`.
+pub fn request_tensors(dense: &[f32], ids: &[Vec<Vec<i64>>]) -> Vec<Tensor> {
+    let n = ids.len();
+    let mut inputs = vec![Tensor::from_vec(
+        "dense",
+        vec![n as i64, DENSE as i64],
+        dense,
+    )];
+    for f in 0..FEATURES {
+        let mut padded = vec![-1i64; n * MAX_IDS];
+        for (r, row) in ids.iter().enumerate() {
+            padded[r * MAX_IDS..r * MAX_IDS + row[f].len()].copy_from_slice(&row[f]);
+        }
+        inputs.push(Tensor::from_vec(
+            format!("f{f}"),
+            vec![n as i64, MAX_IDS as i64],
+            &padded,
+        ));
+    }
+    inputs
 }
 
 /// `n` samples with dense N(0, 1) inputs and 0..=3 ids per feature (skewed towards small
