@@ -308,7 +308,11 @@ impl Pipeline {
                 sub.parameters = req.parameters.clone();
                 sub.timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 if sub.timeout == Some(Duration::ZERO) {
-                    return Err(Error::new(ErrorCode::Timeout, "no time left for the step"));
+                    // the same words as a step that times out while queued or computing
+                    return Err(Error::new(
+                        ErrorCode::Timeout,
+                        "timed out before the step started: its deadline had passed",
+                    ));
                 }
                 let answer = member.infer_timed(sub).await?;
                 let io = member.io();
