@@ -334,6 +334,19 @@ async fn step_and_request_timeouts_are_honoured() {
     assert!(msg.contains("pipeline 'patient'"), "{msg}");
     assert!(msg.contains("timed out"), "{msg}");
 
+    // a deadline already past when the first step starts (1 us: gone while the request is
+    // decoded) is a timeout too, named as one
+    let gone = with_parameters(req.clone(), json!({ "timeout": 1 }));
+    let (status, body) = s.post("/v2/models/patient/infer", &gone).await;
+    assert_eq!(status, 504, "{body}");
+    let msg = error_of(&body);
+    names_step(
+        &msg,
+        "pipeline 'patient'",
+        "step 'tower'",
+        "timed out before the step started",
+    );
+
     let mut g = grpc_request("patient", &timed["inputs"]);
     g.parameters
         .insert("timeout".into(), grpc_parameter(Choice::Int64Param(1000)));
@@ -347,7 +360,7 @@ async fn step_and_request_timeouts_are_honoured() {
     }
     assert_eq!(
         http_stats(&s, "patient").await["inference_stats"]["fail"]["count"],
-        2
+        3
     );
 }
 
